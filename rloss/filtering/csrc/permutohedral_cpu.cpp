@@ -1,0 +1,346 @@
+// CPU permutohedral lattice filter: one lattice per image, all K channels
+// filtered together (each lattice point holds a K-vector), images of the batch
+// spread over torch's OpenMP threads.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "permutohedral_math.h"
+
+namespace rloss {
+namespace {
+
+// Open-addressing hash table from lattice point to a dense point index
+// 0..size()-1 in order of insertion. A slot holds the point index and 32 more
+// bits of the key's hash (8 bytes, so the table stays in cache and most
+// mismatches are rejected without reading the key); keys and coordinates are
+// stored per point.
+template <int D>
+class LatticePoints {
+ public:
+  // Empties the table, keeping its memory for the next image.
+  void reset(int64_t expected_points) {
+    uint64_t capacity = 1024;
+    while (capacity < 2 * static_cast<uint64_t>(expected_points) && capacity < (1ull << 30)) capacity <<= 1;
+    slots_.assign(capacity, kEmpty);
+    mask_ = capacity - 1;
+    keys_.clear();
+    coords_.clear();
+  }
+
+  int32_t size() const { return static_cast<int32_t>(keys_.size()); }
+  const int32_t* coords(int32_t point) const { return coords_.data() + static_cast<size_t>(point) * D; }
+
+  // `key` is pack_key<D>(coords).
+  int32_t insert(const int32_t* coords, const PackedKey& key) {
+    const uint64_t hash = hash_key(key);
+    uint64_t slot = probe(key, hash);
+    if (slots_[slot] != kEmpty) return static_cast<int32_t>(slots_[slot]);
+    const int32_t point = size();
+    slots_[slot] = (hash & kTagMask) | static_cast<uint32_t>(point);
+    keys_.push_back(key);
+    coords_.insert(coords_.end(), coords, coords + D);
+    if (2 * static_cast<uint64_t>(size()) > mask_) grow();
+    return point;
+  }
+
+  // Index of the point, or -1 where the lattice has none.
+  int32_t find(const int32_t* coords) const {
+    const PackedKey key = pack_key<D>(coords);
+    const uint64_t slot = probe(key, hash_key(key));
+    return slots_[slot] == kEmpty ? -1 : static_cast<int32_t>(slots_[slot]);
+  }
+
+ private:
+  static constexpr uint64_t kEmpty = ~0ull;
+  static constexpr uint64_t kTagMask = 0xFFFFFFFF00000000ull;
+
+  // The slot holding `key`, or the empty slot where it would go.
+  uint64_t probe(const PackedKey& key, uint64_t hash) const {
+    const uint64_t tag = hash & kTagMask;
+    for (uint64_t slot = hash & mask_;; slot = (slot + 1) & mask_) {
+      const uint64_t entry = slots_[slot];
+      if (entry == kEmpty) return slot;
+      if ((entry & kTagMask) == tag && keys_[static_cast<uint32_t>(entry)] == key) return slot;
+    }
+  }
+
+  void grow() {
+    slots_.assign(2 * slots_.size(), kEmpty);
+    mask_ = slots_.size() - 1;
+    for (int32_t point = 0; point < size(); ++point) {
+      const uint64_t hash = hash_key(keys_[point]);
+      uint64_t slot = hash & mask_;
+      while (slots_[slot] != kEmpty) slot = (slot + 1) & mask_;
+      slots_[slot] = (hash & kTagMask) | static_cast<uint32_t>(point);
+    }
+  }
+
+  std::vector<uint64_t> slots_;   // tag << 32 | point index, kEmpty where empty
+  std::vector<PackedKey> keys_;   // per point
+  std::vector<int32_t> coords_;   // per point, D each
+  uint64_t mask_;
+};
+
+// Pixels are moved between the [K, P] layout of the tensors and the [P, K]
+// layout of the lattice in tiles of this many pixels.
+constexpr int64_t kTile = 64;
+
+// One image's inputs and outputs. With `roi` null the filter computes
+// out = A in; with `roi` set it computes S = in * roi, out = out_scale * roi *
+// (A S) and *energy = sum(S * A S): everything the DenseCRF loss needs (its
+// gradient, with out_scale = -2 weight / N), in one pass.
+struct ImageTask {
+  const float* feat;  // [P, D]
+  const float* in;    // [K, P]
+  const float* roi;   // [P] or null
+  float* out;         // [K, P]
+  double* energy;     // null when roi is null
+  float out_scale;    // used with roi
+  int64_t P, K;
+};
+
+// Buffers of one thread, reused image after image: fresh multi-megabyte
+// allocations would cost a page fault per 4 KiB on every call.
+template <int D>
+struct Workspace {
+  LatticePoints<D> lattice;
+  std::vector<int32_t> vertex;    // [P, D+1] lattice point of each simplex vertex
+  std::vector<float> weight;      // [P, D+1] barycentric weights
+  std::vector<float> signal;      // [P, K] input (times the ROI)
+  std::vector<float> values, blurred;  // [M+1, K] lattice values
+  std::vector<int32_t> neighbours;     // [M, 2] per blur direction
+  std::vector<float> tile;        // [kTile, K]
+};
+
+template <int D>
+__attribute__((always_inline)) inline void filter_image(const ImageTask& t) {
+  constexpr int V = D + 1;  // vertices per simplex
+  const int64_t P = t.P, K = t.K;
+  // Rows of the [*, K] buffers are padded with zeros to whole 8-float vectors.
+  const int64_t S = K <= 4 ? K : (K + 7) / 8 * 8;
+  thread_local Workspace<D> ws;
+  std::vector<int32_t>& vertex = ws.vertex;
+  std::vector<float>& weight = ws.weight;
+  vertex.resize(static_cast<size_t>(P) * V);
+  weight.resize(static_cast<size_t>(P) * V);
+
+  // 1. Locate every pixel. Neighbouring pixels mostly share vertices (crossing
+  //    a simplex facet changes one), and a vertex keeps its remainder k, so
+  //    the last point seen for each k is checked before the hash table.
+  LatticePoints<D>& lattice = ws.lattice;
+  lattice.reset(P / 8 + 64);  // grows as needed
+  const FeatureScales<D> scales = feature_scales<D>();
+  Simplex<D> s;
+  PackedKey last_key[V];
+  int32_t last_point[V];
+  for (int k = 0; k < V; ++k) last_point[k] = -1;
+  int32_t coords[D];
+  for (int64_t p = 0; p < P; ++p) {
+    locate<D>(t.feat + p * D, scales, s);
+    float* w = weight.data() + p * V;
+    int32_t* v = vertex.data() + p * V;
+    for (int k = 0; k < V; ++k) {
+      w[k] = s.weight[k];
+      for (int i = 0; i < D; ++i) coords[i] = vertex_coord<D>(s, i, k);
+      const PackedKey key = pack_key<D>(coords);
+      if (last_point[k] < 0 || !(last_key[k] == key)) {
+        last_key[k] = key;
+        last_point[k] = lattice.insert(coords, key);
+      }
+      v[k] = last_point[k];
+    }
+  }
+
+  // The signal in [P, K] layout (times the ROI), kept for the energy.
+  std::vector<float>& signal = ws.signal;
+  signal.resize(static_cast<size_t>(P) * S);
+  for (int64_t p0 = 0; p0 < P; p0 += kTile) {
+    const int64_t n = std::min(kTile, P - p0);
+    for (int64_t c = 0; c < K; ++c) {
+      const float* src = t.in + c * P + p0;
+      float* dst = signal.data() + p0 * S + c;
+      if (t.roi) {
+        for (int64_t q = 0; q < n; ++q) dst[q * S] = src[q] * t.roi[p0 + q];
+      } else {
+        for (int64_t q = 0; q < n; ++q) dst[q * S] = src[q];
+      }
+    }
+    for (int64_t q = 0; q < n; ++q)
+      for (int64_t c = K; c < S; ++c) signal[(p0 + q) * S + c] = 0.0f;
+  }
+
+  // Lattice values, one K-vector per point, plus a zero row M standing in for
+  // the neighbours that are not in the lattice.
+  const int32_t M = lattice.size();
+  std::vector<float>& values = ws.values;
+  std::vector<float>& blurred = ws.blurred;
+  values.assign(static_cast<size_t>(M + 1) * S, 0.0f);
+  blurred.assign(static_cast<size_t>(M + 1) * S, 0.0f);
+
+  // 2. Splat.
+  for (int64_t p = 0; p < P; ++p) {
+    const int32_t* v = vertex.data() + p * V;
+    const float* w = weight.data() + p * V;
+    const float* __restrict__ src = signal.data() + p * S;
+    for (int k = 0; k < V; ++k) {
+      float* __restrict__ dst = values.data() + static_cast<size_t>(v[k]) * S;
+      const float wk = w[k];
+      for (int64_t c = 0; c < S; ++c) dst[c] += wk * src[c];
+    }
+  }
+
+  // 3. Blur with [1/2, 1, 1/2] along each of the D+1 lattice directions.
+  std::vector<int32_t>& neighbours = ws.neighbours;
+  neighbours.resize(static_cast<size_t>(M) * 2);
+  int32_t prev[D];
+  for (int dir = 0; dir <= D; ++dir) {
+    // The step along a direction is (-1, ..., -1, D, -1, ..., -1) (D at `dir`,
+    // nothing stored for dir == D). Only the backward neighbour is looked up:
+    // if prev(j) = a then next(a) = j.
+    for (int32_t j = 0; j < M; ++j) neighbours[2 * j + 1] = M;
+    for (int32_t j = 0; j < M; ++j) {
+      const int32_t* kj = lattice.coords(j);
+      for (int i = 0; i < D; ++i) prev[i] = kj[i] - 1;
+      if (dir < D) prev[dir] = kj[dir] + D;
+      const int32_t a = lattice.find(prev);
+      neighbours[2 * j] = a < 0 ? M : a;
+      if (a >= 0) neighbours[2 * a + 1] = j;
+    }
+    for (int32_t j = 0; j < M; ++j) {
+      const float* __restrict__ self = values.data() + static_cast<size_t>(j) * S;
+      const float* __restrict__ a = values.data() + static_cast<size_t>(neighbours[2 * j]) * S;
+      const float* __restrict__ b = values.data() + static_cast<size_t>(neighbours[2 * j + 1]) * S;
+      float* __restrict__ dst = blurred.data() + static_cast<size_t>(j) * S;
+      for (int64_t c = 0; c < S; ++c) dst[c] = self[c] + 0.5f * (a[c] + b[c]);
+    }
+    values.swap(blurred);
+  }
+
+  // 4. Slice, then (with a ROI) the energy and the ROI mask.
+  const float alpha = slice_alpha<D>();
+  std::vector<float>& tile = ws.tile;
+  tile.resize(static_cast<size_t>(kTile) * S);
+  double energy = 0.0;
+  for (int64_t p0 = 0; p0 < P; p0 += kTile) {
+    const int64_t n = std::min(kTile, P - p0);
+    float tile_energy = 0.0f;
+    for (int64_t q = 0; q < n; ++q) {
+      const int32_t* v = vertex.data() + (p0 + q) * V;
+      const float* w = weight.data() + (p0 + q) * V;
+      const float* src[V];
+      float wk[V];
+      for (int k = 0; k < V; ++k) {
+        src[k] = values.data() + static_cast<size_t>(v[k]) * S;
+        wk[k] = alpha * w[k];
+      }
+      float* __restrict__ dst = tile.data() + q * S;
+      const float* __restrict__ sig = signal.data() + (p0 + q) * S;
+      for (int64_t c = 0; c < S; ++c) {
+        float acc = 0.0f;
+        for (int k = 0; k < V; ++k) acc += wk[k] * src[k][c];
+        dst[c] = acc;
+        tile_energy += sig[c] * acc;
+      }
+    }
+    energy += tile_energy;
+    for (int64_t c = 0; c < K; ++c) {
+      float* dst = t.out + c * P + p0;
+      const float* src = tile.data() + c;
+      if (t.roi) {
+        for (int64_t q = 0; q < n; ++q) dst[q] = src[q * S] * (t.out_scale * t.roi[p0 + q]);
+      } else {
+        for (int64_t q = 0; q < n; ++q) dst[q] = src[q * S];
+      }
+    }
+  }
+  if (t.energy) *t.energy = energy;
+}
+
+// The same code compiled twice: for AVX2+FMA (8-wide channel loops, hardware
+// rounding) and for baseline x86-64, chosen at run time.
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx2,fma"))) void filter_image_avx2(const ImageTask& t) { filter_image<kFeatureDim>(t); }
+bool cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+#endif
+
+void filter_image_dispatch(const ImageTask& t) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (cpu_has_avx2()) return filter_image_avx2(t);
+#endif
+  filter_image<kFeatureDim>(t);
+}
+
+void check_inputs(const char* op, const at::Tensor& features, const at::Tensor& values) {
+  TORCH_CHECK(features.dim() == 3 && features.size(2) == kFeatureDim, op, ": features must be [N, P, ", kFeatureDim,
+              "], got ", features.sizes());
+  TORCH_CHECK(values.dim() == 3 && values.size(0) == features.size(0) && values.size(2) == features.size(1), op,
+              ": values must be [N, K, P] matching features ", features.sizes(), ", got ", values.sizes());
+  TORCH_CHECK(features.scalar_type() == at::kFloat && values.scalar_type() == at::kFloat, op,
+              ": features and values must be float32");
+  TORCH_CHECK(features.size(1) < (int64_t{1} << 28), op, ": too many pixels per image");
+  if (features.numel() == 0) return;
+  const float max_feature = features.abs().max().item<float>();
+  TORCH_CHECK(max_lattice_coord<kFeatureDim>(max_feature) < static_cast<float>(kKeyFieldBias), op,
+              ": features must be finite and at most about ",
+              static_cast<float>(kKeyFieldBias) / max_lattice_coord<kFeatureDim>(1.0f),
+              " in absolute value (are the sigmas tiny?), got ", max_feature);
+}
+
+// Runs filter_image over the batch, images spread over torch's threads.
+void filter_batch(const at::Tensor& feat, const at::Tensor& in, const at::Tensor* roi, at::Tensor& out,
+                  double* energy, float out_scale) {
+  const int64_t N = in.size(0), K = in.size(1), P = in.size(2);
+  if (N == 0 || K == 0 || P == 0) return;
+  const float* feat_ptr = feat.data_ptr<float>();
+  const float* in_ptr = in.data_ptr<float>();
+  const float* roi_ptr = roi ? roi->data_ptr<float>() : nullptr;
+  float* out_ptr = out.data_ptr<float>();
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      filter_image_dispatch(ImageTask{feat_ptr + n * P * kFeatureDim, in_ptr + n * K * P,
+                                      roi_ptr ? roi_ptr + n * P : nullptr, out_ptr + n * K * P,
+                                      energy ? energy + n : nullptr, out_scale, P, K});
+    }
+  });
+}
+
+at::Tensor permutohedral_filter_cpu(const at::Tensor& features, const at::Tensor& values) {
+  check_inputs("permutohedral_filter", features, values);
+  const auto feat = features.contiguous();
+  const auto in = values.contiguous();
+  auto out = at::empty_like(in);
+  filter_batch(feat, in, nullptr, out, nullptr, 1.0f);
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> permutohedral_crf_cpu(const at::Tensor& features, const at::Tensor& probs,
+                                                         const at::Tensor& roi, double out_scale) {
+  check_inputs("permutohedral_crf", features, probs);
+  TORCH_CHECK(roi.dim() == 2 && roi.size(0) == probs.size(0) && roi.size(1) == probs.size(2) &&
+                  roi.scalar_type() == at::kFloat,
+              "permutohedral_crf: roi must be float32 [N, P] matching probs ", probs.sizes(), ", got ", roi.sizes());
+  const auto feat = features.contiguous();
+  const auto in = probs.contiguous();
+  const auto mask = roi.contiguous();
+  auto out = at::empty_like(in);
+  auto energy = at::zeros({in.size(0)}, in.options().dtype(at::kDouble));
+  filter_batch(feat, in, &mask, out, energy.data_ptr<double>(), static_cast<float>(out_scale));
+  return {energy.to(at::kFloat), out};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rloss, CPU, m) {
+  m.impl("permutohedral_filter", &permutohedral_filter_cpu);
+  m.impl("permutohedral_crf", &permutohedral_crf_cpu);
+}
+
+}  // namespace rloss
