@@ -41,14 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m rloss",
         description="Weakly-supervised segmentation from scribbles with regularized losses.",
     )
-    commands = parser.add_subparsers(dest="command", metavar="<command>")
+    commands = parser.add_subparsers(dest="command", title="commands")
     commands.required = True
 
     env = commands.add_parser("env", help="check the environment and build the lattice extension")
     env.set_defaults(run=_cmd_env)
 
     bench = commands.add_parser("bench", help="benchmarks (speed and memory)")
-    what = bench.add_subparsers(dest="what", metavar="<benchmark>")
+    what = bench.add_subparsers(dest="benchmark", title="benchmarks")
     what.required = True
     crf = what.add_parser("crf", help="DenseCRF loss forward+backward per kernel")
     crf.add_argument("--repeats", type=int, default=10, help="timed repeats per case (median reported)")

@@ -18,10 +18,13 @@ from .permutohedral import permutohedral_crf, permutohedral_filter
 
 KERNELS = ("auto", "exact", "permutohedral")
 
-# `auto` uses the exact kernel up to this many pixels per image, where it is as
-# fast as the lattice (measured with `python -m rloss bench crf`: see
-# benchmarks/README.md).
-AUTO_EXACT_MAX_PIXELS = 16 * 16
+# `auto` uses the exact kernel up to this many pixels per image: at 8x8 both
+# kernels take under a millisecond, at 12x12 they are within the machine's
+# noise, from 16x16 on the lattice is 2x and more faster (N=32, K=21, 2 threads;
+# `python -m rloss bench crf --crossover`, recorded in benchmarks/README.md).
+# The kernels differ in scale (the lattice is about 0.55x the exact Gaussian),
+# so a loss weight tuned on one kernel is about 2x off on the other.
+AUTO_EXACT_MAX_PIXELS = 8 * 8
 
 # Without the extension, the exact kernel stands in up to this size (slow but
 # bounded in memory); beyond it the loss refuses to run.

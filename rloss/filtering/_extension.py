@@ -15,6 +15,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import re
 import sys
 import sysconfig
 import threading
@@ -126,9 +127,11 @@ def _build_and_load() -> None:
 
 
 def _one_line(exc: BaseException) -> str:
+    """The compiler's first error line (or the exception's first line), shortened."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    errors = [line for line in lines if "error" in line.lower()]
-    text = (errors[0] if errors else lines[0] if lines else type(exc).__name__)[:300]
+    compiler_errors = [line for line in lines if "error:" in line.lower()]
+    text = compiler_errors[0] if compiler_errors else lines[0] if lines else type(exc).__name__
+    text = re.sub(r"\S*/", "", text)[:300]  # drop folders: the file name is enough
     return f"{type(exc).__name__}: {text} (set RLOSS_VERBOSE_BUILD=1 for the full build log)"
 
 

@@ -1,0 +1,41 @@
+"""Plots shared by the notebooks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+
+def to_numpy_image(image: torch.Tensor) -> np.ndarray:
+    """``[3, H, W]`` RGB 0..255 -> ``[H, W, 3]`` uint8."""
+    return image.detach().permute(1, 2, 0).clamp(0, 255).byte().cpu().numpy()
+
+
+def panel_grid(panels: list[tuple[str, torch.Tensor | np.ndarray]], ncols: int = 4, size: float = 3.0, cmap: str = "viridis"):
+    """One matplotlib figure with a titled panel per ``(title, image or map)``.
+
+    RGB images (``[3, H, W]`` tensors) are shown as photos, 2-D maps with a
+    colour bar; maps with negative values use a diverging colour map centred on 0.
+    """
+    import matplotlib.pyplot as plt
+
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (title, data) in zip(axes.flat, panels):
+        if isinstance(data, torch.Tensor) and data.dim() == 3:
+            ax.imshow(to_numpy_image(data))
+        else:
+            values = data.detach().cpu().numpy() if isinstance(data, torch.Tensor) else np.asarray(data)
+            if values.min() < 0 < values.max():
+                bound = np.abs(values).max()
+                im = ax.imshow(values, cmap="RdBu_r", vmin=-bound, vmax=bound)
+            else:
+                im = ax.imshow(values, cmap=cmap)
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,61 @@
+"""The command line and the project's promises (notebooks without outputs, CI = make test)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "rloss", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_help_lists_the_commands():
+    out = run_cli("--help")
+    assert out.returncode == 0
+    for command in ("env", "bench"):
+        assert command in out.stdout
+
+
+def test_missing_subcommand_is_a_clear_usage_error():
+    out = run_cli("bench")
+    assert out.returncode == 2 and "usage:" in out.stderr and "crf" in out.stderr
+
+
+def test_env_reports_the_extension(lattice_available):
+    out = run_cli("env")
+    assert out.returncode == 0, out.stderr
+    assert "lattice extension: ok" in out.stdout
+
+
+def test_bench_case_runs_and_reports_its_fields(lattice_available):
+    case = {"kernel": "permutohedral", "n": 2, "k": 3, "size": 16, "sigma_xy": 3.0}
+    out = subprocess.run(
+        [sys.executable, "-m", "rloss.bench", "--case", json.dumps(case), "--repeats", "2"],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["label"] == "permutohedral N=2 K=3 16x16" and result["repeats"] == 2
+    assert 0 < result["min_ms"] <= result["median_ms"] and result["peak_rss_mib"] > 0
+
+
+@pytest.mark.parametrize("notebook", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)
+def test_notebooks_are_committed_without_outputs_and_with_a_parameters_cell(notebook):
+    cells = json.loads(notebook.read_text())["cells"]
+    code = [c for c in cells if c["cell_type"] == "code"]
+    assert all(not c["outputs"] and c["execution_count"] is None for c in code), "clear the outputs"
+    assert sum("parameters" in c["metadata"].get("tags", []) for c in code) == 1
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text()
+    commands = [line for line in ci.splitlines() if line.strip() and not line.startswith("#")]
+    assert "make test" in commands
+    assert all(c.startswith(("set ", "cd ", "make test")) for c in commands), commands
+    readme = (ROOT / "README.md").read_text()
+    assert "make study" in readme and "make test" in readme
