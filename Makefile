@@ -9,7 +9,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test study env bench clean
+.PHONY: help setup test study env build cuda-check bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,6 +37,12 @@ study: $(STAMP)  ## run the notebooks in order with papermill and $(PARAMS)
 
 env: $(STAMP)  ## check the environment and build the lattice extension
 	$(PY) -m rloss env
+
+build: $(STAMP)  ## build the lattice extension now (it also builds on first use)
+	$(PY) -m rloss build
+
+cuda-check: $(STAMP)  ## compile the CUDA sources with nvcc (no GPU needed)
+	$(PY) -m rloss build --nvcc-check
 
 bench: $(STAMP)  ## DenseCRF loss speed per kernel (see benchmarks/README.md)
 	$(PY) -m rloss bench crf

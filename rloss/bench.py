@@ -32,10 +32,12 @@ class Case:
     k: int
     size: int
     sigma_xy: float  # in pixels of the filtered image
+    device: str = "cpu"
 
     @property
     def label(self) -> str:
-        return f"{self.kernel} N={self.n} K={self.k} {self.size}x{self.size}"
+        where = "" if self.device == "cpu" else f" ({self.device})"
+        return f"{self.kernel}{where} N={self.n} K={self.k} {self.size}x{self.size}"
 
 
 # The published sigma_xy = 100 at 513 px, scaled to the filtered size
@@ -48,6 +50,27 @@ def default_cases(include_exact_large: bool = False) -> list[Case]:
                 continue  # quadratic: minutes per call
             cases.append(Case(kernel, n, 21, size, 100.0 * size / 513))
     return cases
+
+
+def cuda_cases() -> list[Case]:
+    """The GPU set: N=12 at 256 and 513 px (scale 1.0), N=32 at 64 px, both kernels
+    (the exact kernel is left out at 513 px: about 10^12 affinities per batch)."""
+    cases = []
+    for kernel in ("permutohedral", "exact"):
+        for n, size in ((12, 256), (12, 513), (32, 64)):
+            if kernel == "exact" and size > 256:
+                continue
+            cases.append(Case(kernel, n, 21, size, 100.0 * size / 513, "cuda"))
+    return cases
+
+
+def lattice_traffic_bytes(case: Case, dim: int = 5) -> int:
+    """A lower bound on the bytes the lattice's splat, blur and slice move: read
+    probs, roi and features, write the gradient, and write then read twice the
+    (dim+1) vertex indices and weights per pixel. Lattice values are left out
+    (they are few and mostly cached), so bytes / time underestimates bandwidth."""
+    pixels = case.n * case.size * case.size
+    return pixels * (4 * case.k + 4 + 4 * dim + 4 * case.k + 3 * (dim + 1) * 8)
 
 
 def crossover_cases() -> list[Case]:
@@ -79,31 +102,48 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
-def run_case(case: Case, repeats: int, warmup: int = 2) -> dict:
-    """Times forward + backward of the loss in this process."""
+def run_case(case: Case, repeats: int, warmup: int = 3) -> dict:
+    """Times forward + backward of the loss in this process (CUDA events on a GPU)."""
     from .losses import DenseCRFLoss
 
+    device = torch.device(case.device)
     generator = torch.Generator().manual_seed(0)
-    images = photo_batch(case.n, case.size)
-    probs = smooth_softmax(case.n, case.k, case.size, generator).requires_grad_(True)
-    roi = torch.ones(case.n, case.size, case.size)
+    images = photo_batch(case.n, case.size).to(device)
+    probs = smooth_softmax(case.n, case.k, case.size, generator).to(device).requires_grad_(True)
+    roi = torch.ones(case.n, case.size, case.size, device=device)
     loss_fn = DenseCRFLoss(2e-9, 15.0, case.sigma_xy, 1.0, kernel=case.kernel, validate=False)
     if case.kernel == "permutohedral":
-        from .filtering import load_extension
+        from .filtering import require_lattice
 
-        load_extension()  # the first-use build is not timed
-    rss_before = _rss_bytes()
-    times = []
-    for i in range(warmup + repeats):
-        start = time.perf_counter()
+        require_lattice(device)  # the first-use build is not timed
+
+    def step():
         # autograd.grad: the gradient w.r.t. probs, as a network's softmax receives
         # it, without the copy into a leaf's .grad that .backward() would add.
         torch.autograd.grad(loss_fn(images, probs, roi), probs)
-        elapsed = time.perf_counter() - start
-        if i >= warmup:
-            times.append(elapsed)
+
+    for _ in range(warmup):
+        step()
+    rss_before = _rss_bytes()
+    times = []
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        memory_before = torch.cuda.memory_allocated()
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            step()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+    else:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {
+    result = {
         **asdict(case),
         "label": case.label,
         "median_ms": 1e3 * statistics.median(times),
@@ -113,6 +153,12 @@ def run_case(case: Case, repeats: int, warmup: int = 2) -> dict:
         "peak_rss_mib": peak / 2**20,
         "peak_rss_above_inputs_mib": max(0, peak - rss_before) / 2**20,
     }
+    if device.type == "cuda":
+        result["device_name"] = torch.cuda.get_device_name(device)
+        result["peak_gpu_mib_above_inputs"] = (torch.cuda.max_memory_allocated() - memory_before) / 2**20
+        if case.kernel == "permutohedral":
+            result["traffic_gb_per_s"] = lattice_traffic_bytes(case) / statistics.median(times) / 1e9
+    return result
 
 
 def run_in_subprocess(case: Case, repeats: int, threads: int | None) -> dict:
@@ -136,6 +182,14 @@ def machine_description() -> str:
 
 
 def format_table(results: list[dict]) -> str:
+    if any(r.get("device", "cpu") == "cuda" for r in results):
+        lines = ["| case | median ms | min ms | peak GPU MiB above inputs | lattice traffic GB/s (lower bound) |", "|---|---:|---:|---:|---:|"]
+        for r in results:
+            traffic = f"{r['traffic_gb_per_s']:.0f}" if "traffic_gb_per_s" in r else "–"
+            lines.append(
+                f"| {r['label']} | {r['median_ms']:.2f} | {r['min_ms']:.2f} | {r.get('peak_gpu_mib_above_inputs', 0):.0f} | {traffic} |"
+            )
+        return "\n".join(lines)
     lines = [
         "| case | median ms | min ms | threads | peak RSS MiB (above inputs) |",
         "|---|---:|---:|---:|---:|",
@@ -148,14 +202,26 @@ def format_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def bench_crf(repeats: int = 10, threads: int | None = None, crossover: bool = False, json_path: str | None = None) -> list[dict]:
+def bench_crf(
+    repeats: int = 10,
+    threads: int | None = None,
+    crossover: bool = False,
+    json_path: str | None = None,
+    device: str = "cpu",
+) -> list[dict]:
     from tqdm import tqdm
 
-    cases = crossover_cases() if crossover else default_cases()
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("bench crf --device cuda: no CUDA GPU is available")
+        cases = cuda_cases()
+    else:
+        cases = crossover_cases() if crossover else default_cases()
     results = []
     for case in tqdm(cases, desc="bench crf", unit="case", file=sys.stderr):
         results.append(run_in_subprocess(case, repeats, threads))
-    print(f"DenseCRF loss forward+backward, {machine_description()}, {time.strftime('%Y-%m-%d')}")
+    gpu = f", {torch.cuda.get_device_name()}" if device == "cuda" else ""
+    print(f"DenseCRF loss forward+backward, {machine_description()}{gpu}, {time.strftime('%Y-%m-%d')}")
     print(format_table(results))
     if json_path:
         with open(json_path, "w") as f:

@@ -51,7 +51,7 @@ class _DenseCRFTerm(torch.autograd.Function):
     def forward(ctx, features, probs, roi, scale, kernel):
         n, k, h, w = probs.shape
         grad_scale = -2.0 * scale
-        if resolve_kernel(kernel, h * w) == "permutohedral":  # fused: one pass, no temporaries
+        if resolve_kernel(kernel, h * w, probs.device) == "permutohedral":  # fused: one pass, no temporaries
             energy, gradient = permutohedral_crf(
                 features, probs.reshape(n, k, h * w), roi.reshape(n, h * w), out_scale=grad_scale
             )

@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from ._extension import ExtensionUnavailable, extension_status, load_extension
+from ._extension import ExtensionUnavailable, extension_status, load_extension, require_lattice
 from .exact import exact_filter
 from .features import FEATURE_DIM, bilateral_features
 from .permutohedral import permutohedral_crf, permutohedral_filter
@@ -33,15 +33,15 @@ FALLBACK_EXACT_MAX_PIXELS = 128 * 128
 _warned_fallback = False
 
 
-def resolve_kernel(kernel: str, num_pixels: int) -> str:
-    """The kernel that will actually run for images of ``num_pixels`` pixels."""
+def resolve_kernel(kernel: str, num_pixels: int, device: torch.device | str = "cpu") -> str:
+    """The kernel that will actually run for images of ``num_pixels`` pixels on ``device``."""
     global _warned_fallback
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if kernel == "exact" or (kernel == "auto" and num_pixels <= AUTO_EXACT_MAX_PIXELS):
         return "exact"
     try:
-        load_extension()
+        require_lattice(device)
     except ExtensionUnavailable as exc:
         if num_pixels > FALLBACK_EXACT_MAX_PIXELS:
             raise ExtensionUnavailable(
@@ -57,7 +57,7 @@ def resolve_kernel(kernel: str, num_pixels: int) -> str:
 
 def gaussian_filter(features: torch.Tensor, values: torch.Tensor, kernel: str = "auto") -> torch.Tensor:
     """``A·values`` for ``features [N, P, 5]`` and ``values [N, K, P]`` with the chosen kernel."""
-    if resolve_kernel(kernel, features.shape[1]) == "exact":
+    if resolve_kernel(kernel, features.shape[1], values.device) == "exact":
         return exact_filter(features, values)
     return permutohedral_filter(features, values).to(values.dtype)
 
@@ -72,6 +72,7 @@ __all__ = [
     "extension_status",
     "gaussian_filter",
     "load_extension",
+    "require_lattice",
     "permutohedral_crf",
     "permutohedral_filter",
     "resolve_kernel",

@@ -61,12 +61,29 @@ def cuda_flags() -> list[str]:
 
 
 def build_with_cuda() -> bool:
-    """CUDA sources are compiled only where a GPU and a toolkit are both present."""
-    return (
-        torch.cuda.is_available()
-        and cuda_toolkit_home() is not None
-        and all((CSRC / s).exists() for s in CUDA_SOURCES)
-    )
+    """CUDA sources are compiled where a toolkit and a GPU are present, or where
+    RLOSS_FORCE_CUDA=1 asks for it (a Docker build has no GPU; set
+    TORCH_CUDA_ARCH_LIST then, e.g. "8.0;9.0")."""
+    wanted = torch.cuda.is_available() or os.environ.get("RLOSS_FORCE_CUDA") == "1"
+    return wanted and cuda_toolkit_home() is not None and all((CSRC / s).exists() for s in CUDA_SOURCES)
+
+
+def nvcc_compile_command(source: Path, output: Path, archs: tuple[str, ...] = ("80", "90")) -> list[str]:
+    """An nvcc command that compiles one CUDA source of the extension to an object
+    file, with torch's flags: a check that needs no GPU (used by the tests)."""
+    from torch.utils import cpp_extension
+
+    toolkit = cuda_toolkit_home()
+    if toolkit is None:
+        raise ExtensionUnavailable("no CUDA toolkit: set CUDA_HOME or install nvcc in /usr/local/cuda")
+    includes = [*cpp_extension.include_paths(device_type="cuda"), *cuda_include_paths(), str(CSRC)]
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    command = [str(Path(toolkit) / "bin" / "nvcc"), "-c", str(source), "-o", str(output), *cuda_flags(), "-DWITH_CUDA"]
+    command += ["-Xcompiler", "-fPIC", "-DTORCH_API_INCLUDE_EXTENSION_H", "-DTORCH_EXTENSION_NAME=rloss_nvcc_check"]
+    command += [f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-Werror", "all-warnings"]
+    for arch in archs:
+        command += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
+    return command + [f"-I{path}" for path in includes]
 
 
 def _build_name(with_cuda: bool) -> str:
@@ -150,6 +167,15 @@ def load_extension() -> None:
                 _loaded, _error = False, _one_line(exc)
     if not _loaded:
         raise ExtensionUnavailable(f"the permutohedral lattice extension is unavailable: {_error}")
+
+
+def require_lattice(device: torch.device | str) -> None:
+    """Raises ExtensionUnavailable unless the lattice runs on ``device``."""
+    load_extension()
+    if torch.device(device).type == "cuda" and not build_with_cuda():
+        raise ExtensionUnavailable(
+            "the lattice extension was built without CUDA (no CUDA toolkit found: set CUDA_HOME)"
+        )
 
 
 def extension_status() -> str:

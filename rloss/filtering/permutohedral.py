@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._extension import load_extension
+from ._extension import require_lattice
 
 
 def permutohedral_filter(features: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -13,7 +13,7 @@ def permutohedral_filter(features: torch.Tensor, values: torch.Tensor) -> torch.
     Approximates the dense Gaussian filter up to a scale (about 0.5-0.6 on
     photos): the standard lattice, as the published DenseCRF loss weight assumes.
     """
-    load_extension()
+    require_lattice(values.device)
     return torch.ops.rloss.permutohedral_filter(features.float().contiguous(), values.float().contiguous())
 
 
@@ -26,7 +26,7 @@ def permutohedral_crf(
     ``sum(S * A S)`` per image ``[N]`` and ``out_scale * roi * A S``
     ``[N, K, P]``, both float32.
     """
-    load_extension()
+    require_lattice(probs.device)
     return torch.ops.rloss.permutohedral_crf(
         features.float().contiguous(), probs.float().contiguous(), roi.float().contiguous(), float(out_scale)
     )

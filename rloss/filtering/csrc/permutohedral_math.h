@@ -148,6 +148,15 @@ RLOSS_HD PackedKey pack_key(const int32_t* key) {
   return k;
 }
 
+template <int D>
+RLOSS_HD void unpack_key(const PackedKey& k, int32_t* coords) {
+  constexpr uint64_t mask = (uint64_t{1} << kKeyFieldBits) - 1;
+  for (int i = 0; i < D; ++i) {
+    const uint64_t word = i < 3 ? k.lo : k.hi;
+    coords[i] = static_cast<int32_t>((word >> (kKeyFieldBits * (i % 3))) & mask) - kKeyFieldBias;
+  }
+}
+
 // 64-bit hash: the low bits pick a slot, the high 32 bits tag it.
 RLOSS_HD uint64_t hash_key(const PackedKey& k) {
   uint64_t h = k.lo * 0x9E3779B97F4A7C15ull ^ k.hi * 0xC2B2AE3D27D4EB4Full;

@@ -1,0 +1,549 @@
+// CUDA permutohedral lattice filter: the whole batch in one pass, one lattice
+// per image (the image index is part of every lattice key), all K channels of
+// a lattice point stored together as one row of a [points, K] matrix.
+//
+// Instead of a hash table the lattice is built by sorting, so that every
+// result is the same from run to run (no float atomics anywhere):
+//   1. locate:  each pixel's D+1 simplex vertices become (key, entry) pairs,
+//               entry = pixel * (D+1) + vertex, with the barycentric weights;
+//   2. sort:    two stable radix sorts (low key word, then high word) order the
+//               entries by lattice point; equal keys keep entry order;
+//   3. number:  a segment starts where the key changes; an inclusive scan of
+//               the starts numbers the points 0..M-1 (M read back: the op's
+//               one synchronisation, see filter_batch);
+//   4. splat:   each point sums its own contiguous run of entries (one warp
+//               per point, fixed summation order);
+//   5. blur:    neighbours are found by binary search of the stepped key in
+//               the sorted point keys; D+1 passes between two buffers whose
+//               extra last row is zero and stands in for missing neighbours;
+//   6. slice:   each pixel interpolates its D+1 vertices; with a ROI the
+//               energy is summed per block in double, then per image in a
+//               fixed order.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <cub/device/device_radix_sort.cuh>
+#include <cub/device/device_scan.cuh>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <utility>
+
+#include "permutohedral_math.h"
+
+namespace rloss {
+namespace {
+
+constexpr int kDim = kFeatureDim;  // lattice dimension D
+constexpr int kVertices = kDim + 1;  // vertices per simplex
+constexpr int kBlock = 256;  // threads per block in every kernel
+constexpr int kWarp = 32;
+constexpr unsigned kFullMask = 0xFFFFFFFFu;
+
+// PackedKey keeps coordinates 0-2 in `lo` and 3-4 in bits 0..41 of `hi`; the
+// image index goes above them, so one sort orders the whole batch image by image.
+static_assert(kDim == 5, "the key layout below assumes five feature dimensions");
+constexpr int kLoKeyBits = 3 * kKeyFieldBits;
+constexpr int kImageShift = 2 * kKeyFieldBits;
+constexpr int kMaxImageBits = 64 - kImageShift;
+constexpr uint64_t kFieldMask = (uint64_t{1} << kKeyFieldBits) - 1;
+
+// Channels a splat lane accumulates at once (registers, not local memory).
+constexpr int kSplatChannels = 8;
+
+int64_t blocks_for(int64_t threads) { return (threads + kBlock - 1) / kBlock; }
+
+__device__ __forceinline__ int64_t thread_index() {
+  return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+
+// Sum over the block, valid in thread 0. Every thread of the block must call
+// it. The shuffle tree has a fixed shape, so the result is reproducible.
+__device__ double block_sum(double x) {
+  __shared__ double warp_sums[kBlock / kWarp];
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) x += __shfl_down_sync(kFullMask, x, offset);
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  if (lane == 0) warp_sums[warp] = x;
+  __syncthreads();
+  if (warp == 0) {
+    x = lane < kBlock / kWarp ? warp_sums[lane] : 0.0;
+    for (int offset = kWarp / 2; offset > 0; offset /= 2) x += __shfl_down_sync(kFullMask, x, offset);
+  }
+  return x;
+}
+
+// Maximum over the block, valid in thread 0 (same calling rules as block_sum).
+__device__ unsigned block_max(unsigned x) {
+  __shared__ unsigned warp_maxima[kBlock / kWarp];
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) x = max(x, __shfl_down_sync(kFullMask, x, offset));
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  if (lane == 0) warp_maxima[warp] = x;
+  __syncthreads();
+  if (warp == 0) {
+    x = lane < kBlock / kWarp ? warp_maxima[lane] : 0u;
+    for (int offset = kWarp / 2; offset > 0; offset /= 2) x = max(x, __shfl_down_sync(kFullMask, x, offset));
+  }
+  return x;
+}
+
+// ---------------------------------------------------------------------------
+// 1. Locate
+
+// For every pixel: the keys of its D+1 vertices (image index in the high
+// word), the entry numbers to be sorted along, and the barycentric weights.
+// Also folds max |feature| into *max_abs_feature_bits (the bits of a
+// non-negative float order like the float; NaN orders above infinity), so the
+// range check needs no pass of its own.
+__global__ void locate_vertices(const float* __restrict__ features, int64_t num_pixels, int64_t pixels_per_image,
+                                FeatureScales<kDim> scales, uint64_t* __restrict__ key_lo,
+                                uint64_t* __restrict__ key_hi, int32_t* __restrict__ entry,
+                                float* __restrict__ weight, int32_t* __restrict__ max_abs_feature_bits) {
+  const int64_t pixel = thread_index();
+  unsigned max_bits = 0;
+  if (pixel < num_pixels) {
+    float f[kDim];
+    for (int i = 0; i < kDim; ++i) {
+      f[i] = features[pixel * kDim + i];
+      max_bits = max(max_bits, __float_as_uint(fabsf(f[i])));
+    }
+    Simplex<kDim> s;
+    locate<kDim>(f, scales, s);
+    const uint64_t image_bits = static_cast<uint64_t>(pixel / pixels_per_image) << kImageShift;
+    int32_t coords[kDim];
+    for (int k = 0; k < kVertices; ++k) {
+      for (int i = 0; i < kDim; ++i) coords[i] = vertex_coord<kDim>(s, i, k);
+      const PackedKey key = pack_key<kDim>(coords);
+      const int64_t e = pixel * kVertices + k;
+      key_lo[e] = key.lo;
+      key_hi[e] = key.hi | image_bits;
+      entry[e] = static_cast<int32_t>(e);
+      weight[e] = s.weight[k];
+    }
+  }
+  max_bits = block_max(max_bits);
+  if (threadIdx.x == 0) atomicMax(max_abs_feature_bits, static_cast<int32_t>(max_bits));  // order-free: exact
+}
+
+// ---------------------------------------------------------------------------
+// 2-3. Sort and number the lattice points
+
+// dst[i] = src[index[i]]: carries the other key word along a sort permutation.
+__global__ void gather_keys(const uint64_t* __restrict__ src, const int32_t* __restrict__ index, int64_t n,
+                            uint64_t* __restrict__ dst) {
+  const int64_t i = thread_index();
+  if (i < n) dst[i] = src[index[i]];
+}
+
+// 1 where a sorted entry starts a new lattice point, else 0.
+__global__ void mark_point_starts(const uint64_t* __restrict__ lo, const uint64_t* __restrict__ hi, int64_t n,
+                                  int32_t* __restrict__ is_start) {
+  const int64_t i = thread_index();
+  if (i < n) is_start[i] = i == 0 || lo[i] != lo[i - 1] || hi[i] != hi[i - 1];
+}
+
+// From the scan of the starts (points_so_far[i] = index of entry i's point + 1):
+// each entry's point, each point's first entry (point_begin[M] = n closes the
+// last run) and each point's key.
+__global__ void record_points(const int32_t* __restrict__ points_so_far, const int32_t* __restrict__ sorted_entry,
+                              const uint64_t* __restrict__ lo, const uint64_t* __restrict__ hi, int64_t n,
+                              int32_t* __restrict__ vertex_point, int32_t* __restrict__ point_begin,
+                              uint64_t* __restrict__ point_lo, uint64_t* __restrict__ point_hi) {
+  const int64_t i = thread_index();
+  if (i >= n) return;
+  const int32_t point = points_so_far[i] - 1;
+  vertex_point[sorted_entry[i]] = point;
+  if (i == 0 || points_so_far[i - 1] != points_so_far[i]) {
+    point_begin[point] = static_cast<int32_t>(i);
+    point_lo[point] = lo[i];
+    point_hi[point] = hi[i];
+  }
+  if (i == n - 1) point_begin[point + 1] = static_cast<int32_t>(n);
+}
+
+// ---------------------------------------------------------------------------
+// 4. Splat
+
+// signal[pixel, c] = in[n, c, p] (times roi[n, p]): pixel-major, so that a
+// splat lane reads a pixel's channels from consecutive addresses.
+__global__ void pixel_major_signal(const float* __restrict__ in, const float* __restrict__ roi, int64_t num_pixels,
+                                   int64_t pixels_per_image, int64_t channels, float* __restrict__ signal) {
+  const int64_t pixel = thread_index();
+  if (pixel >= num_pixels) return;
+  const int64_t n = pixel / pixels_per_image, p = pixel % pixels_per_image;
+  const float* src = in + n * channels * pixels_per_image + p;
+  float* dst = signal + pixel * channels;
+  if (roi) {
+    const float r = roi[pixel];
+    for (int64_t c = 0; c < channels; ++c) dst[c] = src[c * pixels_per_image] * r;
+  } else {
+    for (int64_t c = 0; c < channels; ++c) dst[c] = src[c * pixels_per_image];
+  }
+}
+
+// values[point, :] = sum of weight * signal[pixel, :] over the point's entries.
+// One warp per point: runs range from one entry to thousands (flat image
+// regions), and a warp spreads a long run over its lanes, then adds the lane
+// sums in a fixed butterfly, so the sum is reproducible.
+__global__ void splat(const int32_t* __restrict__ point_begin, const int32_t* __restrict__ sorted_entry,
+                      const float* __restrict__ weight, const float* __restrict__ signal, int64_t num_points,
+                      int64_t channels, float* __restrict__ values) {
+  const int64_t point = thread_index() / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (point >= num_points) return;  // whole warps leave together
+  const int32_t begin = point_begin[point], end = point_begin[point + 1];
+  for (int64_t c0 = 0; c0 < channels; c0 += kSplatChannels) {
+    float acc[kSplatChannels] = {};
+    for (int32_t i = begin + lane; i < end; i += kWarp) {
+      const int32_t e = sorted_entry[i];
+      const float w = weight[e];
+      const float* src = signal + static_cast<int64_t>(e / kVertices) * channels + c0;
+#pragma unroll
+      for (int cc = 0; cc < kSplatChannels; ++cc)
+        if (c0 + cc < channels) acc[cc] += w * src[cc];
+    }
+#pragma unroll
+    for (int cc = 0; cc < kSplatChannels; ++cc) {
+      for (int offset = kWarp / 2; offset > 0; offset /= 2) acc[cc] += __shfl_xor_sync(kFullMask, acc[cc], offset);
+      if (lane == cc && c0 + cc < channels) values[point * channels + c0 + cc] = acc[cc];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// 5. Blur
+
+// Index of the point with this key in the sorted point keys, or `missing`.
+__device__ int32_t find_point(const uint64_t* __restrict__ point_lo, const uint64_t* __restrict__ point_hi,
+                              int32_t num_points, uint64_t lo, uint64_t hi, int32_t missing) {
+  int32_t first = 0, count = num_points;  // lower bound in (hi, lo) order
+  while (count > 0) {
+    const int32_t half = count / 2, mid = first + half;
+    const uint64_t mid_hi = point_hi[mid];
+    if (mid_hi < hi || (mid_hi == hi && point_lo[mid] < lo)) {
+      first = mid + 1;
+      count -= half + 1;
+    } else {
+      count = half;
+    }
+  }
+  return first < num_points && point_hi[first] == hi && point_lo[first] == lo ? first : missing;
+}
+
+// neighbours[dir, point] = (point + step, point - step) along lattice
+// direction dir, where step = (-1, ..., -1, D at dir, -1, ..., -1) on the D
+// stored coordinates (all -1 for dir == D); num_points where there is none,
+// the zero row of the blur buffers.
+__global__ void find_blur_neighbours(const uint64_t* __restrict__ point_lo, const uint64_t* __restrict__ point_hi,
+                                     int32_t num_points, int32_t* __restrict__ neighbours) {
+  const int64_t index = thread_index();
+  if (index >= static_cast<int64_t>(kVertices) * num_points) return;
+  const int dir = static_cast<int>(index / num_points);
+  const int32_t point = static_cast<int32_t>(index % num_points);
+  const uint64_t lo = point_lo[point], hi = point_hi[point];
+  const uint64_t image_bits = hi >> kImageShift << kImageShift;
+  int32_t coords[kDim], prev[kDim], next[kDim];
+  for (int i = 0; i < kDim; ++i) {
+    const uint64_t word = i < 3 ? lo : hi;
+    coords[i] = static_cast<int32_t>((word >> (kKeyFieldBits * (i % 3))) & kFieldMask) - kKeyFieldBias;
+    const int32_t step = i == dir ? kDim : -1;
+    prev[i] = coords[i] + step;
+    next[i] = coords[i] - step;
+  }
+  const PackedKey prev_key = pack_key<kDim>(prev), next_key = pack_key<kDim>(next);
+  int32_t* out = neighbours + 2 * index;
+  out[0] = find_point(point_lo, point_hi, num_points, prev_key.lo, prev_key.hi | image_bits, num_points);
+  out[1] = find_point(point_lo, point_hi, num_points, next_key.lo, next_key.hi | image_bits, num_points);
+}
+
+// dst = src + (src[prev] + src[next]) / 2 along one direction (the CPU's
+// expression, so both round alike).
+__global__ void blur_along(const float* __restrict__ src, const int32_t* __restrict__ neighbours,
+                           int64_t num_points, int64_t channels, float* __restrict__ dst) {
+  const int64_t index = thread_index();
+  if (index >= num_points * channels) return;
+  const int64_t point = index / channels, c = index % channels;
+  const int64_t prev = neighbours[2 * point], next = neighbours[2 * point + 1];
+  dst[index] = src[index] + 0.5f * (src[prev * channels + c] + src[next * channels + c]);
+}
+
+// ---------------------------------------------------------------------------
+// 6. Slice
+
+// out[n, c, p] = alpha * sum_k weight_k values[vertex_k, c]; with a ROI the
+// output is scaled by out_scale * roi and each block writes its share of
+// sum(S * A S) to energy_partials[n, block] (in double).
+__global__ void slice(const int32_t* __restrict__ vertex_point, const float* __restrict__ weight,
+                      const float* __restrict__ values, const float* __restrict__ in, const float* __restrict__ roi,
+                      int64_t pixels_per_image, int64_t channels, float alpha, float out_scale,
+                      float* __restrict__ out, double* __restrict__ energy_partials) {
+  const int64_t n = blockIdx.y;
+  const int64_t p = thread_index();
+  float energy = 0.0f;
+  if (p < pixels_per_image) {
+    const int64_t pixel = n * pixels_per_image + p;
+    const float* rows[kVertices];
+    float w[kVertices];
+    for (int k = 0; k < kVertices; ++k) {
+      rows[k] = values + static_cast<int64_t>(vertex_point[pixel * kVertices + k]) * channels;
+      w[k] = alpha * weight[pixel * kVertices + k];
+    }
+    const float r = roi ? roi[pixel] : 1.0f;
+    const float scale = out_scale * r;
+    const int64_t first = n * channels * pixels_per_image + p;  // [n, 0, p]
+    for (int64_t c = 0; c < channels; ++c) {
+      float acc = 0.0f;
+      for (int k = 0; k < kVertices; ++k) acc += w[k] * rows[k][c];
+      const int64_t at = first + c * pixels_per_image;
+      if (roi) {
+        energy += in[at] * r * acc;
+        out[at] = acc * scale;
+      } else {
+        out[at] = acc;
+      }
+    }
+  }
+  if (energy_partials) {  // uniform over the grid: all threads reach block_sum
+    const double block_energy = block_sum(static_cast<double>(energy));
+    if (threadIdx.x == 0) energy_partials[n * gridDim.x + blockIdx.x] = block_energy;
+  }
+}
+
+// energy[n] = sum of image n's block partials, in a fixed order.
+__global__ void sum_energy(const double* __restrict__ energy_partials, int64_t blocks_per_image,
+                           float* __restrict__ energy) {
+  const int64_t n = blockIdx.x;
+  double sum = 0.0;
+  for (int64_t b = threadIdx.x; b < blocks_per_image; b += blockDim.x) sum += energy_partials[n * blocks_per_image + b];
+  sum = block_sum(sum);
+  if (threadIdx.x == 0) energy[n] = static_cast<float>(sum);
+}
+
+// ---------------------------------------------------------------------------
+// Host side
+
+void check_feature_range(const char* op, float max_feature) {
+  TORCH_CHECK(max_lattice_coord<kFeatureDim>(max_feature) < static_cast<float>(kKeyFieldBias), op,
+              ": features must be finite and at most about ",
+              static_cast<float>(kKeyFieldBias) / max_lattice_coord<kFeatureDim>(1.0f),
+              " in absolute value (are the sigmas tiny?), got ", max_feature);
+}
+
+// The CPU op's checks (same messages), plus the CUDA-only limits. The feature
+// range is checked later, on a maximum taken by locate_vertices.
+void check_inputs(const char* op, const at::Tensor& features, const at::Tensor& values) {
+  TORCH_CHECK(features.dim() == 3 && features.size(2) == kFeatureDim, op, ": features must be [N, P, ", kFeatureDim,
+              "], got ", features.sizes());
+  TORCH_CHECK(values.dim() == 3 && values.size(0) == features.size(0) && values.size(2) == features.size(1), op,
+              ": values must be [N, K, P] matching features ", features.sizes(), ", got ", values.sizes());
+  TORCH_CHECK(features.scalar_type() == at::kFloat && values.scalar_type() == at::kFloat, op,
+              ": features and values must be float32");
+  TORCH_CHECK(features.size(1) < (int64_t{1} << 28), op, ": too many pixels per image");
+  TORCH_CHECK(features.is_cuda() && values.device() == features.device(), op,
+              ": features and values must be on the same CUDA device, got ", features.device(), " and ",
+              values.device());
+  TORCH_CHECK(features.size(0) <= (int64_t{1} << kMaxImageBits), op, ": too many images per batch");
+  TORCH_CHECK(features.size(0) * features.size(1) * kVertices < (int64_t{1} << 31), op,
+              ": too many pixels per batch (split the batch)");
+}
+
+// The same range check on the host, for batches the lattice never sees.
+void check_feature_range_now(const char* op, const at::Tensor& features) {
+  if (features.numel() == 0) return;
+  check_feature_range(op, features.abs().max().item<float>());  // synchronises; degenerate inputs only
+}
+
+// Scratch from torch's caching allocator, on the current stream's device.
+at::Tensor scratch(int64_t size, const at::Tensor& like, at::ScalarType type) {
+  return at::empty({size}, like.options().dtype(type));
+}
+
+uint64_t* u64_ptr(at::Tensor& t) { return reinterpret_cast<uint64_t*>(t.data_ptr<int64_t>()); }
+
+// out = A in, or with `roi` defined: S = in * roi, out = out_scale * roi * A S,
+// energy[n] = sum(S * A S) over image n. `feat` and `in` are contiguous.
+//
+// Synchronisation: one, a 8-byte device-to-host copy after the lattice points
+// are numbered. It brings back the number of points M, which sizes the lattice
+// buffers (the alternative, sizing them for one point per pixel vertex, costs
+// 2 x 24 K bytes per pixel), and max |feature| for the range check, which is
+// thus raised before any kernel reads a lattice key.
+void filter_batch(const char* op, const at::Tensor& feat, const at::Tensor& in, const at::Tensor& roi,
+                  float out_scale, at::Tensor& out, at::Tensor& energy) {
+  const int64_t N = in.size(0), K = in.size(1), P = in.size(2);
+  const int64_t num_pixels = N * P;
+  const int64_t num_entries = num_pixels * kVertices;
+  const bool with_roi = roi.defined();
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+
+  int image_bits = 0;
+  while ((int64_t{1} << image_bits) < N) ++image_bits;
+
+  // summary[0]: bits of max |feature|; summary[1]: number of lattice points.
+  at::Tensor summary = at::zeros({2}, feat.options().dtype(at::kInt));
+  at::Tensor weight = scratch(num_entries, feat, at::kFloat);        // per entry (pixel, vertex)
+  at::Tensor vertex_point = scratch(num_entries, feat, at::kInt);    // per entry
+  at::Tensor point_lo, point_hi;  // per point: the sorted keys
+  at::Tensor values;              // per point (+ a zero row): K channels
+  int32_t num_points = 0;
+  {
+    // 1. Locate.
+    at::Tensor key_lo = scratch(num_entries, feat, at::kLong), key_hi = scratch(num_entries, feat, at::kLong);
+    at::Tensor entry = scratch(num_entries, feat, at::kInt);
+    locate_vertices<<<blocks_for(num_pixels), kBlock, 0, stream>>>(
+        feat.data_ptr<float>(), num_pixels, P, feature_scales<kDim>(), u64_ptr(key_lo), u64_ptr(key_hi),
+        entry.data_ptr<int32_t>(), weight.data_ptr<float>(), summary.data_ptr<int32_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+
+    // 2. Sort by (hi, lo): by lo, then stably by hi. Only the permutation of
+    //    the first sort matters; its sorted keys are overwritten.
+    at::Tensor keys = scratch(num_entries, feat, at::kLong), entry_by_lo = scratch(num_entries, feat, at::kInt);
+    at::Tensor is_start = scratch(num_entries, feat, at::kInt), points_so_far = scratch(num_entries, feat, at::kInt);
+    const int n = static_cast<int>(num_entries);
+    size_t sort_lo_bytes = 0, sort_hi_bytes = 0, scan_bytes = 0;
+    C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, sort_lo_bytes, u64_ptr(key_lo), u64_ptr(keys),
+                                                   entry.data_ptr<int32_t>(), entry_by_lo.data_ptr<int32_t>(), n, 0,
+                                                   kLoKeyBits, stream));
+    C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, sort_hi_bytes, u64_ptr(keys), u64_ptr(key_hi),
+                                                   entry_by_lo.data_ptr<int32_t>(), entry.data_ptr<int32_t>(), n, 0,
+                                                   kImageShift + image_bits, stream));
+    C10_CUDA_CHECK(cub::DeviceScan::InclusiveSum(nullptr, scan_bytes, is_start.data_ptr<int32_t>(),
+                                                 points_so_far.data_ptr<int32_t>(), n, stream));
+    at::Tensor temp = scratch(static_cast<int64_t>(std::max({sort_lo_bytes, sort_hi_bytes, scan_bytes, size_t{1}})),
+                              feat, at::kByte);
+    void* temp_ptr = temp.data_ptr();
+
+    C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp_ptr, sort_lo_bytes, u64_ptr(key_lo), u64_ptr(keys),
+                                                   entry.data_ptr<int32_t>(), entry_by_lo.data_ptr<int32_t>(), n, 0,
+                                                   kLoKeyBits, stream));
+    gather_keys<<<blocks_for(num_entries), kBlock, 0, stream>>>(u64_ptr(key_hi), entry_by_lo.data_ptr<int32_t>(),
+                                                                num_entries, u64_ptr(keys));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    // key_hi and entry are free now: they receive the final order.
+    C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp_ptr, sort_hi_bytes, u64_ptr(keys), u64_ptr(key_hi),
+                                                   entry_by_lo.data_ptr<int32_t>(), entry.data_ptr<int32_t>(), n, 0,
+                                                   kImageShift + image_bits, stream));
+    gather_keys<<<blocks_for(num_entries), kBlock, 0, stream>>>(u64_ptr(key_lo), entry.data_ptr<int32_t>(),
+                                                                num_entries, u64_ptr(keys));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const uint64_t* sorted_lo = u64_ptr(keys);
+    const uint64_t* sorted_hi = u64_ptr(key_hi);
+    const int32_t* sorted_entry = entry.data_ptr<int32_t>();
+
+    // 3. Number the points.
+    mark_point_starts<<<blocks_for(num_entries), kBlock, 0, stream>>>(sorted_lo, sorted_hi, num_entries,
+                                                                      is_start.data_ptr<int32_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    C10_CUDA_CHECK(cub::DeviceScan::InclusiveSum(temp_ptr, scan_bytes, is_start.data_ptr<int32_t>(),
+                                                 points_so_far.data_ptr<int32_t>(), n, stream));
+    summary.narrow(0, 1, 1).copy_(points_so_far.narrow(0, num_entries - 1, 1));
+    const at::Tensor host_summary = summary.cpu();  // the op's one synchronisation
+    const int32_t max_bits = host_summary.data_ptr<int32_t>()[0];
+    float max_feature;
+    std::memcpy(&max_feature, &max_bits, sizeof max_feature);
+    check_feature_range(op, max_feature);
+    num_points = host_summary.data_ptr<int32_t>()[1];
+
+    at::Tensor point_begin = scratch(int64_t{num_points} + 1, feat, at::kInt);
+    point_lo = scratch(num_points, feat, at::kLong);
+    point_hi = scratch(num_points, feat, at::kLong);
+    record_points<<<blocks_for(num_entries), kBlock, 0, stream>>>(
+        points_so_far.data_ptr<int32_t>(), sorted_entry, sorted_lo, sorted_hi, num_entries,
+        vertex_point.data_ptr<int32_t>(), point_begin.data_ptr<int32_t>(), u64_ptr(point_lo), u64_ptr(point_hi));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+
+    // 4. Splat (needs the sorted entries, so inside this scope).
+    at::Tensor signal = scratch(num_pixels * K, feat, at::kFloat);
+    pixel_major_signal<<<blocks_for(num_pixels), kBlock, 0, stream>>>(
+        in.data_ptr<float>(), with_roi ? roi.data_ptr<float>() : nullptr, num_pixels, P, K, signal.data_ptr<float>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    // Lattice buffers: one K-row per point plus a zero row for missing neighbours.
+    values = at::empty({int64_t{num_points} + 1, K}, feat.options());
+    values.select(0, num_points).zero_();
+    splat<<<blocks_for(int64_t{num_points} * kWarp), kBlock, 0, stream>>>(
+        point_begin.data_ptr<int32_t>(), sorted_entry, weight.data_ptr<float>(), signal.data_ptr<float>(), num_points,
+        K, values.data_ptr<float>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }  // the sort buffers go back to the caching allocator here
+
+  // 5. Blur along the D+1 directions, ping-ponging between two buffers.
+  at::Tensor neighbours = scratch(int64_t{kVertices} * num_points * 2, feat, at::kInt);
+  find_blur_neighbours<<<blocks_for(int64_t{kVertices} * num_points), kBlock, 0, stream>>>(
+      u64_ptr(point_lo), u64_ptr(point_hi), num_points, neighbours.data_ptr<int32_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  at::Tensor blurred = at::empty_like(values);
+  blurred.select(0, num_points).zero_();
+  for (int dir = 0; dir < kVertices; ++dir) {
+    blur_along<<<blocks_for(int64_t{num_points} * K), kBlock, 0, stream>>>(
+        values.data_ptr<float>(), neighbours.data_ptr<int32_t>() + int64_t{2} * dir * num_points, num_points, K,
+        blurred.data_ptr<float>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    std::swap(values, blurred);
+  }
+
+  // 6. Slice (and the energy).
+  const int64_t blocks_per_image = blocks_for(P);
+  at::Tensor energy_partials;
+  if (with_roi) energy_partials = at::empty({N, blocks_per_image}, feat.options().dtype(at::kDouble));
+  slice<<<dim3(static_cast<unsigned>(blocks_per_image), static_cast<unsigned>(N)), kBlock, 0, stream>>>(
+      vertex_point.data_ptr<int32_t>(), weight.data_ptr<float>(), values.data_ptr<float>(), in.data_ptr<float>(),
+      with_roi ? roi.data_ptr<float>() : nullptr, P, K, slice_alpha<kDim>(), out_scale, out.data_ptr<float>(),
+      with_roi ? energy_partials.data_ptr<double>() : nullptr);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (with_roi) {
+    sum_energy<<<static_cast<unsigned>(N), kBlock, 0, stream>>>(energy_partials.data_ptr<double>(), blocks_per_image,
+                                                                energy.data_ptr<float>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
+at::Tensor permutohedral_filter_cuda(const at::Tensor& features, const at::Tensor& values) {
+  const char* op = "permutohedral_filter";
+  check_inputs(op, features, values);
+  const c10::cuda::CUDAGuard device_guard(features.device());
+  const auto feat = features.contiguous();
+  const auto in = values.contiguous();
+  auto out = at::empty_like(in);
+  at::Tensor no_roi, no_energy;
+  if (in.numel() == 0) {
+    check_feature_range_now(op, feat);
+    return out;
+  }
+  filter_batch(op, feat, in, no_roi, 1.0f, out, no_energy);
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> permutohedral_crf_cuda(const at::Tensor& features, const at::Tensor& probs,
+                                                          const at::Tensor& roi, double out_scale) {
+  const char* op = "permutohedral_crf";
+  check_inputs(op, features, probs);
+  TORCH_CHECK(roi.dim() == 2 && roi.size(0) == probs.size(0) && roi.size(1) == probs.size(2) &&
+                  roi.scalar_type() == at::kFloat,
+              "permutohedral_crf: roi must be float32 [N, P] matching probs ", probs.sizes(), ", got ", roi.sizes());
+  TORCH_CHECK(roi.device() == features.device(), op, ": roi must be on the features' device ", features.device(),
+              ", got ", roi.device());
+  const c10::cuda::CUDAGuard device_guard(features.device());
+  const auto feat = features.contiguous();
+  const auto in = probs.contiguous();
+  const auto mask = roi.contiguous();
+  auto out = at::empty_like(in);
+  if (in.numel() == 0) {
+    check_feature_range_now(op, feat);
+    return {at::zeros({in.size(0)}, in.options()), out};
+  }
+  auto energy = at::empty({in.size(0)}, in.options());
+  filter_batch(op, feat, in, mask, static_cast<float>(out_scale), out, energy);
+  return {energy, out};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rloss, CUDA, m) {
+  m.impl("permutohedral_filter", &permutohedral_filter_cuda);
+  m.impl("permutohedral_crf", &permutohedral_crf_cuda);
+}
+
+}  // namespace rloss

@@ -1,0 +1,79 @@
+"""The CUDA lattice: compiled with nvcc everywhere a toolkit exists; run where a GPU is."""
+
+import pytest
+import torch
+
+from conftest import photo, smooth_probs
+from rloss import DenseCRFLoss
+from rloss.filtering import _extension, bilateral_features, permutohedral_crf, permutohedral_filter, resolve_kernel
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+
+
+@pytest.mark.skipif(_extension.cuda_toolkit_home() is None, reason="needs nvcc (no CUDA toolkit found)")
+@pytest.mark.parametrize("source", _extension.CUDA_SOURCES)
+def test_cuda_sources_compile_with_nvcc(tmp_path, source):
+    import subprocess
+
+    command = _extension.nvcc_compile_command(_extension.CSRC / source, tmp_path / "check.o")
+    out = subprocess.run(command, capture_output=True, text=True)
+    assert out.returncode == 0, f"nvcc failed:\n{out.stderr[-4000:]}"
+    assert (tmp_path / "check.o").stat().st_size > 0
+
+
+def _inputs(n, k, size, device):
+    images = torch.cat([photo(name, size) for name in ("astronaut", "coffee", "chelsea", "rocket")[:n]])
+    features = bilateral_features(images, 15.0, 100.0 * size / 513)
+    probs = smooth_probs(n, k, size).flatten(2)
+    roi = torch.ones(n, size * size)
+    roi[:, : size * 2] = 0  # a padded band
+    return features.to(device), probs.to(device), roi.to(device)
+
+
+@needs_gpu
+@pytest.mark.parametrize("n, k, size", [(1, 1, 24), (2, 21, 64), (3, 5, 97), (4, 33, 128)])
+def test_cuda_lattice_equals_cpu_lattice(lattice_available, n, k, size):
+    features, probs, roi = _inputs(n, k, size, "cpu")
+    cpu_filtered = permutohedral_filter(features, probs)
+    cpu_energy, cpu_out = permutohedral_crf(features, probs, roi, -0.5)
+    gpu_filtered = permutohedral_filter(features.cuda(), probs.cuda()).cpu()
+    gpu_energy, gpu_out = (t.cpu() for t in permutohedral_crf(features.cuda(), probs.cuda(), roi.cuda(), -0.5))
+    scale = cpu_filtered.abs().max()
+    assert ((gpu_filtered - cpu_filtered).abs().max() / scale) <= 1e-3
+    assert ((gpu_out - cpu_out).abs().max() / cpu_out.abs().max()) <= 1e-3
+    assert ((gpu_energy - cpu_energy).abs() / cpu_energy.abs()).max() <= 1e-4
+
+
+@needs_gpu
+def test_cuda_lattice_is_deterministic(lattice_available):
+    features, probs, roi = _inputs(2, 21, 96, "cuda")
+    first = permutohedral_crf(features, probs, roi, 1.0)
+    for _ in range(3):
+        again = permutohedral_crf(features, probs, roi, 1.0)
+        assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+
+
+@needs_gpu
+def test_loss_on_cuda_uses_the_cuda_lattice_and_matches_cpu(lattice_available):
+    assert resolve_kernel("auto", 64 * 64, "cuda") == "permutohedral"
+    assert resolve_kernel("auto", 4 * 4, "cuda") == "exact"
+    images = torch.cat([photo("coffee", 64), photo("rocket", 64)])
+    probs = smooth_probs(2, 21, 64)
+    roi = torch.ones(2, 64, 64)
+    for kernel in ("permutohedral", "exact"):
+        loss_fn = DenseCRFLoss(2e-9, 15, 100, 0.5, kernel=kernel)
+        p_cpu = probs.clone().requires_grad_(True)
+        p_gpu = probs.cuda().requires_grad_(True)
+        l_cpu, l_gpu = loss_fn(images, p_cpu, roi), loss_fn(images.cuda(), p_gpu, roi.cuda())
+        l_cpu.backward()
+        l_gpu.backward()
+        assert l_gpu.item() == pytest.approx(l_cpu.item(), rel=1e-4), kernel
+        assert (p_gpu.grad.cpu() - p_cpu.grad).abs().max() <= 1e-3 * p_cpu.grad.abs().max(), kernel
+
+
+def test_cpu_only_build_refuses_cuda_tensors_with_a_clear_message(lattice_available, monkeypatch):
+    monkeypatch.setattr(_extension, "build_with_cuda", lambda: False)
+    with pytest.raises(_extension.ExtensionUnavailable, match="built without CUDA"):
+        _extension.require_lattice("cuda")
+    _extension.require_lattice("cpu")  # the CPU lattice stays available
+
