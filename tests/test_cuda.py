@@ -1,4 +1,8 @@
-"""The CUDA lattice: compiled with nvcc everywhere a toolkit exists; run where a GPU is."""
+"""The CUDA lattice: built everywhere a CUDA toolkit exists; run where a GPU is."""
+
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,14 +15,21 @@ needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CU
 
 
 @pytest.mark.skipif(_extension.cuda_toolkit_home() is None, reason="needs nvcc (no CUDA toolkit found)")
-@pytest.mark.parametrize("source", _extension.CUDA_SOURCES)
-def test_cuda_sources_compile_with_nvcc(tmp_path, source):
-    import subprocess
-
-    command = _extension.nvcc_compile_command(_extension.CSRC / source, tmp_path / "check.o")
-    out = subprocess.run(command, capture_output=True, text=True)
-    assert out.returncode == 0, f"nvcc failed:\n{out.stderr[-4000:]}"
-    assert (tmp_path / "check.o").stat().st_size > 0
+def test_extension_builds_with_cuda_for_a100_and_h100_and_registers_both_ops(tmp_path):
+    # No GPU is needed to compile, link and load the CUDA build: a syntax,
+    # template or link error in the CUDA sources fails here.
+    script = (
+        "import torch\n"
+        "from rloss.filtering import _extension\n"
+        "_extension.load_extension()\n"
+        "for op in ('permutohedral_filter', 'permutohedral_crf'):\n"
+        "    for key in ('CPU', 'CUDA'):\n"
+        "        assert torch._C._dispatch_has_kernel_for_dispatch_key(f'rloss::{op}', key), (op, key)\n"
+        "print('registered')\n"
+    )
+    env = dict(os.environ, RLOSS_FORCE_CUDA="1", TORCH_CUDA_ARCH_LIST="8.0;9.0", TORCH_EXTENSIONS_DIR=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and "registered" in out.stdout, f"CUDA build failed:\n{out.stderr[-4000:]}"
 
 
 def _inputs(n, k, size, device):

@@ -71,8 +71,7 @@ def build_with_cuda() -> bool:
 def nvcc_compile_command(source: Path, output: Path, archs: tuple[str, ...] = ("80", "90")) -> list[str]:
     """An nvcc command that compiles one CUDA source of the extension to an object
     file, with torch's flags: a check that needs no GPU (used by the tests)."""
-    from torch.utils import cpp_extension
-
+    cpp_extension = _cpp_extension()
     toolkit = cuda_toolkit_home()
     if toolkit is None:
         raise ExtensionUnavailable("no CUDA toolkit: set CUDA_HOME or install nvcc in /usr/local/cuda")
@@ -84,6 +83,19 @@ def nvcc_compile_command(source: Path, output: Path, archs: tuple[str, ...] = ("
     for arch in archs:
         command += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
     return command + [f"-I{path}" for path in includes]
+
+
+def _cpp_extension():
+    """torch.utils.cpp_extension, imported with CUDA_HOME set to our toolkit (else
+    torch guesses from PATH) and without its warning that a toolkit but no GPU
+    was found: the normal case for CPU builds and nvcc checks."""
+    toolkit = cuda_toolkit_home()
+    if toolkit is not None:
+        os.environ.setdefault("CUDA_HOME", toolkit)
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from torch.utils import cpp_extension
+
+    return cpp_extension
 
 
 def _build_name(with_cuda: bool) -> str:
@@ -100,13 +112,7 @@ def _extensions_root() -> Path:
 
 
 def _build_and_load() -> None:
-    toolkit = cuda_toolkit_home()
-    if toolkit is not None:  # else torch guesses from PATH
-        os.environ.setdefault("CUDA_HOME", toolkit)
-    # torch warns on import when a toolkit but no GPU is found: the normal case for CPU builds.
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    from torch.utils import cpp_extension
-
+    cpp_extension = _cpp_extension()
     with_cuda = build_with_cuda()
     name = _build_name(with_cuda)
     build_dir = _extensions_root() / name

@@ -197,7 +197,7 @@ __global__ void splat(const int32_t* __restrict__ point_begin, const int32_t* __
   const int32_t begin = point_begin[point], end = point_begin[point + 1];
   for (int64_t c0 = 0; c0 < channels; c0 += kSplatChannels) {
     float acc[kSplatChannels] = {};
-    for (int32_t i = begin + lane; i < end; i += kWarp) {
+    for (int64_t i = begin + lane; i < end; i += kWarp) {
       const int32_t e = sorted_entry[i];
       const float w = weight[e];
       const float* src = signal + static_cast<int64_t>(e / kVertices) * channels + c0;
@@ -275,13 +275,15 @@ __global__ void blur_along(const float* __restrict__ src, const int32_t* __restr
 
 // out[n, c, p] = alpha * sum_k weight_k values[vertex_k, c]; with a ROI the
 // output is scaled by out_scale * roi and each block writes its share of
-// sum(S * A S) to energy_partials[n, block] (in double).
-__global__ void slice(const int32_t* __restrict__ vertex_point, const float* __restrict__ weight,
-                      const float* __restrict__ values, const float* __restrict__ in, const float* __restrict__ roi,
-                      int64_t pixels_per_image, int64_t channels, float alpha, float out_scale,
-                      float* __restrict__ out, double* __restrict__ energy_partials) {
-  const int64_t n = blockIdx.y;
-  const int64_t p = thread_index();
+// sum(S * A S) to energy_partials[n, block] (in double). Blocks never span two
+// images: image n owns blocks n * blocks_per_image ... (n+1) * blocks_per_image - 1.
+__global__ void slice_values(const int32_t* __restrict__ vertex_point, const float* __restrict__ weight,
+                             const float* __restrict__ values, const float* __restrict__ in,
+                             const float* __restrict__ roi, int64_t pixels_per_image, int64_t blocks_per_image,
+                             int64_t channels, float alpha, float out_scale, float* __restrict__ out,
+                             double* __restrict__ energy_partials) {
+  const int64_t n = blockIdx.x / blocks_per_image;
+  const int64_t p = (blockIdx.x % blocks_per_image) * kBlock + threadIdx.x;
   float energy = 0.0f;
   if (p < pixels_per_image) {
     const int64_t pixel = n * pixels_per_image + p;
@@ -308,7 +310,7 @@ __global__ void slice(const int32_t* __restrict__ vertex_point, const float* __r
   }
   if (energy_partials) {  // uniform over the grid: all threads reach block_sum
     const double block_energy = block_sum(static_cast<double>(energy));
-    if (threadIdx.x == 0) energy_partials[n * gridDim.x + blockIdx.x] = block_energy;
+    if (threadIdx.x == 0) energy_partials[blockIdx.x] = block_energy;
   }
 }
 
@@ -345,7 +347,7 @@ void check_inputs(const char* op, const at::Tensor& features, const at::Tensor& 
   TORCH_CHECK(features.is_cuda() && values.device() == features.device(), op,
               ": features and values must be on the same CUDA device, got ", features.device(), " and ",
               values.device());
-  TORCH_CHECK(features.size(0) <= (int64_t{1} << kMaxImageBits), op, ": too many images per batch");
+  TORCH_CHECK(features.size(0) <= (int64_t{1} << kMaxImageBits), op, ": too many images per batch");  // key bits
   TORCH_CHECK(features.size(0) * features.size(1) * kVertices < (int64_t{1} << 31), op,
               ": too many pixels per batch (split the batch)");
 }
@@ -366,7 +368,7 @@ uint64_t* u64_ptr(at::Tensor& t) { return reinterpret_cast<uint64_t*>(t.data_ptr
 // out = A in, or with `roi` defined: S = in * roi, out = out_scale * roi * A S,
 // energy[n] = sum(S * A S) over image n. `feat` and `in` are contiguous.
 //
-// Synchronisation: one, a 8-byte device-to-host copy after the lattice points
+// Synchronisation: one, an 8-byte device-to-host copy after the lattice points
 // are numbered. It brings back the number of points M, which sizes the lattice
 // buffers (the alternative, sizing them for one point per pixel vertex, costs
 // 2 x 24 K bytes per pixel), and max |feature| for the range check, which is
@@ -454,8 +456,11 @@ void filter_batch(const char* op, const at::Tensor& feat, const at::Tensor& in, 
         points_so_far.data_ptr<int32_t>(), sorted_entry, sorted_lo, sorted_hi, num_entries,
         vertex_point.data_ptr<int32_t>(), point_begin.data_ptr<int32_t>(), u64_ptr(point_lo), u64_ptr(point_hi));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    // Only the sorted entries are still needed: give the rest back to the
+    // caching allocator before the K-channel buffers are allocated.
+    for (at::Tensor* t : {&key_lo, &key_hi, &keys, &entry_by_lo, &is_start, &points_so_far, &temp}) t->reset();
 
-    // 4. Splat (needs the sorted entries, so inside this scope).
+    // 4. Splat.
     at::Tensor signal = scratch(num_pixels * K, feat, at::kFloat);
     pixel_major_signal<<<blocks_for(num_pixels), kBlock, 0, stream>>>(
         in.data_ptr<float>(), with_roi ? roi.data_ptr<float>() : nullptr, num_pixels, P, K, signal.data_ptr<float>());
@@ -467,7 +472,7 @@ void filter_batch(const char* op, const at::Tensor& feat, const at::Tensor& in, 
         point_begin.data_ptr<int32_t>(), sorted_entry, weight.data_ptr<float>(), signal.data_ptr<float>(), num_points,
         K, values.data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }  // the sort buffers go back to the caching allocator here
+  }  // the sorted entries, point starts and pixel-major signal are freed here
 
   // 5. Blur along the D+1 directions, ping-ponging between two buffers.
   at::Tensor neighbours = scratch(int64_t{kVertices} * num_points * 2, feat, at::kInt);
@@ -488,10 +493,10 @@ void filter_batch(const char* op, const at::Tensor& feat, const at::Tensor& in, 
   const int64_t blocks_per_image = blocks_for(P);
   at::Tensor energy_partials;
   if (with_roi) energy_partials = at::empty({N, blocks_per_image}, feat.options().dtype(at::kDouble));
-  slice<<<dim3(static_cast<unsigned>(blocks_per_image), static_cast<unsigned>(N)), kBlock, 0, stream>>>(
+  slice_values<<<N * blocks_per_image, kBlock, 0, stream>>>(
       vertex_point.data_ptr<int32_t>(), weight.data_ptr<float>(), values.data_ptr<float>(), in.data_ptr<float>(),
-      with_roi ? roi.data_ptr<float>() : nullptr, P, K, slice_alpha<kDim>(), out_scale, out.data_ptr<float>(),
-      with_roi ? energy_partials.data_ptr<double>() : nullptr);
+      with_roi ? roi.data_ptr<float>() : nullptr, P, blocks_per_image, K, slice_alpha<kDim>(), out_scale,
+      out.data_ptr<float>(), with_roi ? energy_partials.data_ptr<double>() : nullptr);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (with_roi) {
     sum_energy<<<static_cast<unsigned>(N), kBlock, 0, stream>>>(energy_partials.data_ptr<double>(), blocks_per_image,

@@ -165,12 +165,13 @@ RLOSS_HD uint64_t hash_key(const PackedKey& k) {
   return h ^ (h >> 29);
 }
 
-// Largest |coordinate| of a lattice point whose features are at most
-// `max_abs_feature` in absolute value: elevation sums at most 2D scaled
-// features, and rounding moves a coordinate by at most 2(D+1).
+// Largest |coordinate| of a lattice point, or of its blur neighbours, whose
+// features are at most `max_abs_feature` in absolute value: elevation sums at
+// most 2D scaled features; rounding and the sum fix move a coordinate by at
+// most 1.5(D+1), the simplex vertex by D+1 more, a blur step by D: < 4(D+1).
 template <int D>
 RLOSS_HD float max_lattice_coord(float max_abs_feature) {
-  return 2.0f * D * feature_scale<D>(0) * max_abs_feature + 2.0f * (D + 1);
+  return 2.0f * D * feature_scale<D>(0) * max_abs_feature + 4.0f * (D + 1);
 }
 
 }  // namespace rloss
