@@ -33,13 +33,11 @@ class Case:
     size: int
     sigma_xy: float  # in pixels of the filtered image
     device: str = "cpu"
-    retain_allocations: bool = False  # rloss.runtime.retain_large_allocations()
 
     @property
     def label(self) -> str:
         where = "" if self.device == "cpu" else f" ({self.device})"
-        tuned = ", large allocations retained" if self.retain_allocations else ""
-        return f"{self.kernel}{where} N={self.n} K={self.k} {self.size}x{self.size}{tuned}"
+        return f"{self.kernel}{where} N={self.n} K={self.k} {self.size}x{self.size}"
 
 
 # The published sigma_xy = 100 at 513 px, scaled to the filtered size
@@ -51,8 +49,6 @@ def default_cases(include_exact_large: bool = False) -> list[Case]:
             if kernel == "exact" and size * size > 64 * 64 and not include_exact_large:
                 continue  # quadratic: minutes per call
             cases.append(Case(kernel, n, 21, size, 100.0 * size / 513))
-    # The headline case again, with the allocator setting CPU training uses.
-    cases.insert(1, Case("permutohedral", 12, 21, 256, 100.0 * 256 / 513, retain_allocations=True))
     return cases
 
 
@@ -110,11 +106,6 @@ def run_case(case: Case, repeats: int, warmup: int = 3) -> dict:
     """Times forward + backward of the loss in this process (CUDA events on a GPU)."""
     from .losses import DenseCRFLoss
 
-    if case.retain_allocations:
-        from .runtime import retain_large_allocations
-
-        if not retain_large_allocations():
-            raise SystemExit("retain_large_allocations() is not supported by this C library")
     device = torch.device(case.device)
     generator = torch.Generator().manual_seed(0)
     images = photo_batch(case.n, case.size).to(device)

@@ -26,7 +26,7 @@ import torch
 CSRC = Path(__file__).resolve().parent / "csrc"
 CPU_SOURCES = ("ops.cpp", "permutohedral_cpu.cpp")
 CUDA_SOURCES = ("permutohedral_cuda.cu",)
-HEADERS = ("permutohedral_math.h",)
+HEADERS = ("op_checks.h", "permutohedral_math.h")
 
 # -fopenmp must reach the linker too: the original rloss build failed without it.
 CPU_FLAGS = ["-O3", "-fopenmp"]

@@ -6,9 +6,11 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <vector>
 
+#include "op_checks.h"
 #include "permutohedral_math.h"
 
 namespace rloss {
@@ -106,16 +108,15 @@ struct ImageTask {
 
 // Buffers of one thread, reused image after image: fresh multi-megabyte
 // allocations would cost a page fault per 4 KiB on every call. Each thread
-// keeps about (56 + 4K) bytes per pixel of the largest image it has filtered.
+// keeps about 60 bytes per pixel of the largest image it has filtered.
 template <int D>
 struct Workspace {
   LatticePoints<D> lattice;
   std::vector<int32_t> vertex;    // [P, D+1] lattice point of each simplex vertex
   std::vector<float> weight;      // [P, D+1] barycentric weights
-  std::vector<float> signal;      // [P, K] input (times the ROI)
   std::vector<float> values, blurred;  // [M+1, K] lattice values
   std::vector<int32_t> neighbours;     // [M, 2] per blur direction
-  std::vector<float> tile;        // [kTile, K]
+  std::vector<float> tile;        // [kTile, K] pixels in [pixel, channel] layout
 };
 
 template <int D>
@@ -146,6 +147,11 @@ __attribute__((always_inline)) inline void filter_image(const ImageTask& t) {
   int32_t ones[D], coords[D];
   for (int i = 0; i < D; ++i) ones[i] = 1 - kKeyFieldBias;  // packs to a 1 in each field
   const PackedKey step = pack_key<D>(ones);
+  PackedKey wrap[V];  // D+1 in field i (nothing for i == D, which is not stored); a table, not branches
+  for (int i = 0; i < V; ++i) {
+    for (int j = 0; j < D; ++j) coords[j] = (j == i ? D + 1 : 0) - kKeyFieldBias;
+    wrap[i] = pack_key<D>(coords);
+  }
   for (int64_t p = 0; p < P; ++p) {
     locate<D>(t.feat + p * D, scales, s);
     int32_t coord_of_rank[V];
@@ -162,30 +168,10 @@ __attribute__((always_inline)) inline void filter_image(const ImageTask& t) {
         last_point[k] = lattice.insert(coords, key);
       }
       v[k] = last_point[k];
-      const int wrapped = coord_of_rank[D - k];
-      key.lo += step.lo;
-      key.hi += step.hi;
-      if (wrapped < 3) key.lo -= static_cast<uint64_t>(D + 1) << (kKeyFieldBits * wrapped);
-      else if (wrapped < D) key.hi -= static_cast<uint64_t>(D + 1) << (kKeyFieldBits * (wrapped - 3));
+      const PackedKey& down = wrap[coord_of_rank[D - k]];
+      key.lo += step.lo - down.lo;
+      key.hi += step.hi - down.hi;
     }
-  }
-
-  // The signal in [P, K] layout (times the ROI), kept for the energy.
-  std::vector<float>& signal = ws.signal;
-  signal.resize(static_cast<size_t>(P) * S);
-  for (int64_t p0 = 0; p0 < P; p0 += kTile) {
-    const int64_t n = std::min(kTile, P - p0);
-    for (int64_t c = 0; c < K; ++c) {
-      const float* src = t.in + c * P + p0;
-      float* dst = signal.data() + p0 * S + c;
-      if (t.roi) {
-        for (int64_t q = 0; q < n; ++q) dst[q * S] = src[q] * t.roi[p0 + q];
-      } else {
-        for (int64_t q = 0; q < n; ++q) dst[q * S] = src[q];
-      }
-    }
-    for (int64_t q = 0; q < n; ++q)
-      for (int64_t c = K; c < S; ++c) signal[(p0 + q) * S + c] = 0.0f;
   }
 
   // Lattice values, one K-vector per point, plus a zero row M standing in for
@@ -196,15 +182,29 @@ __attribute__((always_inline)) inline void filter_image(const ImageTask& t) {
   values.assign(static_cast<size_t>(M + 1) * S, 0.0f);
   blurred.assign(static_cast<size_t>(M + 1) * S, 0.0f);
 
-  // 2. Splat.
-  for (int64_t p = 0; p < P; ++p) {
-    const int32_t* v = vertex.data() + p * V;
-    const float* w = weight.data() + p * V;
-    const float* __restrict__ src = signal.data() + p * S;
-    for (int k = 0; k < V; ++k) {
-      float* __restrict__ dst = values.data() + static_cast<size_t>(v[k]) * S;
-      const float wk = w[k];
-      for (int64_t c = 0; c < S; ++c) dst[c] += wk * src[c];
+  // 2. Splat, tile by tile: the tile holds the signal (input times ROI) of
+  //    kTile pixels in [pixel, channel] layout.
+  std::vector<float>& tile = ws.tile;
+  tile.assign(static_cast<size_t>(kTile) * S, 0.0f);  // padding channels stay 0
+  for (int64_t p0 = 0; p0 < P; p0 += kTile) {
+    const int64_t n = std::min(kTile, P - p0);
+    for (int64_t c = 0; c < K; ++c) {
+      const float* src = t.in + c * P + p0;
+      if (t.roi) {
+        for (int64_t q = 0; q < n; ++q) tile[q * S + c] = src[q] * t.roi[p0 + q];
+      } else {
+        for (int64_t q = 0; q < n; ++q) tile[q * S + c] = src[q];
+      }
+    }
+    for (int64_t q = 0; q < n; ++q) {
+      const int32_t* v = vertex.data() + (p0 + q) * V;
+      const float* w = weight.data() + (p0 + q) * V;
+      const float* __restrict__ src = tile.data() + q * S;
+      for (int k = 0; k < V; ++k) {
+        float* __restrict__ dst = values.data() + static_cast<size_t>(v[k]) * S;
+        const float wk = w[k];
+        for (int64_t c = 0; c < S; ++c) dst[c] += wk * src[c];
+      }
     }
   }
 
@@ -235,14 +235,13 @@ __attribute__((always_inline)) inline void filter_image(const ImageTask& t) {
     values.swap(blurred);
   }
 
-  // 4. Slice, then (with a ROI) the energy and the ROI mask.
+  // 4. Slice into the tile, then write it out in [channel, pixel] layout with
+  //    (given a ROI) the ROI mask, the gradient scale and the energy
+  //    sum(S * A S), S = input times ROI, summed along contiguous pixel rows.
   const float alpha = slice_alpha<D>();
-  std::vector<float>& tile = ws.tile;
-  tile.resize(static_cast<size_t>(kTile) * S);
   double energy = 0.0;
   for (int64_t p0 = 0; p0 < P; p0 += kTile) {
     const int64_t n = std::min(kTile, P - p0);
-    float tile_energy = 0.0f;
     for (int64_t q = 0; q < n; ++q) {
       const int32_t* v = vertex.data() + (p0 + q) * V;
       const float* w = weight.data() + (p0 + q) * V;
@@ -253,20 +252,25 @@ __attribute__((always_inline)) inline void filter_image(const ImageTask& t) {
         wk[k] = alpha * w[k];
       }
       float* __restrict__ dst = tile.data() + q * S;
-      const float* __restrict__ sig = signal.data() + (p0 + q) * S;
       for (int64_t c = 0; c < S; ++c) {
         float acc = 0.0f;
         for (int k = 0; k < V; ++k) acc += wk[k] * src[k][c];
         dst[c] = acc;
-        tile_energy += sig[c] * acc;
       }
     }
-    energy += tile_energy;
     for (int64_t c = 0; c < K; ++c) {
-      float* dst = t.out + c * P + p0;
-      const float* src = tile.data() + c;
+      float* __restrict__ dst = t.out + c * P + p0;
+      const float* __restrict__ src = tile.data() + c;
       if (t.roi) {
-        for (int64_t q = 0; q < n; ++q) dst[q] = src[q * S] * (t.out_scale * t.roi[p0 + q]);
+        const float* __restrict__ in = t.in + c * P + p0;
+        const float* __restrict__ roi = t.roi + p0;
+        float row_energy = 0.0f;
+        for (int64_t q = 0; q < n; ++q) {
+          const float filtered = src[q * S];
+          row_energy += in[q] * roi[q] * filtered;
+          dst[q] = filtered * (t.out_scale * roi[q]);
+        }
+        energy += row_energy;
       } else {
         for (int64_t q = 0; q < n; ++q) dst[q] = src[q * S];
       }
@@ -293,19 +297,8 @@ void filter_image_dispatch(const ImageTask& t) {
 }
 
 void check_inputs(const char* op, const at::Tensor& features, const at::Tensor& values) {
-  TORCH_CHECK(features.dim() == 3 && features.size(2) == kFeatureDim, op, ": features must be [N, P, ", kFeatureDim,
-              "], got ", features.sizes());
-  TORCH_CHECK(values.dim() == 3 && values.size(0) == features.size(0) && values.size(2) == features.size(1), op,
-              ": values must be [N, K, P] matching features ", features.sizes(), ", got ", values.sizes());
-  TORCH_CHECK(features.scalar_type() == at::kFloat && values.scalar_type() == at::kFloat, op,
-              ": features and values must be float32");
-  TORCH_CHECK(features.size(1) < (int64_t{1} << 28), op, ": too many pixels per image");
-  if (features.numel() == 0) return;
-  const float max_feature = features.abs().max().item<float>();
-  TORCH_CHECK(max_lattice_coord<kFeatureDim>(max_feature) < static_cast<float>(kKeyFieldBias), op,
-              ": features must be finite and at most about ",
-              static_cast<float>(kKeyFieldBias) / max_lattice_coord<kFeatureDim>(1.0f),
-              " in absolute value (are the sigmas tiny?), got ", max_feature);
+  check_filter_inputs(op, features, values);
+  if (features.numel() > 0) check_feature_range(op, features.abs().max().item<float>());
 }
 
 // Runs filter_image over the batch, images spread over torch's threads.
@@ -317,8 +310,12 @@ void filter_batch(const at::Tensor& feat, const at::Tensor& in, const at::Tensor
   const float* in_ptr = in.data_ptr<float>();
   const float* roi_ptr = roi ? roi->data_ptr<float>() : nullptr;
   float* out_ptr = out.data_ptr<float>();
-  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n) {
+  // Images differ in cost (lattice size), so threads take the next image as
+  // they finish rather than fixed shares of the batch.
+  std::atomic<int64_t> next_image{0};
+  const int64_t workers = std::min<int64_t>(N, at::get_num_threads());
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    for (int64_t n; (n = next_image.fetch_add(1)) < N;) {
       filter_image_dispatch(ImageTask{feat_ptr + n * P * kFeatureDim, in_ptr + n * K * P,
                                       roi_ptr ? roi_ptr + n * P : nullptr, out_ptr + n * K * P,
                                       energy ? energy + n : nullptr, out_scale, P, K});
@@ -338,9 +335,7 @@ at::Tensor permutohedral_filter_cpu(const at::Tensor& features, const at::Tensor
 std::tuple<at::Tensor, at::Tensor> permutohedral_crf_cpu(const at::Tensor& features, const at::Tensor& probs,
                                                          const at::Tensor& roi, double out_scale) {
   check_inputs("permutohedral_crf", features, probs);
-  TORCH_CHECK(roi.dim() == 2 && roi.size(0) == probs.size(0) && roi.size(1) == probs.size(2) &&
-                  roi.scalar_type() == at::kFloat,
-              "permutohedral_crf: roi must be float32 [N, P] matching probs ", probs.sizes(), ", got ", roi.sizes());
+  check_roi("permutohedral_crf", roi, probs);
   const auto feat = features.contiguous();
   const auto in = probs.contiguous();
   const auto mask = roi.contiguous();

@@ -33,6 +33,7 @@
 #include <cstring>
 #include <utility>
 
+#include "op_checks.h"
 #include "permutohedral_math.h"
 
 namespace rloss {
@@ -327,23 +328,10 @@ __global__ void sum_energy(const double* __restrict__ energy_partials, int64_t b
 // ---------------------------------------------------------------------------
 // Host side
 
-void check_feature_range(const char* op, float max_feature) {
-  TORCH_CHECK(max_lattice_coord<kFeatureDim>(max_feature) < static_cast<float>(kKeyFieldBias), op,
-              ": features must be finite and at most about ",
-              static_cast<float>(kKeyFieldBias) / max_lattice_coord<kFeatureDim>(1.0f),
-              " in absolute value (are the sigmas tiny?), got ", max_feature);
-}
-
 // The CPU op's checks (same messages), plus the CUDA-only limits. The feature
 // range is checked later, on a maximum taken by locate_vertices.
 void check_inputs(const char* op, const at::Tensor& features, const at::Tensor& values) {
-  TORCH_CHECK(features.dim() == 3 && features.size(2) == kFeatureDim, op, ": features must be [N, P, ", kFeatureDim,
-              "], got ", features.sizes());
-  TORCH_CHECK(values.dim() == 3 && values.size(0) == features.size(0) && values.size(2) == features.size(1), op,
-              ": values must be [N, K, P] matching features ", features.sizes(), ", got ", values.sizes());
-  TORCH_CHECK(features.scalar_type() == at::kFloat && values.scalar_type() == at::kFloat, op,
-              ": features and values must be float32");
-  TORCH_CHECK(features.size(1) < (int64_t{1} << 28), op, ": too many pixels per image");
+  check_filter_inputs(op, features, values);
   TORCH_CHECK(features.is_cuda() && values.device() == features.device(), op,
               ": features and values must be on the same CUDA device, got ", features.device(), " and ",
               values.device());
@@ -525,9 +513,7 @@ std::tuple<at::Tensor, at::Tensor> permutohedral_crf_cuda(const at::Tensor& feat
                                                           const at::Tensor& roi, double out_scale) {
   const char* op = "permutohedral_crf";
   check_inputs(op, features, probs);
-  TORCH_CHECK(roi.dim() == 2 && roi.size(0) == probs.size(0) && roi.size(1) == probs.size(2) &&
-                  roi.scalar_type() == at::kFloat,
-              "permutohedral_crf: roi must be float32 [N, P] matching probs ", probs.sizes(), ", got ", roi.sizes());
+  check_roi(op, roi, probs);
   TORCH_CHECK(roi.device() == features.device(), op, ": roi must be on the features' device ", features.device(),
               ", got ", roi.device());
   const c10::cuda::CUDAGuard device_guard(features.device());
