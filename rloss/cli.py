@@ -58,6 +58,85 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_summary(summary: dict) -> None:
+    import json
+
+    print(json.dumps(summary, indent=1, default=str))
+
+
+def _cmd_data_synthetic(args: argparse.Namespace) -> int:
+    from .data.synthetic import generate_synthetic
+
+    _print_summary(generate_synthetic(Path(args.out), size=args.size, n_train=args.n_train, n_val=args.n_val, seed=args.seed))
+    return 0
+
+
+def _cmd_data_voc(args: argparse.Namespace) -> int:
+    from .data.voc import prepare_voc
+
+    summary = prepare_voc(
+        Path(args.root), download=not args.no_download, scribbles=args.scribbles,
+        stroke_width=args.stroke_width, skip_bad=args.skip_bad,
+    )
+    _print_summary(summary)
+    return 0
+
+
+def _cmd_data_downscale(args: argparse.Namespace) -> int:
+    from .data.downscale import downscale_dataset
+
+    summary = downscale_dataset(
+        args.src, args.out, size=args.size, image_filter=args.filter, mask_mode=args.mask, skip_bad=args.skip_bad
+    )
+    _print_summary(summary)
+    return 0
+
+
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    from .data.folder import SegmentationFolder
+
+    data = SegmentationFolder(args.root, args.split, skip_bad=args.skip_bad)
+    _print_summary({**data.check(), "classes": data.class_names})
+    return 0
+
+
+def _add_data_commands(commands) -> None:
+    data = commands.add_parser("data", help="prepare data sets (VOC + ScribbleSup, synthetic, low resolution)")
+    kinds = data.add_subparsers(dest="data_command", title="data commands")
+    kinds.required = True
+
+    synthetic = kinds.add_parser("synthetic", help="write the built-in synthetic scribble data set")
+    synthetic.add_argument("--out", required=True, help="output folder (VOC layout)")
+    synthetic.add_argument("--size", type=int, default=64, help="image side in pixels (40, 64, ..., 513)")
+    synthetic.add_argument("--n-train", type=int, default=200)
+    synthetic.add_argument("--n-val", type=int, default=50)
+    synthetic.add_argument("--seed", type=int, default=0)
+    synthetic.set_defaults(run=_cmd_data_synthetic)
+
+    voc = kinds.add_parser("voc", help="download (or verify) and prepare PASCAL VOC 2012 + SBD + ScribbleSup")
+    voc.add_argument("--root", required=True, help="data folder; archives already in ROOT/downloads are only verified")
+    voc.add_argument("--no-download", action="store_true", help="only verify and extract archives already there")
+    voc.add_argument("--scribbles", choices=("png", "xml"), default="png", help="published PNGs or the original XML files")
+    voc.add_argument("--stroke-width", type=int, default=3, help="stroke width when drawing XML scribbles")
+    voc.add_argument("--skip-bad", action="store_true", help="skip and count bad files instead of stopping")
+    voc.set_defaults(run=_cmd_data_voc)
+
+    downscale = kinds.add_parser("downscale", help="a low-resolution copy of a data set (e.g. 40 px)")
+    downscale.add_argument("--src", required=True)
+    downscale.add_argument("--out", required=True)
+    downscale.add_argument("--size", type=int, default=40, help="shorter side in pixels")
+    downscale.add_argument("--filter", choices=("area", "bicubic", "bilinear"), default="area", help="image filter")
+    downscale.add_argument("--mask", choices=("nearest", "majority"), default="majority", help="full-mask rule")
+    downscale.add_argument("--skip-bad", action="store_true", help="skip and count bad samples instead of stopping")
+    downscale.set_defaults(run=_cmd_data_downscale)
+
+    check = kinds.add_parser("check", help="read every sample of a split and report problems")
+    check.add_argument("--root", required=True)
+    check.add_argument("--split", default="train")
+    check.add_argument("--skip-bad", action="store_true", help="count bad samples instead of stopping at the first")
+    check.set_defaults(run=_cmd_data_check)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m rloss",
@@ -73,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--nvcc-check", action="store_true", help="only compile the CUDA sources with nvcc (no GPU needed)")
     build.set_defaults(run=_cmd_build)
 
+    _add_data_commands(commands)
+
     bench = commands.add_parser("bench", help="benchmarks (speed and memory)")
     what = bench.add_subparsers(dest="benchmark", title="benchmarks")
     what.required = True
@@ -87,9 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .data.io import DataError
+
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
+    except (DataError, ValueError) as exc:  # bad input or settings: one line, no traceback
+        print(f"rloss {args.command}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

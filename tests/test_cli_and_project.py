@@ -17,13 +17,19 @@ def run_cli(*args):
 def test_help_lists_the_commands():
     out = run_cli("--help")
     assert out.returncode == 0
-    for command in ("env", "bench"):
+    for command in ("env", "build", "data", "bench"):
         assert command in out.stdout
 
 
 def test_missing_subcommand_is_a_clear_usage_error():
     out = run_cli("bench")
     assert out.returncode == 2 and "usage:" in out.stderr and "crf" in out.stderr
+
+
+def test_bad_data_is_one_line_naming_the_file_and_a_nonzero_exit(tmp_path):
+    out = run_cli("data", "check", "--root", str(tmp_path))
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.strip().count("\n") == 0 and "train.txt: split list not found" in out.stderr
 
 
 def test_env_reports_the_extension(lattice_available):

@@ -1,0 +1,152 @@
+"""Segmentation data in the VOC folder layout (VOC itself, the synthetic set, or your own).
+
+ROOT/JPEGImages/<id>.jpg|png              the images
+ROOT/SegmentationClassAug/<id>.png        full masks: class per pixel, 255 = ignore (optional)
+ROOT/pascal_2012_scribble/<id>.png        scribbles: class on scribble pixels, 255 = unlabeled
+ROOT/ImageSets/Segmentation/<split>.txt   one id per line
+ROOT/classes.txt                          class names, line i = class i (optional; VOC's 21 by default)
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from .io import IGNORE_INDEX, DataError, read_labels, read_rgb
+
+VOC_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)  # fmt: skip
+
+IMAGE_DIR, MASK_DIR, SCRIBBLE_DIR = "JPEGImages", "SegmentationClassAug", "pascal_2012_scribble"
+LIST_DIR = Path("ImageSets") / "Segmentation"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+@dataclass
+class Sample:
+    id: str
+    image: np.ndarray  # [H, W, 3] uint8 RGB
+    scribble: np.ndarray  # [H, W] uint8, 255 = unlabeled
+    mask: np.ndarray | None  # [H, W] uint8, 255 = ignore; None where the data set has no full masks
+
+
+def read_class_names(root: Path, class_names: list[str] | None = None) -> list[str]:
+    """Class names from the arguments, else ROOT/classes.txt, else VOC's 21."""
+    if class_names is not None:
+        return list(class_names)
+    path = root / "classes.txt"
+    if path.exists():
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        if not names:
+            raise DataError(f"{path}: no class names")
+        return names
+    return list(VOC_CLASSES)
+
+
+def read_split(root: Path, split: str) -> list[str]:
+    path = root / LIST_DIR / f"{split}.txt"
+    if not path.exists():
+        raise DataError(f"{path}: split list not found (is {root} a data set in the VOC layout?)")
+    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise DataError(f"{path}: the split '{split}' is empty")
+    return ids
+
+
+class SegmentationFolder(Dataset):
+    """The images, scribbles and (where present) full masks of one split.
+
+    ``dataset[i]`` is a :class:`Sample`, or ``transform(sample, index)``'s output
+    when a transform is given. Bad data (missing or unreadable files, sizes that
+    differ, class ids >= K other than 255, images without a scribble pixel)
+    raises a DataError naming the file; with ``skip_bad=True``, :meth:`check`
+    drops such ids and counts them instead.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        class_names: list[str] | None = None,
+        transform: Callable[[Sample, int], object] | None = None,
+        require_scribbles: bool = True,
+        skip_bad: bool = False,
+    ):
+        self.root = Path(root)
+        self.split = split
+        self.class_names = read_class_names(self.root, class_names)
+        self.num_classes = len(self.class_names)
+        self.ids = read_split(self.root, split)
+        self.transform = transform
+        self.require_scribbles = require_scribbles
+        self.skip_bad = skip_bad
+        self.skipped: dict[str, str] = {}  # id -> reason, filled by check()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def image_path(self, sample_id: str) -> Path:
+        for suffix in IMAGE_SUFFIXES:
+            path = self.root / IMAGE_DIR / f"{sample_id}{suffix}"
+            if path.exists():
+                return path
+        raise DataError(f"{self.root / IMAGE_DIR / sample_id}.jpg|png: image not found (listed in {self.split}.txt)")
+
+    def load(self, sample_id: str) -> Sample:
+        """Reads and validates one sample."""
+        image = read_rgb(self.image_path(sample_id))
+        scribble_path = self.root / SCRIBBLE_DIR / f"{sample_id}.png"
+        mask_path = self.root / MASK_DIR / f"{sample_id}.png"
+        mask = self._labels(mask_path, image.shape) if mask_path.exists() else None
+        if scribble_path.exists():
+            scribble = self._labels(scribble_path, image.shape)
+        elif self.require_scribbles:
+            raise DataError(f"{scribble_path}: scribble not found")
+        else:
+            scribble = np.full(image.shape[:2], IGNORE_INDEX, dtype=np.uint8)
+        if self.require_scribbles and not (scribble != IGNORE_INDEX).any():
+            raise DataError(f"{scribble_path}: no scribble pixel (every pixel is {IGNORE_INDEX})")
+        return Sample(sample_id, image, scribble, mask)
+
+    def _labels(self, path: Path, image_shape: tuple[int, ...]) -> np.ndarray:
+        labels = read_labels(path)
+        if labels.shape != image_shape[:2]:
+            raise DataError(f"{path}: size {labels.shape[1]}x{labels.shape[0]} differs from its image's {image_shape[1]}x{image_shape[0]}")
+        bad = (labels >= self.num_classes) & (labels != IGNORE_INDEX)
+        if bad.any():
+            raise DataError(
+                f"{path}: class id {int(labels[bad][0])} is not below the {self.num_classes} classes (nor {IGNORE_INDEX} = ignore)"
+            )
+        return labels
+
+    def __getitem__(self, index: int):
+        sample = self.load(self.ids[index])
+        return self.transform(sample, index) if self.transform is not None else sample
+
+    def check(self, progress: bool = True) -> dict:
+        """Reads every sample once. Raises on the first bad one, or with
+        ``skip_bad`` drops the bad ids and reports how many."""
+        from tqdm import tqdm
+
+        good = []
+        for sample_id in tqdm(self.ids, desc=f"check {self.split}", unit="img", disable=not progress, file=sys.stderr):
+            try:
+                self.load(sample_id)
+                good.append(sample_id)
+            except DataError as exc:
+                if not self.skip_bad:
+                    raise
+                self.skipped[sample_id] = str(exc)
+        if not good:
+            raise DataError(f"{self.root / LIST_DIR / self.split}.txt: no usable sample ({len(self.skipped)} skipped)")
+        self.ids = good
+        if self.skipped:
+            print(f"{self.split}: skipped {len(self.skipped)} bad samples, e.g. {next(iter(self.skipped.values()))}", file=sys.stderr)
+        return {"split": self.split, "samples": len(good), "skipped": len(self.skipped)}

@@ -1,0 +1,158 @@
+"""Joint transforms of an image and its label maps (scribble, full mask).
+
+The image is resized with the chosen interpolation (bilinear or bicubic),
+labels always with nearest neighbour, so classes never blend. Inputs smaller
+than 128 px on a side are upscaled to the crop size, with bicubic
+interpolation by default ("auto"): the behaviour the study measures.
+
+Output of both transforms, a dict of tensors:
+  image      [3, H, W] float, normalised with the ImageNet mean and std (network input)
+  image_raw  [3, H, W] float RGB 0..255 (the DenseCRF loss's input)
+  scribble   [H, W] long, 255 = unlabeled
+  mask       [H, W] long, 255 = ignore (all 255 where the data set has no full masks)
+  roi        [H, W] float, 1 on the image, 0 on padding
+  index      int
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .folder import Sample
+from .io import IGNORE_INDEX
+
+INTERPOLATIONS = ("auto", "bilinear", "bicubic")
+SMALL_SIDE = 128  # inputs smaller than this on a side are "small"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_PIL_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+def choose_interpolation(mode: str, height: int, width: int) -> str:
+    """``auto``: bicubic for inputs smaller than 128 px on a side, else bilinear."""
+    if mode not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {mode!r}")
+    if mode == "auto":
+        return "bicubic" if min(height, width) < SMALL_SIDE else "bilinear"
+    return mode
+
+
+def resize_image(image: np.ndarray, height: int, width: int, interpolation: str) -> np.ndarray:
+    if image.shape[:2] == (height, width):
+        return image
+    return np.asarray(Image.fromarray(image).resize((width, height), _PIL_FILTERS[interpolation]))
+
+
+def resize_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:
+    if labels.shape == (height, width):
+        return labels
+    return np.asarray(Image.fromarray(labels).resize((width, height), Image.Resampling.NEAREST))
+
+
+def _to_tensors(image: np.ndarray, scribble: np.ndarray, mask: np.ndarray, roi: np.ndarray, index: int) -> dict:
+    raw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return {
+        "image": (raw / 255.0 - mean) / std,
+        "image_raw": raw,
+        "scribble": torch.from_numpy(np.ascontiguousarray(scribble)).long(),
+        "mask": torch.from_numpy(np.ascontiguousarray(mask)).long(),
+        "roi": torch.from_numpy(np.ascontiguousarray(roi)).float(),
+        "index": index,
+    }
+
+
+def _mask_or_ignore(sample: Sample) -> np.ndarray:
+    if sample.mask is not None:
+        return sample.mask
+    return np.full(sample.image.shape[:2], IGNORE_INDEX, dtype=np.uint8)
+
+
+class TrainTransform:
+    """Random scale, pad (image with the mean colour, labels with 255, ROI 0),
+    random crop to ``crop_size``, random horizontal flip.
+
+    Randomness comes from ``(seed, epoch, index)`` alone, so a sample is
+    transformed the same way whichever worker loads it, and a resumed run
+    repeats it; call :meth:`set_epoch` each epoch.
+    """
+
+    def __init__(
+        self,
+        crop_size: int,
+        scale_range: tuple[float, float] = (0.5, 2.0),
+        interpolation: str = "auto",
+        flip: bool = True,
+        seed: int = 0,
+    ):
+        if crop_size < 1 or not 0 < scale_range[0] <= scale_range[1]:
+            raise ValueError(f"need crop_size >= 1 and 0 < scale_range[0] <= scale_range[1], got {crop_size}, {scale_range}")
+        choose_interpolation(interpolation, 1, 1)  # validates the name
+        self.crop_size = crop_size
+        self.scale_range = scale_range
+        self.interpolation = interpolation
+        self.flip = flip
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __call__(self, sample: Sample, index: int) -> dict:
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        h, w = sample.image.shape[:2]
+        interpolation = choose_interpolation(self.interpolation, h, w)
+        base = self.crop_size / min(h, w) if min(h, w) < SMALL_SIDE else 1.0  # small inputs: up to the crop size
+        scale = base * rng.uniform(*self.scale_range)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        image = resize_image(sample.image, nh, nw, interpolation)
+        scribble = resize_labels(sample.scribble, nh, nw)
+        mask = resize_labels(_mask_or_ignore(sample), nh, nw)
+        roi = np.ones((nh, nw), dtype=np.float32)
+
+        # Pad bottom and right up to the crop size.
+        ph, pw = max(self.crop_size - nh, 0), max(self.crop_size - nw, 0)
+        if ph or pw:
+            fill = np.round(np.array(IMAGENET_MEAN) * 255).astype(np.uint8)
+            padded = np.empty((nh + ph, nw + pw, 3), dtype=np.uint8)
+            padded[:] = fill
+            padded[:nh, :nw] = image
+            image = padded
+            scribble = np.pad(scribble, ((0, ph), (0, pw)), constant_values=IGNORE_INDEX)
+            mask = np.pad(mask, ((0, ph), (0, pw)), constant_values=IGNORE_INDEX)
+            roi = np.pad(roi, ((0, ph), (0, pw)), constant_values=0.0)
+
+        y0 = int(rng.integers(0, image.shape[0] - self.crop_size + 1))
+        x0 = int(rng.integers(0, image.shape[1] - self.crop_size + 1))
+        window = (slice(y0, y0 + self.crop_size), slice(x0, x0 + self.crop_size))
+        image, scribble, mask, roi = image[window], scribble[window], mask[window], roi[window]
+        if self.flip and rng.random() < 0.5:
+            image, scribble, mask, roi = image[:, ::-1], scribble[:, ::-1], mask[:, ::-1], roi[:, ::-1]
+        return _to_tensors(image, scribble, mask, roi, index)
+
+
+class EvalTransform:
+    """Resize so the shorter side is ``crop_size``, then center crop to a square."""
+
+    def __init__(self, crop_size: int, interpolation: str = "auto"):
+        if crop_size < 1:
+            raise ValueError(f"crop_size must be >= 1, got {crop_size}")
+        choose_interpolation(interpolation, 1, 1)
+        self.crop_size = crop_size
+        self.interpolation = interpolation
+
+    def __call__(self, sample: Sample, index: int) -> dict:
+        h, w = sample.image.shape[:2]
+        interpolation = choose_interpolation(self.interpolation, h, w)
+        scale = self.crop_size / min(h, w)
+        nh, nw = max(self.crop_size, round(h * scale)), max(self.crop_size, round(w * scale))
+        image = resize_image(sample.image, nh, nw, interpolation)
+        scribble = resize_labels(sample.scribble, nh, nw)
+        mask = resize_labels(_mask_or_ignore(sample), nh, nw)
+        y0, x0 = (nh - self.crop_size) // 2, (nw - self.crop_size) // 2
+        window = (slice(y0, y0 + self.crop_size), slice(x0, x0 + self.crop_size))
+        roi = np.ones((self.crop_size, self.crop_size), dtype=np.float32)
+        return _to_tensors(image[window], scribble[window], mask[window], roi, index)

@@ -1,0 +1,170 @@
+"""SegmentationFolder and the joint transforms on small generated data."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rloss.data.folder import SegmentationFolder
+from rloss.data.io import DataError, save_label_png, save_rgb
+from rloss.data.transforms import (
+    IMAGENET_MEAN,
+    EvalTransform,
+    TrainTransform,
+    choose_interpolation,
+)
+
+CLASS_COLOURS = np.array([[20, 20, 20], [230, 40, 40], [40, 220, 40], [40, 40, 230]], dtype=np.uint8)
+
+
+def blocks(height: int, width: int, block: int = 8) -> np.ndarray:
+    """A class map of 4 classes in a checkerboard-like pattern of blocks."""
+    ys, xs = np.mgrid[:height, :width]
+    return (((ys // block) + 2 * (xs // block)) % 4).astype(np.uint8)
+
+
+def write_sample(root: Path, sample_id: str, height: int = 40, width: int = 48, scribble_every: int = 5):
+    mask = blocks(height, width)
+    scribble = np.full_like(mask, 255)
+    scribble[::scribble_every, ::scribble_every] = mask[::scribble_every, ::scribble_every]
+    save_rgb(CLASS_COLOURS[mask], root / "JPEGImages" / f"{sample_id}.png")
+    save_label_png(mask, root / "SegmentationClassAug" / f"{sample_id}.png")
+    save_label_png(scribble, root / "pascal_2012_scribble" / f"{sample_id}.png")
+
+
+def make_dataset(root: Path, ids=("a", "b"), split="train", classes=("bg", "red", "green", "blue")) -> Path:
+    for sample_id in ids:
+        write_sample(root, sample_id)
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
+    (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+    (root / "classes.txt").write_text("\n".join(classes) + "\n")
+    return root
+
+
+def test_folder_reads_images_scribbles_masks_and_classes(tmp_path):
+    data = SegmentationFolder(make_dataset(tmp_path), "train")
+    assert len(data) == 2 and data.class_names == ["bg", "red", "green", "blue"] and data.num_classes == 4
+    sample = data[1]
+    assert sample.id == "b" and sample.image.shape == (40, 48, 3)
+    np.testing.assert_array_equal(sample.mask, blocks(40, 48))
+    labeled = sample.scribble != 255
+    np.testing.assert_array_equal(sample.scribble[labeled], sample.mask[labeled])
+    np.testing.assert_array_equal(sample.image, CLASS_COLOURS[sample.mask])
+
+
+def _break(root: Path, how: str):
+    if how == "missing image":
+        (root / "JPEGImages" / "b.png").unlink()
+        return "b.jpg|png: image not found"
+    if how == "truncated image":
+        path = root / "JPEGImages" / "b.png"
+        path.write_bytes(path.read_bytes()[:60])
+        return "b.png: unreadable image"
+    if how == "size mismatch":
+        save_label_png(np.zeros((10, 10), np.uint8), root / "SegmentationClassAug" / "b.png")
+        return "b.png: size 10x10 differs"
+    if how == "class too large":
+        save_label_png(np.full((40, 48), 7, np.uint8), root / "SegmentationClassAug" / "b.png")
+        return "class id 7 is not below the 4 classes"
+    if how == "no scribble pixel":
+        save_label_png(np.full((40, 48), 255, np.uint8), root / "pascal_2012_scribble" / "b.png")
+        return "b.png: no scribble pixel"
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["missing image", "truncated image", "size mismatch", "class too large", "no scribble pixel"])
+def test_bad_samples_raise_naming_the_file_or_are_skipped_and_counted(tmp_path, how):
+    root = make_dataset(tmp_path)
+    message = _break(root, how)
+    with pytest.raises(DataError, match=message.replace("|", r"\|")):
+        SegmentationFolder(root, "train").check(progress=False)
+    data = SegmentationFolder(root, "train", skip_bad=True)
+    assert data.check(progress=False) == {"split": "train", "samples": 1, "skipped": 1}
+    assert data.ids == ["a"] and message.split(":")[-1].strip() in data.skipped["b"]
+
+
+def test_empty_or_missing_split_is_a_clear_error(tmp_path):
+    root = make_dataset(tmp_path)
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n\n")
+    with pytest.raises(DataError, match=r"val.txt: the split 'val' is empty"):
+        SegmentationFolder(root, "val")
+    with pytest.raises(DataError, match=r"test.txt: split list not found"):
+        SegmentationFolder(root, "test")
+
+
+def test_auto_interpolation_is_bicubic_below_128_px_only():
+    assert choose_interpolation("auto", 40, 40) == "bicubic"
+    assert choose_interpolation("auto", 127, 500) == "bicubic"
+    assert choose_interpolation("auto", 128, 128) == "bilinear"
+    assert choose_interpolation("bilinear", 40, 40) == "bilinear"
+    with pytest.raises(ValueError, match="interpolation must be one of"):
+        choose_interpolation("lanczos", 40, 40)
+
+
+def interior(mask: torch.Tensor) -> torch.Tensor:
+    """Labeled pixels whose 3x3 neighbourhood holds one class (away from blended edges)."""
+    same = torch.ones_like(mask, dtype=torch.bool)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            shifted = torch.roll(mask, shifts=(dy, dx), dims=(0, 1))
+            same &= shifted == mask
+    same[0, :] = same[-1, :] = False
+    same[:, 0] = same[:, -1] = False
+    return same & (mask != 255)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_train_transform_keeps_image_and_labels_aligned(tmp_path, interpolation):
+    data = SegmentationFolder(make_dataset(tmp_path), "train", transform=TrainTransform(64, interpolation=interpolation))
+    for index in range(2):
+        for epoch in range(4):
+            data.transform.set_epoch(epoch)
+            out = data[index]
+            assert out["image"].shape == (3, 64, 64) and out["mask"].shape == (64, 64)
+            inside = interior(out["mask"])
+            colours = torch.from_numpy(CLASS_COLOURS).float()[out["mask"][inside]]
+            error = (out["image_raw"].permute(1, 2, 0)[inside] - colours).abs().max(dim=1).values
+            assert (error < 40).float().mean() > 0.97, f"misaligned at epoch {epoch}"
+            scribbled = out["scribble"] != 255
+            assert torch.equal(out["scribble"][scribbled], out["mask"][scribbled])
+
+
+def test_train_transform_marks_padding_in_roi_and_labels(tmp_path):
+    transform = TrainTransform(96, scale_range=(0.5, 0.6))  # small: padding guaranteed
+    data = SegmentationFolder(make_dataset(tmp_path), "train", transform=transform)
+    out = data[0]
+    pad = out["roi"] == 0
+    assert pad.any() and (out["roi"][~pad] == 1).all()
+    assert (out["mask"][pad] == 255).all() and (out["scribble"][pad] == 255).all()
+    mean = torch.tensor(IMAGENET_MEAN) * 255
+    assert torch.allclose(out["image_raw"].permute(1, 2, 0)[pad], mean.round().expand(int(pad.sum()), 3))
+    assert (out["mask"][~pad] != 255).all()  # the whole image is labeled in the full mask
+
+
+def test_train_transform_is_deterministic_per_seed_epoch_and_index(tmp_path):
+    root = make_dataset(tmp_path)
+    a = SegmentationFolder(root, "train", transform=TrainTransform(64, seed=1))
+    b = SegmentationFolder(root, "train", transform=TrainTransform(64, seed=1))
+    assert torch.equal(a[0]["image"], b[0]["image"])
+    a.transform.set_epoch(1)
+    assert not torch.equal(a[0]["image"], b[0]["image"])
+
+
+def test_small_inputs_use_bicubic_by_default(tmp_path):
+    root = make_dataset(tmp_path)
+    auto = SegmentationFolder(root, "train", transform=TrainTransform(64, interpolation="auto"))[0]
+    bicubic = SegmentationFolder(root, "train", transform=TrainTransform(64, interpolation="bicubic"))[0]
+    bilinear = SegmentationFolder(root, "train", transform=TrainTransform(64, interpolation="bilinear"))[0]
+    assert torch.equal(auto["image_raw"], bicubic["image_raw"])
+    assert not torch.equal(auto["image_raw"], bilinear["image_raw"])
+
+
+def test_eval_transform_resizes_the_short_side_and_center_crops(tmp_path):
+    data = SegmentationFolder(make_dataset(tmp_path), "train", transform=EvalTransform(80))
+    out = data[0]
+    assert out["image"].shape == (3, 80, 80) and (out["roi"] == 1).all()
+    inside = interior(out["mask"])
+    colours = torch.from_numpy(CLASS_COLOURS).float()[out["mask"][inside]]
+    error = (out["image_raw"].permute(1, 2, 0)[inside] - colours).abs().max(dim=1).values
+    assert (error < 40).float().mean() > 0.97
