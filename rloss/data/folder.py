@@ -50,14 +50,21 @@ def read_class_names(root: Path, class_names: list[str] | None = None) -> list[s
     return list(VOC_CLASSES)
 
 
+def read_id_list(path: Path, what: str = "the list") -> list[str]:
+    """The first word of every non-empty line; a missing or empty list is a DataError."""
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found")
+    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise DataError(f"{path}: {what} is empty")
+    return ids
+
+
 def read_split(root: Path, split: str) -> list[str]:
     path = root / LIST_DIR / f"{split}.txt"
     if not path.exists():
         raise DataError(f"{path}: split list not found (is {root} a data set in the VOC layout?)")
-    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
-    if not ids:
-        raise DataError(f"{path}: the split '{split}' is empty")
-    return ids
+    return read_id_list(path, f"the split '{split}'")
 
 
 class SegmentationFolder(Dataset):

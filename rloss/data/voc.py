@@ -34,7 +34,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
-from .folder import IMAGE_DIR, LIST_DIR, MASK_DIR, SCRIBBLE_DIR, VOC_CLASSES
+from .folder import IMAGE_DIR, LIST_DIR, MASK_DIR, SCRIBBLE_DIR, VOC_CLASSES, read_id_list
 from .io import IGNORE_INDEX, DataError, atomic_path, read_labels, save_label_png, write_text_atomic
 
 __all__ = [
@@ -550,15 +550,6 @@ def _find_file_dir(tree: Path, suffix: str, label: str) -> Path:
     return max(counts, key=counts.get)
 
 
-def _read_ids(path: Path) -> list[str]:
-    if not path.is_file():
-        raise DataError(f"{path}: list not found")
-    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
-    if not ids:
-        raise DataError(f"{path}: the list is empty")
-    return ids
-
-
 def _train_aug_list(trees: dict[str, Path | None]) -> Path | None:
     """The SBD-augmented train list: the fetched file, else a train_aug.txt in the SBD tree."""
     given = trees.get("train_aug")
@@ -676,7 +667,7 @@ def prepare_voc(
 
     voc = _find_dir(trees["voc2012"], LIST_DIR.parts[0], "VOC 2012 archive").parent
     train_list = _train_aug_list(trees) or voc / LIST_DIR / "train.txt"
-    train_ids, val_ids = _read_ids(train_list), _read_ids(voc / LIST_DIR / "val.txt")
+    train_ids, val_ids = read_id_list(train_list), read_id_list(voc / LIST_DIR / "val.txt")
     all_ids = list(dict.fromkeys(train_ids + val_ids))
 
     mask_sources = [_find_dir(trees["sbd_aug"], MASK_DIR, "SegmentationClassAug archive"), voc / "SegmentationClass"]
