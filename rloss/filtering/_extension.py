@@ -118,16 +118,12 @@ def _build_and_load() -> None:
     build_dir = _extensions_root() / name
     build_dir.mkdir(parents=True, exist_ok=True)
     sources = [str(CSRC / s) for s in CPU_SOURCES]
-    kwargs = {}
+    kwargs = dict(with_cuda=False)
     if with_cuda:
         sources += [str(CSRC / s) for s in CUDA_SOURCES]
         kwargs = dict(
-            extra_cuda_cflags=cuda_flags() + ["-DWITH_CUDA"],
-            extra_include_paths=cuda_include_paths(),
-            with_cuda=True,
+            with_cuda=True, extra_cuda_cflags=cuda_flags() + ["-DWITH_CUDA"], extra_include_paths=cuda_include_paths()
         )
-    else:
-        kwargs = dict(with_cuda=False)
 
     with open(build_dir.parent / f"{name}.rloss-build-lock", "w") as guard:
         fcntl.flock(guard, fcntl.LOCK_EX)  # one builder at a time, across processes
