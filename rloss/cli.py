@@ -51,6 +51,16 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return 0 if _extension.extension_status().startswith("ok") else 1
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .train import train
+
+    config = load_config(args.config, args.set or ())
+    final = train(config, resume=args.resume)
+    print(f"{config.run.name}: mIoU {final['miou']:.4f} after {final['iteration']} iterations; results in {config.run_dir}")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import bench_crf
 
@@ -154,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_data_commands(commands)
 
+    train = commands.add_parser("train", help="train a segmenter (pCE, pCE + DenseCRF, or full supervision)")
+    train.add_argument("--config", help="YAML file (see rloss/config.py for the keys and defaults)")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. loss.type=pce_crf")
+    train.add_argument("--resume", action="store_true", help="continue from results/<run.name>/checkpoint.pt")
+    train.set_defaults(run=_cmd_train)
+
     bench = commands.add_parser("bench", help="benchmarks (speed and memory)")
     what = bench.add_subparsers(dest="benchmark", title="benchmarks")
     what.required = True
@@ -173,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (DataError, ValueError) as exc:  # bad input or settings: one line, no traceback
+    except (DataError, ValueError, FileNotFoundError) as exc:  # bad input or settings: one line, no traceback
         print(f"rloss {args.command}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -17,7 +17,7 @@ def run_cli(*args):
 def test_help_lists_the_commands():
     out = run_cli("--help")
     assert out.returncode == 0
-    for command in ("env", "build", "data", "bench"):
+    for command in ("env", "build", "data", "train", "bench"):
         assert command in out.stdout
 
 
@@ -30,6 +30,14 @@ def test_bad_data_is_one_line_naming_the_file_and_a_nonzero_exit(tmp_path):
     out = run_cli("data", "check", "--root", str(tmp_path))
     assert out.returncode == 1 and out.stdout == ""
     assert out.stderr.strip().count("\n") == 0 and "train.txt: split list not found" in out.stderr
+
+
+def test_bad_training_config_is_one_line_naming_the_key_and_file(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("loss:\n  sigma_rbg: 15\n")
+    out = run_cli("train", "--config", str(config))
+    assert out.returncode == 1 and out.stderr.strip().count("\n") == 0
+    assert "sigma_rbg" in out.stderr and "run.yaml" in out.stderr
 
 
 def test_env_reports_the_extension(lattice_available):

@@ -51,16 +51,21 @@ def resize_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(Image.fromarray(labels).resize((width, height), Image.Resampling.NEAREST))
 
 
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    # PIL's arrays are read-only and flips are views: torch needs contiguous, writable memory.
+    return torch.from_numpy(np.require(array, requirements=("C", "W")))
+
+
 def _to_tensors(image: np.ndarray, scribble: np.ndarray, mask: np.ndarray, roi: np.ndarray, index: int) -> dict:
-    raw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+    raw = _tensor(image).permute(2, 0, 1).float()
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return {
         "image": (raw / 255.0 - mean) / std,
         "image_raw": raw,
-        "scribble": torch.from_numpy(np.ascontiguousarray(scribble)).long(),
-        "mask": torch.from_numpy(np.ascontiguousarray(mask)).long(),
-        "roi": torch.from_numpy(np.ascontiguousarray(roi)).float(),
+        "scribble": _tensor(scribble).long(),
+        "mask": _tensor(mask).long(),
+        "roi": _tensor(roi).float(),
         "index": index,
     }
 

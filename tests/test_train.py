@@ -1,0 +1,144 @@
+"""The training engine on a tiny synthetic set: runs, outputs, exact resume, config errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from rloss.config import load_config
+from rloss.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    from rloss.data.synthetic import generate_synthetic
+
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_synthetic(root, size=40, n_train=8, n_val=4, seed=0, progress=False)
+    return root
+
+
+def tiny(data_root, results, name, *extra):
+    return load_config(None, [
+        f"data.root={data_root}", "data.crop_size=32", "data.batch_size=4", "data.num_workers=0",
+        "model.name=deeplabv3plus_tiny", "optim.epochs=2", "loss.kernel=exact",
+        f"run.results_dir={results}", f"run.name={name}", "run.eval_every_epochs=1", "run.device=cpu",
+        *extra,
+    ])
+
+
+@pytest.mark.parametrize("loss", ["pce", "pce_crf"])
+def test_run_writes_results(data_root, tmp_path, loss):
+    cfg = tiny(data_root, tmp_path, loss, f"loss.type={loss}")
+    final = train(cfg)
+    run_dir = tmp_path / loss
+    for name in ("config.yaml", "metrics.json", "checkpoint.pt"):
+        assert (run_dir / name).is_file(), name
+    assert not list(run_dir.glob("*.part")), "a temporary file was left behind"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert [e["epoch"] for e in metrics["evals"]] == [1, 2]
+    assert metrics["final"] == final
+    assert 0.0 <= final["miou"] <= 1.0 and 0.0 <= final["pixel_accuracy"] <= 1.0
+    assert set(final["per_class_iou"]) == set((data_root / "classes.txt").read_text().split())
+    timings = metrics["timings"]
+    assert timings["median_iteration_s"] > 0
+    if loss == "pce_crf":
+        assert 0.0 < timings["crf_share"] < 1.0
+    else:
+        assert timings["crf_share"] is None
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert ckpt["iteration"] == 4 and ckpt["epoch"] == 2
+    assert load_config(run_dir / "config.yaml").to_dict() == cfg.to_dict()
+
+
+_CHILD = """
+import sys, time, torch
+torch.use_deterministic_algorithms(True)
+import rloss.train as T
+from rloss.config import load_config
+save = T._save_checkpoint
+def save_and_wait(path, state):
+    save(path, state)
+    if state["iteration"] == 3:
+        open(sys.argv[2], "w").write("3")
+        time.sleep(600)  # killed here
+T._save_checkpoint = save_and_wait
+T.train(load_config(sys.argv[1]))
+"""
+
+
+def test_resume_after_sigkill_matches_uninterrupted(data_root, tmp_path):
+    torch.use_deterministic_algorithms(True)
+    try:
+        extra = ("loss.type=pce_crf", "run.checkpoint_every_iters=1")
+        final_a = train(tiny(data_root, tmp_path, "a", *extra))
+
+        cfg_b = tiny(data_root, tmp_path, "b", *extra)
+        config_path = tmp_path / "b.yaml"
+        config_path.write_text(cfg_b.to_yaml())
+        marker = tmp_path / "b.marker"
+        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        child = subprocess.Popen([sys.executable, "-c", _CHILD, str(config_path), str(marker)], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            if child.poll() is not None:
+                pytest.fail(f"the child ended before iteration 3: {child.stderr.read().decode()[-2000:]}")
+            assert time.monotonic() < deadline, "the child never reached iteration 3"
+            time.sleep(0.05)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        child.stderr.close()
+        assert child.returncode == -signal.SIGKILL
+        assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["iteration"] == 3
+
+        final_b = train(cfg_b, resume=True)
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+    assert final_b == final_a
+    metrics_a = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    metrics_b = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert metrics_b["evals"] == metrics_a["evals"]
+    ckpt_a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    ckpt_b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    assert ckpt_a["model"].keys() == ckpt_b["model"].keys()
+    for key, value in ckpt_a["model"].items():
+        assert torch.equal(value, ckpt_b["model"][key]), key
+    for key in ("iteration", "epoch", "position"):
+        assert ckpt_a[key] == ckpt_b[key]
+
+
+def test_resume_without_checkpoint_is_a_clear_error(data_root, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(tiny(data_root, tmp_path, "none"), resume=True)
+
+
+def test_config_errors_and_overrides(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("loss:\n  type: pce\n  sigma_rbg: 15\n")
+    with pytest.raises(ValueError, match=r"loss\.sigma_rbg.*bad\.yaml"):
+        load_config(path)
+    path.write_text("loss:\n  type: crf_only\n")
+    with pytest.raises(ValueError, match=r"loss\.type.*crf_only"):
+        load_config(path)
+    with pytest.raises(ValueError, match=r"run\.amp.*fp8"):
+        load_config(None, ["run.amp=fp8"])
+    with pytest.raises(ValueError, match=r"model\.name.*resnet18"):
+        load_config(None, ["model.name=resnet18"])
+    with pytest.raises(ValueError, match=r"unknown key 'optim\.lr_head'.*--set"):
+        load_config(None, ["optim.lr_head=1"])
+
+    path.write_text("loss:\n  type: pce\noptim:\n  lr: 1e-3\nrun:\n  amp: off\n")
+    cfg = load_config(path, ["loss.type=pce_crf", "optim.epochs=3", "data.scale_range=[0.75, 1.5]"])
+    assert cfg.loss.type == "pce_crf" and cfg.optim.epochs == 3 and cfg.optim.lr == 1e-3
+    assert cfg.data.scale_range == [0.75, 1.5] and cfg.run.amp == "off"
+    assert cfg.optim.head_lr_mult == 10 and cfg.optim.poly_power == 0.9
