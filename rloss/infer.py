@@ -1,0 +1,517 @@
+"""Inference with a checkpoint written by ``rloss train``: label maps at the input's own size.
+
+    predictor = load_predictor("results/default/checkpoint.pt")
+    [pred] = predictor.predict([image])            # image: uint8 RGB [H, W, 3]
+    pred.labels                                    # uint8 [H, W], class ids
+
+    infer_path("results/default/checkpoint.pt", "photos/", "results/inference/default")
+
+Each image is resized so its shorter side is ``size`` (default: the checkpoint's
+``data.crop_size``, the scale validation ran at) with the *input* interpolation,
+normalised with the ImageNet mean and std and run through the network; the
+logits are resized back to the original H x W with the *logit* interpolation
+and the label map is their argmax. The two interpolations can be set apart (the
+study compares input {bilinear, bicubic} x logits {bilinear, bicubic}, with
+``nearest`` as a floor); ``auto`` is bicubic for images smaller than 128 px on a
+side, else bilinear (:func:`rloss.data.transforms.choose_interpolation`),
+decided per image.
+
+Input images are resized with PIL (as the training transforms do; its bicubic
+clamps to 0..255). Logits are resized with ``torch.nn.functional.interpolate``,
+``align_corners=False``; ``nearest`` there is torch's ``nearest-exact``, which
+samples pixel centres as PIL's nearest does (torch's plain ``nearest`` shifts
+the map by half an input pixel).
+
+Checkpoints are read with ``torch.load(weights_only=True)`` only: a file that
+would need code to load is refused, never executed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import statistics
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .config import TrainConfig, config_from_dict
+from .data.folder import IMAGE_SUFFIXES, SegmentationFolder
+from .data.io import DataError, atomic_path, read_rgb, save_label_png, save_rgb, voc_palette, write_text_atomic
+from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, choose_interpolation
+from .metrics import ConfusionMatrix, boundary_f_score
+from .models import build_model
+
+__all__ = [
+    "INFER_INTERPOLATIONS",
+    "DEFAULT_COMBOS",
+    "Prediction",
+    "Predictor",
+    "load_predictor",
+    "infer_path",
+    "evaluate_interpolations",
+    "add_infer_arguments",
+    "cmd_infer",
+]
+
+INFER_INTERPOLATIONS = ("auto", "bilinear", "bicubic", "nearest")
+DEFAULT_COMBOS = (
+    ("bilinear", "bilinear"), ("bilinear", "bicubic"), ("bicubic", "bilinear"), ("bicubic", "bicubic"),
+    ("nearest", "nearest"),
+)
+SUMMARY = "inference.json"
+OVERLAY_ALPHA = 0.5
+_PIL_FILTERS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+}
+_TORCH_MODES = {"nearest": "nearest-exact", "bilinear": "bilinear", "bicubic": "bicubic"}
+_REQUIRED_KEYS = {"model": dict, "config": str, "num_classes": int, "class_names": list, "model_name": str}
+
+
+# --------------------------------------------------------------------------------------------
+# Interpolation and sizes
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_interpolation(mode: str, height: int, width: int) -> str:
+    """``auto`` -> bicubic below 128 px on a side, else bilinear; the others as they are."""
+    if mode not in INFER_INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {', '.join(INFER_INTERPOLATIONS)}; got {mode!r}")
+    if mode == "nearest":
+        return mode
+    return choose_interpolation(mode, height, width)
+
+
+def network_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """The size an image is resized to: its shorter side ``size`` (as ``EvalTransform``, without the crop)."""
+    scale = size / min(height, width)
+    return max(size, round(height * scale)), max(size, round(width * scale))
+
+
+def _resize_input(image: np.ndarray, height: int, width: int, mode: str) -> np.ndarray:
+    if image.shape[:2] == (height, width):
+        return image
+    return np.asarray(Image.fromarray(image).resize((width, height), _PIL_FILTERS[mode]))
+
+
+def _resize_logits(logits: torch.Tensor, height: int, width: int, mode: str) -> torch.Tensor:
+    """``[N, K, h, w]`` -> ``[N, K, height, width]``."""
+    if tuple(logits.shape[-2:]) == (height, width):
+        return logits
+    kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+    return F.interpolate(logits, size=(height, width), mode=_TORCH_MODES[mode], **kwargs)
+
+
+def _check_image(image, index: int) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
+        raise ValueError(f"image {index}: expected uint8 RGB [H, W, 3], got {image.dtype} {image.shape}")
+    return image
+
+
+# --------------------------------------------------------------------------------------------
+# Predictor
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Prediction:
+    labels: np.ndarray  # uint8 [H, W], class ids
+    probs: np.ndarray | None  # float32 [K, H, W] softmax of the resized logits (with return_probs)
+    input_interpolation: str  # the resolved modes
+    logit_interpolation: str
+    network_size: tuple[int, int]  # (h, w) the network saw
+
+
+class Predictor:
+    """A trained model in eval mode with what its checkpoint says about it."""
+
+    def __init__(self, model: torch.nn.Module, config: TrainConfig, class_names: list[str], model_name: str,
+                 device: torch.device, checkpoint_path: Path | None = None):
+        self.model = model
+        self.config = config
+        self.class_names = list(class_names)
+        self.num_classes = len(self.class_names)
+        self.model_name = model_name
+        self.device = device
+        self.checkpoint_path = checkpoint_path
+        self.size = config.data.crop_size
+        self._mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+        self._std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+
+    @property
+    def run_name(self) -> str:
+        return self.config.run.name
+
+    def _normalise(self, batch: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float()
+        return (x / 255.0 - self._mean) / self._std
+
+    @torch.inference_mode()
+    def predict(self, images, interpolation: str = "auto", size: int | None = None, *,
+                input_interpolation: str | None = None, logit_interpolation: str | None = None,
+                return_probs: bool = False, batch_size: int = 8) -> list[Prediction]:
+        """One :class:`Prediction` per image, in order, at each image's own size.
+
+        ``interpolation`` sets both modes; ``input_interpolation`` / ``logit_interpolation``
+        override one each. ``size``: the shorter side the network sees (default ``data.crop_size``).
+        Images that reach the network at the same size run as one batch (up to ``batch_size``).
+        """
+        size = self.size if size is None else size
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+            raise ValueError(f"size must be a positive integer, got {size!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        in_mode = interpolation if input_interpolation is None else input_interpolation
+        out_mode = interpolation if logit_interpolation is None else logit_interpolation
+        for mode in (in_mode, out_mode):
+            resolve_interpolation(mode, 1, 1)  # validates the names before any work
+        images = [_check_image(image, i) for i, image in enumerate(images)]
+
+        plans = []  # (input mode, logit mode, network size) per image
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(images):
+            h, w = image.shape[:2]
+            nh, nw = network_size(h, w, int(size))
+            plans.append((resolve_interpolation(in_mode, h, w), resolve_interpolation(out_mode, h, w), (nh, nw)))
+            groups.setdefault((nh, nw), []).append(i)
+
+        results: list[Prediction | None] = [None] * len(images)
+        for (nh, nw), members in groups.items():
+            for start in range(0, len(members), batch_size):
+                chunk = members[start:start + batch_size]
+                batch = np.stack([_resize_input(images[i], nh, nw, plans[i][0]) for i in chunk])
+                logits = self.model(self._normalise(batch)).float()
+                for j, i in enumerate(chunk):
+                    h, w = images[i].shape[:2]
+                    full = _resize_logits(logits[j:j + 1], h, w, plans[i][1])[0]
+                    labels = full.argmax(0).to(torch.uint8).cpu().numpy()
+                    probs = full.softmax(0).cpu().numpy() if return_probs else None
+                    results[i] = Prediction(labels, probs, plans[i][0], plans[i][1], (nh, nw))
+        return results  # type: ignore[return-value]
+
+
+def _not_a_checkpoint(path: Path, why: str) -> ValueError:
+    return ValueError(f"{path}: not a checkpoint written by `rloss train` ({why})")
+
+
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    text = [t.strip() for t in str(exc).strip().splitlines() if t.strip()]
+    line = text[0] if text else ""
+    if line.endswith(":") and len(text) > 1:  # e.g. "Error(s) in loading state_dict for ...:" then the detail
+        line = text[1]
+    line = line if len(line) <= limit else line[:limit] + "..."
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+
+
+def load_predictor(checkpoint_path, device: str = "auto") -> Predictor:
+    """The model of a ``checkpoint.pt`` written by ``rloss train``, in eval mode on ``device``.
+
+    Read with ``weights_only=True`` only. A missing file is a FileNotFoundError; anything that is
+    not such a checkpoint (other files, bare state dicts, pickles that would run code) one ValueError.
+    """
+    from .train import resolve_device
+
+    path = Path(checkpoint_path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    if not path.is_file():
+        raise _not_a_checkpoint(path, "not a file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError, KeyError,
+            ImportError, IndexError, UnicodeDecodeError, OSError) as exc:
+        raise _not_a_checkpoint(path, f"torch.load(weights_only=True) failed: {_first_line(exc)}") from None
+    if not isinstance(obj, dict):
+        raise _not_a_checkpoint(path, f"holds a {type(obj).__name__}, not a dict")
+    missing = [k for k in _REQUIRED_KEYS if k not in obj]
+    if missing:
+        raise _not_a_checkpoint(path, f"missing {', '.join(missing)}; a bare state dict cannot be used")
+    for key, kind in _REQUIRED_KEYS.items():
+        if not isinstance(obj[key], kind) or isinstance(obj[key], bool):
+            raise _not_a_checkpoint(path, f"'{key}' is a {type(obj[key]).__name__}, expected {kind.__name__}")
+    try:
+        config = config_from_dict(json.loads(obj["config"]), f"{path} (config)")
+    except (ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
+        raise _not_a_checkpoint(path, f"bad config: {_first_line(exc)}") from None
+    class_names = [str(n) for n in obj["class_names"]]
+    if len(class_names) != obj["num_classes"]:
+        raise _not_a_checkpoint(path, f"{len(class_names)} class names for num_classes {obj['num_classes']}")
+    try:
+        model = build_model(obj["model_name"], obj["num_classes"], pretrained=False,
+                            output_stride=config.model.output_stride)
+        expected, given = set(model.state_dict()), set(obj["model"])
+        if expected != given:
+            raise RuntimeError(f"{len(expected - given)} weights missing (e.g. {min(expected - given, default=None)}), "
+                               f"{len(given - expected)} unexpected (e.g. {min(given - expected, default=None)})")
+        model.load_state_dict(obj["model"])
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise _not_a_checkpoint(path, f"the weights do not fit {obj['model_name']}: {_first_line(exc)}") from None
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    return Predictor(model, config, class_names, obj["model_name"], dev, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    try:
+        path.relative_to(folder)
+        return True
+    except ValueError:
+        return False
+
+
+def find_images(input_path, output_dir=None) -> tuple[Path, list[Path]]:
+    """``(base, relative paths)``: one image, or a folder's .jpg/.jpeg/.png files found recursively,
+    sorted, leaving out anything under ``output_dir``."""
+    src = Path(input_path)
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: input not found")
+    if src.is_file():
+        return src.parent, [Path(src.name)]
+    base = src.resolve()
+    out = Path(output_dir).resolve() if output_dir is not None else None
+    found = []
+    for path in src.rglob("*"):
+        if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+            continue
+        if out is not None and _is_within(path.resolve(), out):
+            continue  # our own outputs, when the output folder lies inside the input folder
+        found.append(path.relative_to(src))
+    found.sort(key=lambda p: p.as_posix())
+    if not found:
+        raise ValueError(f"{src}: no {'/'.join(s.lstrip('.') for s in IMAGE_SUFFIXES)} images found"
+                         + (f" (outside the output folder {out})" if out is not None and _is_within(out, base) else ""))
+    return src, found
+
+
+def _output_paths(rel: Path, output_dir: Path, save_probs: bool) -> dict[str, Path]:
+    folder = output_dir / rel.parent
+    paths = {"labels": folder / f"{rel.stem}.png", "overlay": folder / f"{rel.stem}_overlay.jpg"}
+    if save_probs:
+        paths["probs"] = folder / f"{rel.stem}_probs.npy"
+    return paths
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """The palette colours of ``labels`` blended over ``image`` (uint8 RGB)."""
+    palette = np.asarray(voc_palette(), dtype=np.float32).reshape(256, 3)
+    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * palette[labels]
+    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+
+
+def _save_npy(array: np.ndarray, path: Path) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # np.save(name) would append ".npy" to the temp name
+        np.save(f, array)
+
+
+def _write_outputs(image: np.ndarray, pred: Prediction, paths: dict[str, Path], overwrite: bool) -> None:
+    # The label map last: an interrupted image then lacks it and is done again next time.
+    todo = {k: p for k, p in paths.items() if overwrite or not p.exists()}
+    if "probs" in todo:
+        _save_npy(pred.probs.astype(np.float16), todo["probs"])
+    if "overlay" in todo:
+        save_rgb(overlay(image, pred.labels), todo["overlay"])
+    if "labels" in todo:
+        save_label_png(pred.labels, todo["labels"])
+
+
+def infer_path(checkpoint, input_path, output_dir, interpolation: str = "auto", batch_size: int = 8,
+               device: str = "auto", save_probs: bool = False, overwrite: bool = False,
+               progress: bool = True) -> dict:
+    """Label maps (and overlays, and with ``save_probs`` the probabilities) for one image or a folder.
+
+    ``checkpoint`` is a path or a :class:`Predictor`. Outputs mirror the input's relative paths
+    under ``output_dir``: ``<stem>.png`` (palette PNG of class ids), ``<stem>_overlay.jpg`` and
+    ``<stem>_probs.npy`` (float16 ``[K, H, W]``). Images whose outputs all exist are skipped unless
+    ``overwrite``; an existing file is never replaced without it. Unreadable images are reported on
+    stderr and counted. The summary is returned and written to ``output_dir/inference.json``.
+    """
+    from tqdm import tqdm
+
+    resolve_interpolation(interpolation, 1, 1)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    out = Path(output_dir)
+    if Path(input_path).is_dir() and out.resolve() == Path(input_path).resolve():
+        raise ValueError(f"{out}: the output folder must not be the input folder (outputs would replace inputs)")
+    src, rels = find_images(input_path, out)
+    predictor = checkpoint if isinstance(checkpoint, Predictor) else load_predictor(checkpoint, device)
+
+    jobs = []  # (relative path, output paths)
+    seen: dict[Path, Path] = {}
+    inputs = {(src / rel).resolve() for rel in rels}
+    for rel in rels:
+        paths = _output_paths(rel, out, save_probs)
+        for p in paths.values():
+            if p.resolve() in inputs:
+                raise ValueError(f"{p}: an output would replace an input image; choose another output folder")
+            if p in seen:
+                raise ValueError(f"{src / rel} and {src / seen[p]} would write the same output {p}; rename one")
+            seen[p] = rel
+        jobs.append((rel, paths))
+
+    records = []
+    counts = Counter(written=0, skipped_existing=0, unreadable=0)
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(jobs), desc="infer", unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    try:
+        for start in range(0, len(jobs), batch_size):
+            chunk, images = [], []
+            for rel, paths in jobs[start:start + batch_size]:
+                if not overwrite and all(p.exists() for p in paths.values()):
+                    counts["skipped_existing"] += 1
+                    records.append({"image": rel.as_posix(), "status": "exists"})
+                    bar.update(1)
+                    continue
+                try:
+                    images.append(read_rgb(src / rel))
+                    chunk.append((rel, paths))
+                except DataError as exc:
+                    counts["unreadable"] += 1
+                    records.append({"image": rel.as_posix(), "status": "unreadable"})
+                    tqdm.write(f"infer: skipped {exc}", file=sys.stderr)
+                    bar.update(1)
+            if not chunk:
+                continue
+            preds = predictor.predict(images, interpolation, return_probs=save_probs, batch_size=batch_size)
+            for (rel, paths), image, pred in zip(chunk, images, preds):
+                _write_outputs(image, pred, paths, overwrite)
+                counts["written"] += 1
+                records.append({"image": rel.as_posix(), "status": "written",
+                                "input_interpolation": pred.input_interpolation,
+                                "logit_interpolation": pred.logit_interpolation,
+                                "size": [int(image.shape[0]), int(image.shape[1])]})
+                bar.update(1)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+
+    records.sort(key=lambda r: r["image"])
+    modes = Counter(f"{r['input_interpolation']}/{r['logit_interpolation']}" for r in records if r["status"] == "written")
+    summary = {
+        "checkpoint": str(predictor.checkpoint_path) if predictor.checkpoint_path is not None else None,
+        "run": predictor.run_name,
+        "input": str(input_path),
+        "output": str(out),
+        "interpolation": interpolation,
+        "network_short_side": predictor.size,
+        "device": str(predictor.device),
+        "modes": dict(sorted(modes.items())),  # "input/logit" -> images
+        "images": len(jobs),
+        "written": counts["written"],
+        "skipped_existing": counts["skipped_existing"],
+        "unreadable": counts["unreadable"],
+        "seconds": round(seconds, 4),
+        "images_per_s": round(counts["written"] / seconds, 3) if counts["written"] and seconds > 0 else None,
+        "per_image": records,
+    }
+    write_text_atomic(out / SUMMARY, json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+def add_infer_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``infer`` options; also sets ``run=cmd_infer`` as the parser's default."""
+    parser.add_argument("--checkpoint", required=True, help="checkpoint.pt written by `rloss train`")
+    parser.add_argument("--input", required=True, help="an image, or a folder searched recursively for .jpg/.jpeg/.png")
+    parser.add_argument("--output", help="output folder (default: results/inference/<the checkpoint's run name>)")
+    parser.add_argument("--interpolation", choices=INFER_INTERPOLATIONS, default="auto",
+                        help="input and logit resizing; auto: bicubic below 128 px on a side, else bilinear")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (same-size images batch)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--save-probs", action="store_true", help="also write <stem>_probs.npy (float16 [K, H, W])")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip those images)")
+    parser.set_defaults(run=cmd_infer)
+    return parser
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    predictor = load_predictor(args.checkpoint, args.device)
+    output = Path(args.output) if args.output else Path("results") / "inference" / predictor.run_name
+    s = infer_path(predictor, args.input, output, interpolation=args.interpolation, batch_size=args.batch_size,
+                   save_probs=args.save_probs, overwrite=args.overwrite)
+    rate = f"{s['images_per_s']:.1f} images/s" if s["images_per_s"] else "no images processed"
+    print(f"infer: {s['written']} of {s['images']} images written ({s['skipped_existing']} already there, "
+          f"{s['unreadable']} unreadable), {rate}; results in {output}")
+    return 1 if s["unreadable"] and not s["written"] and not s["skipped_existing"] else 0
+
+
+# --------------------------------------------------------------------------------------------
+# The interpolation study
+# --------------------------------------------------------------------------------------------
+
+
+def evaluate_interpolations(checkpoint, data_root, split: str = "val", combos=None, device: str = "auto",
+                            size: int | None = None, progress: bool = False) -> list[dict]:
+    """mIoU, mean boundary F-score and median seconds per image for each ``(input, logit)`` mode pair.
+
+    Every image of the split is predicted at its original size (network side ``size``, default the
+    checkpoint's crop size) and scored against its full mask. ``combos`` defaults to
+    :data:`DEFAULT_COMBOS`. ``checkpoint`` is a path or a :class:`Predictor`.
+    """
+    from tqdm import tqdm
+
+    combos = [tuple(c) for c in (DEFAULT_COMBOS if combos is None else combos)]
+    for combo in combos:
+        if len(combo) != 2:
+            raise ValueError(f"a combo is (input mode, logit mode), got {combo!r}")
+        for mode in combo:
+            resolve_interpolation(mode, 1, 1)
+    predictor = checkpoint if isinstance(checkpoint, Predictor) else load_predictor(checkpoint, device)
+    data = SegmentationFolder(data_root, split, class_names=predictor.class_names, require_scribbles=False)
+    cms = [ConfusionMatrix(predictor.num_classes) for _ in combos]
+    bfs: list[list[float]] = [[] for _ in combos]
+    times: list[list[float]] = [[] for _ in combos]
+    sync = torch.cuda.synchronize if predictor.device.type == "cuda" else (lambda: None)
+    warm = False
+    for index in tqdm(range(len(data)), desc=f"interpolations {split}", unit="img", disable=not progress,
+                      file=sys.stderr):
+        sample = data[index]
+        if sample.mask is None:
+            raise DataError(f"{data.root}: {sample.id} has no full mask; the study needs them")
+        if not warm:  # the first forward pass of a process is slow (allocation, lazy init): untimed
+            predictor.predict([sample.image], "bilinear", size)
+            warm = True
+        for c, (in_mode, out_mode) in enumerate(combos):
+            sync()
+            t0 = time.perf_counter()
+            [pred] = predictor.predict([sample.image], size=size, input_interpolation=in_mode,
+                                       logit_interpolation=out_mode)
+            sync()
+            times[c].append(time.perf_counter() - t0)
+            cms[c].update(torch.from_numpy(pred.labels), torch.from_numpy(sample.mask))
+            bfs[c].append(boundary_f_score(pred.labels, sample.mask))
+    rows = []
+    for c, (in_mode, out_mode) in enumerate(combos):
+        scores = cms[c].scores(predictor.class_names)
+        rows.append({
+            "input_interpolation": in_mode,
+            "logit_interpolation": out_mode,
+            "miou": scores["miou"],
+            "boundary_f": float(np.mean(bfs[c])),
+            "pixel_accuracy": scores["pixel_accuracy"],
+            "per_class_iou": scores["per_class_iou"],
+            "median_s_per_image": statistics.median(times[c]),
+            "images": len(data),
+            "network_short_side": predictor.size if size is None else size,
+        })
+    return rows
