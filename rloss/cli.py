@@ -61,6 +61,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_wandb_login(args: argparse.Namespace) -> int:
+    from .credentials import cmd_wandb_login
+
+    return cmd_wandb_login(args)
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import bench_crf
 
@@ -170,6 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from results/<run.name>/checkpoint.pt")
     train.set_defaults(run=_cmd_train)
 
+    from .infer import add_infer_arguments
+
+    add_infer_arguments(commands.add_parser("infer", help="segment an image or a folder with a trained checkpoint"))
+
+    login = commands.add_parser("wandb-login", help="store your W&B API key (asked without echo) in ~/.netrc, mode 0600")
+    login.add_argument("--host", default="api.wandb.ai", help="W&B server host (default: the W&B cloud)")
+    login.set_defaults(run=_cmd_wandb_login)
+
     bench = commands.add_parser("bench", help="benchmarks (speed and memory)")
     what = bench.add_subparsers(dest="benchmark", title="benchmarks")
     what.required = True
@@ -185,11 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from .data.io import DataError
+    from .errors import TrainingError
 
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (DataError, ValueError, FileNotFoundError) as exc:  # bad input or settings: one line, no traceback
+    except (DataError, ValueError, FileNotFoundError, TrainingError) as exc:  # bad input or settings: one line, no traceback
         print(f"rloss {args.command}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -29,6 +29,7 @@ from .models import MODEL_NAMES
 LOSS_TYPES = ("pce", "pce_crf", "full")
 AMP_MODES = ("off", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
+WANDB_MODES = ("offline", "online")
 
 
 @dataclass
@@ -87,6 +88,17 @@ class RunConfig:
     checkpoint_every_iters: int = 100
     amp: str = "off"  # off | bf16 | fp16
     device: str = "auto"  # auto | cpu | cuda
+    threads: int | None = None  # torch/OpenMP threads per process; null: torch's default, or the cores shared under torchrun
+    compile: bool = False  # torch.compile the model (a GPU speed-up; slow to start)
+
+
+@dataclass
+class WandbConfig:
+    enabled: bool = False
+    project: str = "rloss"
+    mode: str = "offline"  # offline (nothing leaves the machine) | online
+    log_every_iters: int = 10
+    num_images: int = 4  # validation examples logged per evaluation
 
 
 @dataclass
@@ -96,6 +108,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -115,15 +128,21 @@ class TrainConfig:
         _choice("model.output_stride", self.model.output_stride, (8, 16))
         _choice("data.interpolation", self.data.interpolation, INTERPOLATIONS)
         _choice("loss.kernel", self.loss.kernel, KERNELS)
+        _choice("wandb.mode", self.wandb.mode, WANDB_MODES)
         for key, value in (
             ("data.crop_size", self.data.crop_size), ("data.batch_size", self.data.batch_size),
             ("run.eval_every_epochs", self.run.eval_every_epochs),
             ("run.checkpoint_every_iters", self.run.checkpoint_every_iters), ("optim.epochs", self.optim.epochs),
+            ("wandb.log_every_iters", self.wandb.log_every_iters),
         ):
             if value < 1:
                 raise ValueError(f"config: {key} must be >= 1, got {value}")
         if self.optim.iterations is not None and self.optim.iterations < 1:
             raise ValueError(f"config: optim.iterations must be >= 1 (or null), got {self.optim.iterations}")
+        if self.run.threads is not None and self.run.threads < 1:
+            raise ValueError(f"config: run.threads must be >= 1 (or null), got {self.run.threads}")
+        if self.wandb.num_images < 0:
+            raise ValueError(f"config: wandb.num_images must be >= 0, got {self.wandb.num_images}")
         if self.data.num_workers < 0:
             raise ValueError(f"config: data.num_workers must be >= 0, got {self.data.num_workers}")
         lo_hi = self.data.scale_range

@@ -15,13 +15,18 @@ from torch import nn
 from .filtering import KERNELS, bilateral_features, exact_filter, permutohedral_crf, resolve_kernel
 
 
-def partial_cross_entropy(logits: torch.Tensor, scribbles: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+def partial_cross_entropy(
+    logits: torch.Tensor, scribbles: torch.Tensor, ignore_index: int = 255, reduction: str = "mean"
+) -> torch.Tensor:
     """Mean cross-entropy over the labeled (scribble) pixels only.
 
     ``logits [N, K, H, W]``, ``scribbles [N, H, W]`` integer class ids with
     ``ignore_index`` on unlabeled pixels. Computed in float32. A batch without a
-    labeled pixel gives 0 with a zero gradient (not NaN).
+    labeled pixel gives 0 with a zero gradient (not NaN). ``reduction="sum"``
+    gives the sum over labeled pixels (for normalising across processes).
     """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"partial_cross_entropy: reduction must be mean or sum, got {reduction!r}")
     if logits.dim() != 4:
         raise ValueError(f"partial_cross_entropy: logits must be [N, K, H, W], got shape {tuple(logits.shape)}")
     n, k, h, w = logits.shape
@@ -41,6 +46,8 @@ def partial_cross_entropy(logits: torch.Tensor, scribbles: torch.Tensor, ignore_
                 f"(and is not the ignore index {ignore_index})"
             )
     total = F.cross_entropy(logits.float(), scribbles.long(), ignore_index=ignore_index, reduction="sum")
+    if reduction == "sum":
+        return total
     return total / labeled.sum().clamp(min=1)
 
 

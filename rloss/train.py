@@ -26,12 +26,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Sampler, Subset
 
+from . import distributed as D
 from .config import TrainConfig, config_from_dict
 from .data.folder import SegmentationFolder
 from .data.io import IGNORE_INDEX, atomic_path, write_text_atomic
 from .data.transforms import EvalTransform, TrainTransform
+from .errors import TrainingError
 from .losses import DenseCRFLoss, partial_cross_entropy
 from .metrics import ConfusionMatrix
 from .models import build_model
@@ -51,10 +53,22 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> list[int]:
 
 
 class EpochSampler(Sampler[int]):
-    """This epoch's shuffled order, from position ``start`` on (a resumed epoch skips what it saw)."""
+    """This process's share of an epoch's shuffled order, from global position ``start`` on.
 
-    def __init__(self, n: int, seed: int, epoch: int, start: int = 0):
-        self.order = epoch_permutation(n, seed, epoch)[start:]
+    The order is cut into global batches of ``batch_size`` (an incomplete last one
+    is dropped); process ``rank`` of ``world_size`` takes the ``rank``-th contiguous
+    slice of each, so the processes together see exactly what one process would.
+    A resumed epoch starts at the position it reached.
+    """
+
+    def __init__(self, n: int, seed: int, epoch: int, start: int = 0, batch_size: int = 1, rank: int = 0,
+                 world_size: int = 1):
+        if batch_size % world_size:
+            raise ValueError(f"batch size {batch_size} is not divisible by the {world_size} processes")
+        order = epoch_permutation(n, seed, epoch)
+        per = batch_size // world_size
+        self.order = [i for b in range(start, n - batch_size + 1, batch_size)
+                      for i in order[b + rank * per : b + (rank + 1) * per]]
 
     def __iter__(self):
         return iter(self.order)
@@ -133,20 +147,37 @@ def _load_model_state(path: str | Path) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, num_classes, class_names, amp="off", channels_last=False) -> dict:
-    """mIoU, per-class IoU and pixel accuracy of the predictions against the full masks."""
+def evaluate(model, loader, device, num_classes, class_names, amp="off", channels_last=False,
+             num_examples: int = 0):
+    """mIoU, per-class IoU and pixel accuracy of the predictions against the full masks.
+
+    Under ``torchrun`` each process evaluates its share of the split and the
+    confusion matrices are summed, so every process gets the whole split's scores.
+    With ``num_examples`` it returns ``(scores, examples)``: the first images with
+    their predictions, scribbles and masks (for logging).
+    """
     was_training = model.training
     model.eval()
     cm = ConfusionMatrix(num_classes)
+    examples: dict[str, list] = {"image": [], "prediction": [], "scribble": [], "mask": []}
     for batch in loader:
         image = batch["image"].to(device, non_blocking=True)
         if channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
         with _autocast(device, amp):
             logits = model(image)
-        cm.update(logits.argmax(1).cpu(), batch["mask"])
+        pred = logits.argmax(1).cpu()
+        cm.update(pred, batch["mask"])
+        if len(examples["image"]) < num_examples:
+            take = num_examples - len(examples["image"])
+            examples["image"] += list(batch["image_raw"][:take].round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1))
+            examples["prediction"] += list(pred[:take])
+            examples["scribble"] += list(batch["scribble"][:take])
+            examples["mask"] += list(batch["mask"][:take])
+    cm.all_reduce()
     model.train(was_training)
-    return cm.scores(class_names)
+    scores = cm.scores(class_names)
+    return (scores, examples) if num_examples else scores
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
@@ -154,20 +185,49 @@ def _save_checkpoint(path: Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
+def _written(path: Path, write) -> None:
+    """Runs ``write``; a full disk or an unwritable folder is one TrainingError (the old file stays)."""
+    try:
+        write()
+    except OSError as exc:
+        kept = " (the previous one is intact)" if path.exists() else ""
+        raise TrainingError(f"cannot write {path}: {exc.strerror or exc}{kept}") from None
+
+
 def _write_metrics(run_dir: Path, cfg: TrainConfig, evals: list, final, timings: dict) -> None:
     doc = {"run": cfg.run.name, "evals": evals, "final": final, "timings": timings}
-    write_text_atomic(run_dir / METRICS, json.dumps(doc, indent=1) + "\n")
+    path = run_dir / METRICS
+    _written(path, lambda: write_text_atomic(path, json.dumps(doc, indent=1) + "\n"))
 
 
-def _timings(iter_times: list[float], crf_times: list[float]) -> dict:
+def _timings(iter_times: list[float], crf_times: list[float], device: torch.device, world_size: int) -> dict:
     # The first iteration of a process (allocations, lazy initialisation) is left out when there are others.
     it, crf = (iter_times[1:], crf_times[1:]) if len(iter_times) > 1 else (iter_times, crf_times)
-    return {
+    out = {
         "median_iteration_s": statistics.median(it) if it else None,
         "crf_share": (sum(crf) / sum(it)) if it and crf and sum(it) > 0 else None,
         "median_crf_s": statistics.median(crf) if crf else None,
         "timed_iterations": len(it),
+        "processes": world_size,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
     }
+    if device.type == "cuda":
+        out["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return out
+
+
+_OOM_MARKERS = ("out of memory", "not enough memory", "can't allocate memory", "cannot allocate memory")
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _OOM_MARKERS))
+
+
+def _memory_advice(cfg: TrainConfig, per_process: int, device: torch.device) -> str:
+    return (f"out of memory on {device} with data.crop_size {cfg.data.crop_size} and {per_process} images per "
+            f"process: lower data.batch_size or data.crop_size, or set run.amp=bf16 or "
+            f"model.checkpoint_backbone=true")
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,91 +239,222 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     """Trains as ``config`` says and returns the final evaluation (``epoch``, ``iteration`` and the scores).
 
     ``resume=True`` continues from ``<results_dir>/<run.name>/checkpoint.pt`` and ends
-    with the same weights and metrics as a run that was never interrupted.
+    with the same weights and metrics as a run that was never interrupted. Started by
+    ``torchrun``, it trains data-parallel across the processes (see ``rloss.distributed``).
+    Stops with a :class:`TrainingError` on a non-finite loss, when memory runs out or
+    when results cannot be written, leaving the last checkpoint as it was.
     """
     cfg = config.validate()
+    ctx = D.context_from_env()
+    threads = D.cpu_threads(ctx, cfg.run.threads)
+    threads_before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    owns_group = ctx.enabled and not torch.distributed.is_initialized()
+    device = D.setup(ctx, resolve_device(cfg.run.device))
+    try:
+        return _train(cfg, resume, ctx, device)
+    finally:
+        if owns_group:
+            D.teardown(ctx)
+        torch.set_num_threads(threads_before)  # a notebook's later work keeps its own setting
+
+
+def _read_resume_checkpoint(path: Path, cfg: TrainConfig, ctx: D.DistContext) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"resume: no checkpoint at {path} (run once without resume first)")
+    try:  # weights_only: a checkpoint from elsewhere cannot run code when loaded
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        saved = config_from_dict(json.loads(checkpoint["config"]), str(path)).to_dict()
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path}: not a checkpoint written by rloss train ({reason})") from None
+    changed = [f"{s}.{k}" for s, d in cfg.to_dict().items() for k, v in d.items() if saved[s][k] != v]
+    if changed and ctx.is_main:
+        print(f"resume: config differs from the checkpoint's in {', '.join(changed)}", file=sys.stderr)
+    return checkpoint
+
+
+def _restore_rng(saved, ctx: D.DistContext) -> None:
+    states = saved if isinstance(saved, list) else [saved]
+    if len(states) == ctx.world_size:
+        set_rng_states(states[ctx.rank])
+    elif ctx.is_main:  # another number of processes: the data order is the same, dropout draws differ
+        set_rng_states(states[0])
+        print(f"resume: the checkpoint was written by {len(states)} processes, this run has {ctx.world_size}; "
+              "dropout will not repeat the original run's draws", file=sys.stderr)
+
+
+def _preflight(model, cfg: TrainConfig, per_process: int, num_classes: int, crf, device: torch.device) -> None:
+    """One forward and backward pass of a full-size batch on a copy of the model, before
+    training starts, so a crop or batch too large for memory is one clear error rather
+    than a crash mid-run. The copy stands in for the optimizer's momentum buffers
+    (the same size); the RNG states are put back so the run is unchanged."""
+    import copy
+
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    size = cfg.data.crop_size
+    try:
+        probe = copy.deepcopy(model)
+        image = torch.zeros(per_process, 3, size, size, device=device)
+        if cfg.model.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, cfg.run.amp):
+            logits = probe(image)
+        loss = logits.float().mean()
+        if crf is not None:
+            probs = torch.softmax(logits.float(), dim=1)
+            raw = torch.zeros(per_process, 3, size, size, device=device)
+            loss = loss + crf(raw, probs, torch.ones(per_process, size, size, device=device))
+        loss.backward()
+    except Exception as exc:
+        if _is_out_of_memory(exc):
+            raise TrainingError(_memory_advice(cfg, per_process, device)) from None
+        raise
+    finally:
+        probe = image = logits = loss = None  # noqa: F841 - frees the copy before training
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.set_rng_state(cuda_rng, device)
+            torch.cuda.reset_peak_memory_stats(device)
+        torch.set_rng_state(cpu_rng)
+
+
+def _scribble_loss(logits, target, device, ctx: D.DistContext):
+    """Cross-entropy over the labeled pixels, normalised by their number over all processes
+    (DDP averages gradients, hence the factor of the number of processes)."""
+    if not ctx.enabled:
+        return partial_cross_entropy(logits, target, IGNORE_INDEX)
+    total = partial_cross_entropy(logits, target, IGNORE_INDEX, reduction="sum")
+    count = D.all_reduce_sum((target != IGNORE_INDEX).sum().to(device, torch.float32), ctx)
+    return total * ctx.world_size / count.clamp(min=1)
+
+
+def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.device) -> dict:
+    from .tracking import RunLogger
+
     run_dir = cfg.run_dir
     ckpt_path = run_dir / CHECKPOINT
-    checkpoint = None
-    if resume:
-        if not ckpt_path.is_file():
-            raise FileNotFoundError(f"resume: no checkpoint at {ckpt_path} (run once without resume first)")
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        saved = config_from_dict(json.loads(checkpoint["config"]), str(ckpt_path)).to_dict()
-        changed = [f"{s}.{k}" for s, d in cfg.to_dict().items() for k, v in d.items() if saved[s][k] != v]
-        if changed:
-            print(f"resume: config differs from the checkpoint's in {', '.join(changed)}", file=sys.stderr)
-
-    device = resolve_device(cfg.run.device)
+    checkpoint = _read_resume_checkpoint(ckpt_path, cfg, ctx) if resume else None
     seed_everything(cfg.run.seed)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / CONFIG, cfg.to_yaml())
+    if ctx.is_main:
+        _written(run_dir / CONFIG, lambda: write_text_atomic(run_dir / CONFIG, cfg.to_yaml()))
 
-    # Data
+    # Data: data.batch_size is the global batch, shared out between the processes.
     d = cfg.data
+    batch = d.batch_size
+    if batch % ctx.world_size:
+        raise ValueError(f"config: data.batch_size {batch} (the global batch) is not divisible by the "
+                         f"{ctx.world_size} processes")
+    per_process = batch // ctx.world_size
     train_tf = TrainTransform(d.crop_size, tuple(d.scale_range), d.interpolation, flip=True, seed=cfg.run.seed)
     train_set = SegmentationFolder(d.root, d.train_split, transform=train_tf)
     val_set = SegmentationFolder(d.root, d.val_split, transform=EvalTransform(d.crop_size, d.interpolation),
                                  require_scribbles=False)
     num_classes, class_names = train_set.num_classes, train_set.class_names
-    batch = d.batch_size
     iters_per_epoch = len(train_set) // batch
     if iters_per_epoch < 1:
         raise ValueError(f"data.batch_size {batch} is larger than the {len(train_set)} training images")
     total_iters = cfg.optim.iterations or cfg.optim.epochs * iters_per_epoch
     num_epochs = math.ceil(total_iters / iters_per_epoch)
     pin = device.type == "cuda"
-    val_loader = DataLoader(val_set, batch_size=batch, shuffle=False, num_workers=d.num_workers, pin_memory=pin,
-                            generator=torch.Generator().manual_seed(cfg.run.seed))
+    val_share = Subset(val_set, range(ctx.rank, len(val_set), ctx.world_size))
+    val_loader = DataLoader(val_share, batch_size=per_process, shuffle=False, num_workers=d.num_workers,
+                            pin_memory=pin, generator=torch.Generator().manual_seed(cfg.run.seed))
 
     # Model, optimizer, loss
-    m = cfg.model
-    model = build_model(m.name, num_classes, pretrained=m.pretrained, output_stride=m.output_stride,
-                        weights_path=m.weights_path, checkpoint_backbone=m.checkpoint_backbone)
-    if cfg.loss.init_from and checkpoint is None:
-        model.load_state_dict(_load_model_state(cfg.loss.init_from))
-    model.to(device)
+    m, L, o = cfg.model, cfg.loss, cfg.optim
+    net = build_model(m.name, num_classes, pretrained=m.pretrained, output_stride=m.output_stride,
+                      weights_path=m.weights_path, checkpoint_backbone=m.checkpoint_backbone)
+    if L.init_from and checkpoint is None:
+        net.load_state_dict(_load_model_state(L.init_from))
+    net.to(device)
     if m.channels_last:
-        model.to(memory_format=torch.channels_last)
-    o = cfg.optim
+        net.to(memory_format=torch.channels_last)
+    crf = DenseCRFLoss(L.crf_weight, L.sigma_rgb, L.sigma_xy, L.scale_factor, L.kernel) if L.type == "pce_crf" else None
+    _preflight(net, cfg, per_process, num_classes, crf, device)
+    if ctx.enabled:
+        net = D.convert_sync_batchnorm(net, device)
     groups = [
-        {"params": list(model.backbone_parameters()), "initial_lr": o.lr},
-        {"params": list(model.head_parameters()), "initial_lr": o.lr * o.head_lr_mult},
+        {"params": list(net.backbone_parameters()), "initial_lr": o.lr},
+        {"params": list(net.head_parameters()), "initial_lr": o.lr * o.head_lr_mult},
     ]
     optimizer = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.run.amp == "fp16")
-    L = cfg.loss
-    crf = DenseCRFLoss(L.crf_weight, L.sigma_rgb, L.sigma_xy, L.scale_factor, L.kernel) if L.type == "pce_crf" else None
+    if ctx.rank > 0:  # the model starts from rank 0's weights (DDP broadcasts them); dropout draws differ
+        torch.manual_seed(cfg.run.seed * 1_000_003 + ctx.rank)
 
-    iteration, epoch, position, evals = 0, 0, 0, []
+    iteration, epoch, position, evals, last_saved = 0, 0, 0, [], None
+    wandb_id = None
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
+        net.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scaler.load_state_dict(checkpoint["scaler"])
         iteration, epoch, position = checkpoint["iteration"], checkpoint["epoch"], checkpoint["position"]
         evals = json.loads(checkpoint["evals"])
-        set_rng_states(checkpoint["rng"])
+        wandb_id = checkpoint.get("wandb_id")
+        _restore_rng(checkpoint["rng"], ctx)
+        last_saved = iteration
+
+    model = net
+    if ctx.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    forward = torch.compile(model) if cfg.run.compile else model
+
+    tracker = RunLogger.create(
+        enabled=cfg.wandb.enabled and ctx.is_main, project=cfg.wandb.project, mode=cfg.wandb.mode,
+        run_name=cfg.run.name, run_dir=run_dir, config=cfg.to_dict(), class_names=list(class_names),
+        resume_id=wandb_id,
+    )
 
     def state() -> dict:
+        rngs = D.gather_objects(rng_states(), ctx)  # every process's, so a resume repeats each one's draws
         return {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+            "model": net.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
             "iteration": iteration, "epoch": epoch, "position": position, "evals": json.dumps(evals),
-            "rng": rng_states(), "config": json.dumps(cfg.to_dict()), "num_classes": num_classes,
-            "class_names": list(class_names), "model_name": m.name,
+            "rng": rngs, "config": json.dumps(cfg.to_dict()), "num_classes": num_classes,
+            "class_names": list(class_names), "model_name": m.name, "wandb_id": tracker.run_id,
         }
+
+    def save() -> None:
+        nonlocal last_saved
+        snapshot = state()  # collective: every process takes part
+        if ctx.is_main:
+            _written(ckpt_path, lambda: _save_checkpoint(ckpt_path, snapshot))
+        last_saved = iteration
+
+    def run_evaluation(epoch_number: int) -> dict:
+        want = cfg.wandb.num_images if tracker.active else 0
+        scores, examples = evaluate(net, val_loader, device, num_classes, class_names, cfg.run.amp,
+                                    m.channels_last, num_examples=max(want, 1))
+        evals.append({"epoch": epoch_number, "iteration": iteration, **scores})
+        if ctx.is_main:
+            _write_metrics(run_dir, cfg, evals, None, _timings(iter_times, crf_times, device, ctx.world_size))
+            tracker.log({"val/miou": scores["miou"], "val/pixel_accuracy": scores["pixel_accuracy"],
+                         **{f"val/iou/{k}": v for k, v in scores["per_class_iou"].items() if v is not None}},
+                        step=iteration)
+            if want:
+                tracker.log_images(torch.stack(examples["image"][:want]).numpy(),
+                                   torch.stack(examples["prediction"][:want]).numpy(),
+                                   torch.stack(examples["scribble"][:want]).numpy(),
+                                   torch.stack(examples["mask"][:want]).numpy(), step=iteration)
+        return scores
 
     iter_times: list[float] = []
     crf_times: list[float] = []
     model.train()
-    bar = _progress(total_iters, iteration, cfg.run.name)
+    bar = _progress(total_iters, iteration, cfg.run.name) if ctx.is_main else None
     try:
         while epoch < num_epochs and iteration < total_iters:
             train_tf.set_epoch(epoch)
-            sampler = EpochSampler(len(train_set), cfg.run.seed, epoch, position)
+            sampler = EpochSampler(len(train_set), cfg.run.seed, epoch, position, batch, ctx.rank, ctx.world_size)
             # Its own generator: a DataLoader iterator otherwise draws its workers' base seed from the
             # global torch RNG, and a resumed epoch (a new iterator) would shift the dropout masks.
             loader_rng = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + epoch)
-            loader = DataLoader(train_set, batch_size=batch, sampler=sampler, drop_last=True,
+            loader = DataLoader(train_set, batch_size=per_process, sampler=sampler, drop_last=True,
                                 num_workers=d.num_workers, pin_memory=pin, generator=loader_rng)
             for data in loader:
                 if iteration >= total_iters:
@@ -271,61 +462,73 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
                 t0 = time.perf_counter()
                 for group in optimizer.param_groups:
                     group["lr"] = poly_lr(group["initial_lr"], iteration, total_iters, o.poly_power)
-                image = data["image"].to(device, non_blocking=True)
-                if m.channels_last:
-                    image = image.contiguous(memory_format=torch.channels_last)
-                with _autocast(device, cfg.run.amp):
-                    logits = model(image)
-                terms = {}
-                if L.type == "full":
-                    terms["ce"] = partial_cross_entropy(logits, data["mask"].to(device), IGNORE_INDEX)
-                else:
-                    terms["pce"] = partial_cross_entropy(logits, data["scribble"].to(device), IGNORE_INDEX)
-                if crf is not None:
-                    probs = torch.softmax(logits.float(), dim=1)
-                    raw, roi = data["image_raw"].to(device), data["roi"].to(device)
+                try:
+                    image = data["image"].to(device, non_blocking=True)
+                    if m.channels_last:
+                        image = image.contiguous(memory_format=torch.channels_last)
+                    with _autocast(device, cfg.run.amp):
+                        logits = forward(image)
+                    target = data["mask"] if L.type == "full" else data["scribble"]
+                    terms = {"ce" if L.type == "full" else "pce": _scribble_loss(logits, target.to(device), device, ctx)}
+                    if crf is not None:
+                        probs = torch.softmax(logits.float(), dim=1)
+                        raw, roi = data["image_raw"].to(device), data["roi"].to(device)
+                        _sync(device)
+                        tc = time.perf_counter()
+                        terms["crf"] = crf(raw, probs, roi)
+                        _sync(device)
+                        crf_times.append(time.perf_counter() - tc)
+                    loss = sum(terms.values())
+                    if D.any_true(not bool(torch.isfinite(loss.detach())), device, ctx):
+                        values = ", ".join(f"{k} {v.item():.4g}" for k, v in terms.items())
+                        kept = (f"the last checkpoint ({ckpt_path}, iteration {last_saved}) is intact"
+                                if last_saved is not None else "no checkpoint had been written yet")
+                        raise TrainingError(
+                            f"the loss is not finite at iteration {iteration + 1} ({values}); stopped, {kept}. "
+                            "Lower optim.lr or loss.crf_weight, or use run.amp=bf16 or off")
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
                     _sync(device)
-                    tc = time.perf_counter()
-                    terms["crf"] = crf(raw, probs, roi)
-                    _sync(device)
-                    crf_times.append(time.perf_counter() - tc)
-                loss = sum(terms.values())
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                _sync(device)
+                except Exception as exc:
+                    if _is_out_of_memory(exc):
+                        raise TrainingError(_memory_advice(cfg, per_process, device)) from None
+                    raise
                 iter_times.append(time.perf_counter() - t0)
                 iteration += 1
                 position += batch
+                if tracker.active and iteration % cfg.wandb.log_every_iters == 0:
+                    tracker.log({**{f"train/{k}": v.item() for k, v in terms.items()}, "train/loss": loss.item(),
+                                 "train/lr": optimizer.param_groups[0]["lr"]}, step=iteration)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix({k: f"{v.item():.4g}" for k, v in terms.items()}, refresh=False)
                 if iteration % cfg.run.checkpoint_every_iters == 0 and iteration < total_iters:
-                    _save_checkpoint(ckpt_path, state())
+                    save()
             # end of the epoch (or of the run)
             epoch_done = iteration >= total_iters or position >= iters_per_epoch * batch
             if not epoch_done:
                 break
             last = iteration >= total_iters
             if last or (epoch + 1) % cfg.run.eval_every_epochs == 0:
-                scores = evaluate(model, val_loader, device, num_classes, class_names, cfg.run.amp, m.channels_last)
-                evals.append({"epoch": epoch + 1, "iteration": iteration, **scores})
-                _write_metrics(run_dir, cfg, evals, None, _timings(iter_times, crf_times))
+                scores = run_evaluation(epoch + 1)
                 if bar is not None:
                     bar.write(f"{cfg.run.name}: epoch {epoch + 1} iteration {iteration} mIoU {scores['miou']:.4f}")
             epoch += 1
             position = 0
+
+        if not evals or evals[-1]["iteration"] != iteration:  # e.g. resumed from the final checkpoint
+            run_evaluation(epoch)
+        final = evals[-1]
+        save()
+        if ctx.is_main:
+            _write_metrics(run_dir, cfg, evals, final, _timings(iter_times, crf_times, device, ctx.world_size))
+            tracker.log({"final/miou": final["miou"]}, step=iteration)
     finally:
         if bar is not None:
             bar.close()
-
-    if not evals or evals[-1]["iteration"] != iteration:  # e.g. resumed from the final checkpoint of an older run
-        scores = evaluate(model, val_loader, device, num_classes, class_names, cfg.run.amp, m.channels_last)
-        evals.append({"epoch": epoch, "iteration": iteration, **scores})
-    final = evals[-1]
-    _save_checkpoint(ckpt_path, state())
-    _write_metrics(run_dir, cfg, evals, final, _timings(iter_times, crf_times))
+        tracker.finish()
     return final
 
 

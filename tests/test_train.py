@@ -142,3 +142,89 @@ def test_config_errors_and_overrides(tmp_path):
     assert cfg.loss.type == "pce_crf" and cfg.optim.epochs == 3 and cfg.optim.lr == 1e-3
     assert cfg.data.scale_range == [0.75, 1.5] and cfg.run.amp == "off"
     assert cfg.optim.head_lr_mult == 10 and cfg.optim.poly_power == 0.9
+
+
+# --------------------------------------------------------------------------------------------
+# Faults: each stops with one clear message and leaves the last good checkpoint as it was
+# --------------------------------------------------------------------------------------------
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(data_root, tmp_path):
+    from rloss.train import TrainingError
+
+    # A learning rate this large makes the weights, then the loss, overflow within a few steps.
+    cfg = tiny(data_root, tmp_path, "diverge", "loss.type=pce", "optim.lr=1e30", "optim.epochs=20",
+               "run.checkpoint_every_iters=1")
+    with pytest.raises(TrainingError, match=r"not finite at iteration (\d+).*last checkpoint.*intact") as info:
+        train(cfg)
+    stopped_at = int(info.value.args[0].split("iteration ")[1].split()[0])
+    ckpt = torch.load(tmp_path / "diverge" / "checkpoint.pt", weights_only=True)
+    assert ckpt["iteration"] == stopped_at - 1  # the checkpoint of the last finite step
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_full_disk_keeps_the_previous_checkpoint(data_root, tmp_path, monkeypatch):
+    import errno
+
+    import rloss.train as T
+
+    saves = []
+    real_save = torch.save
+
+    def save_until_disk_full(obj, path):
+        saves.append(obj["iteration"])
+        if len(saves) == 2:
+            Path(path).write_bytes(b"half a checkpoint")  # what a full disk leaves behind
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(obj, path)
+
+    monkeypatch.setattr(T.torch, "save", save_until_disk_full)
+    with pytest.raises(T.TrainingError, match=r"cannot write .*checkpoint\.pt: No space left on device \(the previous one is intact\)"):
+        train(tiny(data_root, tmp_path, "full", "loss.type=pce", "run.checkpoint_every_iters=1"))
+    monkeypatch.undo()
+    run_dir = tmp_path / "full"
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["iteration"] == saves[0]
+    assert not list(run_dir.glob("*.part")) and not list(run_dir.glob(".*.part"))
+
+
+def test_unwritable_results_folder_is_one_clear_error(data_root, tmp_path):
+    from rloss.train import TrainingError
+
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the results folder should be")
+    with pytest.raises(TrainingError, match=r"cannot write .*not_a_folder.*config\.yaml"):
+        train(tiny(data_root, blocker, "run"))
+
+
+def test_crop_too_large_for_memory_fails_before_training(data_root, tmp_path):
+    from rloss.train import TrainingError
+
+    # 10^6 px crops: terabytes per image, refused by the allocator at once.
+    cfg = tiny(data_root, tmp_path, "huge", "data.crop_size=1000000", "data.batch_size=1", "loss.type=pce")
+    with pytest.raises(TrainingError, match=r"out of memory.*data\.crop_size 1000000.*lower data\.batch_size"):
+        train(cfg)
+    assert not (tmp_path / "huge" / "checkpoint.pt").exists()
+
+
+class _RunsCode:
+    """Unpickling this would create a file: what a malicious checkpoint does."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_untrusted_checkpoint_is_refused_without_running_its_code(data_root, tmp_path):
+    cfg = tiny(data_root, tmp_path, "evil", "loss.type=pce")
+    run_dir = tmp_path / "evil"
+    run_dir.mkdir()
+    marker = tmp_path / "code_ran"
+    torch.save({"model": {}, "payload": _RunsCode(marker)}, run_dir / "checkpoint.pt")
+    with pytest.raises(ValueError, match=r"checkpoint\.pt: not a checkpoint written by rloss train"):
+        train(cfg, resume=True)
+    assert not marker.exists()
+    # and the same pickle does run code when loaded the unsafe way: the test would notice
+    torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert marker.exists()
