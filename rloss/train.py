@@ -194,8 +194,8 @@ def _written(path: Path, write) -> None:
         raise TrainingError(f"cannot write {path}: {exc.strerror or exc}{kept}") from None
 
 
-def _write_metrics(run_dir: Path, cfg: TrainConfig, evals: list, final, timings: dict) -> None:
-    doc = {"run": cfg.run.name, "evals": evals, "final": final, "timings": timings}
+def _write_metrics(run_dir: Path, cfg: TrainConfig, evals: list, final, timings: dict, data: dict) -> None:
+    doc = {"run": cfg.run.name, "data": data, "evals": evals, "final": final, "timings": timings}
     path = run_dir / METRICS
     _written(path, lambda: write_text_atomic(path, json.dumps(doc, indent=1) + "\n"))
 
@@ -353,6 +353,9 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.dev
     val_set = SegmentationFolder(d.root, d.val_split, transform=EvalTransform(d.crop_size, d.interpolation),
                                  require_scribbles=False)
     num_classes, class_names = train_set.num_classes, train_set.class_names
+    # What the results tables need to know about the data (its resolution: the first val image's shorter side).
+    data_facts = {"train_images": len(train_set), "val_images": len(val_set),
+                  "image_side": int(min(val_set.load(val_set.ids[0]).image.shape[:2])) if len(val_set) else None}
     iters_per_epoch = len(train_set) // batch
     if iters_per_epoch < 1:
         raise ValueError(f"data.batch_size {batch} is larger than the {len(train_set)} training images")
@@ -432,7 +435,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.dev
                                     m.channels_last, num_examples=max(want, 1))
         evals.append({"epoch": epoch_number, "iteration": iteration, **scores})
         if ctx.is_main:
-            _write_metrics(run_dir, cfg, evals, None, _timings(iter_times, crf_times, device, ctx.world_size))
+            _write_metrics(run_dir, cfg, evals, None, _timings(iter_times, crf_times, device, ctx.world_size), data_facts)
             tracker.log({"val/miou": scores["miou"], "val/pixel_accuracy": scores["pixel_accuracy"],
                          **{f"val/iou/{k}": v for k, v in scores["per_class_iou"].items() if v is not None}},
                         step=iteration)
@@ -523,7 +526,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.dev
         final = evals[-1]
         save()
         if ctx.is_main:
-            _write_metrics(run_dir, cfg, evals, final, _timings(iter_times, crf_times, device, ctx.world_size))
+            _write_metrics(run_dir, cfg, evals, final, _timings(iter_times, crf_times, device, ctx.world_size), data_facts)
             tracker.log({"final/miou": final["miou"]}, step=iteration)
     finally:
         if bar is not None:
