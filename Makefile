@@ -5,7 +5,6 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PARAMS ?= params/default.yaml
-NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
@@ -25,15 +24,8 @@ $(STAMP): pyproject.toml constraints.txt
 test: $(STAMP)  ## run the test suite, notebooks included (nbval)
 	$(PY) -m pytest
 
-study: $(STAMP)  ## run the notebooks in order with papermill and $(PARAMS)
-	@mkdir -p results/notebooks
-	@set -e; for nb in $(NOTEBOOKS); do \
-	  echo "== $$nb (parameters: $(PARAMS))"; \
-	  $(PY) -m papermill "$$nb" "results/notebooks/$$(basename $$nb)" -f $(PARAMS) \
-	    -k python3 --cwd notebooks --no-request-save-on-cell-execute --autosave-cell-every 0 \
-	    || { echo "study: $$nb failed; see the marked cell in results/notebooks/$$(basename $$nb)" >&2; exit 1; }; \
-	done
-	@echo "study: executed notebooks are in results/notebooks/"
+study: $(STAMP)  ## run the notebooks in order (papermill, $(PARAMS)); RERUN=1 retrains finished runs
+	$(PY) -m rloss study --params $(PARAMS) $(if $(RERUN),--rerun)
 
 env: $(STAMP)  ## check the environment and build the lattice extension
 	$(PY) -m rloss env

@@ -61,6 +61,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_study(args: argparse.Namespace) -> int:
+    from .runner import run_study
+
+    return run_study(args.params, only=args.only, rerun=args.rerun, output_dir=args.output)
+
+
 def _cmd_wandb_login(args: argparse.Namespace) -> int:
     from .credentials import cmd_wandb_login
 
@@ -175,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. loss.type=pce_crf")
     train.add_argument("--resume", action="store_true", help="continue from results/<run.name>/checkpoint.pt")
     train.set_defaults(run=_cmd_train)
+
+    study = commands.add_parser("study", help="run the study's notebooks in order with papermill")
+    study.add_argument("--params", default="params/default.yaml", help="parameter file (sections per notebook)")
+    study.add_argument("--only", nargs="+", metavar="NN", help="only these notebooks (by number or name prefix)")
+    study.add_argument("--rerun", action="store_true", help="train finished runs again (default: skip them)")
+    study.add_argument("--output", default="results/notebooks", help="folder for the executed notebooks")
+    study.set_defaults(run=_cmd_study)
 
     from .infer import add_infer_arguments
 

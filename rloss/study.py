@@ -27,6 +27,20 @@ LOSSES = ("pce", "pce_crf", "full")
 LOSS_LABELS = {"pce": "pCE", "pce_crf": "pCE + DenseCRF", "full": "full supervision"}
 
 
+def base_config(data_root: str, results_dir: str, **settings) -> TrainConfig:
+    """A training config from the notebooks' flat parameters: each ``section_key=value``
+    (e.g. ``optim_epochs=30``, ``loss_crf_weight=5e-7``) sets ``section.key``; checked like ``--set``."""
+    from .config import load_config
+
+    overrides = [f"data.root={data_root}", f"run.results_dir={results_dir}"]
+    for key, value in settings.items():
+        section, _, name = key.partition("_")
+        if not name:
+            raise ValueError(f"study: setting {key!r} must be <section>_<key>, e.g. optim_epochs")
+        overrides.append(f"{section}.{name}={json.dumps(value)}")
+    return load_config(None, overrides)
+
+
 def run_name(name: str, loss: str, seed: int) -> str:
     return f"{name}_{loss}_seed{seed}"
 

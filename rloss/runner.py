@@ -1,0 +1,115 @@
+"""Runs the study's notebooks in order with papermill: ``python -m rloss study --params params/X.yaml``.
+
+A parameter file has a ``common`` section and one section per notebook, named by
+the notebook's file name without ``.ipynb``::
+
+    common:
+      results_dir: ../results
+    02_train_40px:
+      epochs: 30
+      seeds: [0, 1]
+
+Each notebook gets the ``common`` values it declares in its ``parameters`` cell,
+then its own section. A key in a notebook's section that the notebook does not
+declare is an error naming the key, the section and the file, before anything
+runs (papermill itself would only warn and go on). Executed copies go to
+``results/notebooks/``; a failure names the notebook and the cell.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+NOTEBOOKS_DIR = Path("notebooks")
+
+
+def study_notebooks(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Path]:
+    """The numbered notebooks, in order."""
+    return sorted(p for p in notebooks_dir.glob("[0-9][0-9]_*.ipynb"))
+
+
+def declared_parameters(notebook: Path) -> dict:
+    """The names and default values in the notebook's ``parameters`` cell."""
+    import papermill
+
+    return {name: info for name, info in papermill.inspect_notebook(str(notebook)).items()}
+
+
+def read_params(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"parameter file {path} not found")
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(doc, dict) or not all(isinstance(v, dict) or v is None for v in doc.values()):
+        raise ValueError(f"{path} must hold sections (common, 00_..., 01_...) of name: value pairs")
+    return {k: (v or {}) for k, v in doc.items()}
+
+
+def plan(params_path: str | Path, notebooks: list[Path], rerun: bool = False) -> list[tuple[Path, dict]]:
+    """Each notebook with the parameters it will get; unknown sections or keys are errors."""
+    params = read_params(params_path)
+    names = {nb.stem for nb in notebooks}
+    all_names = {nb.stem for nb in study_notebooks(notebooks[0].parent)} if notebooks else names
+    stray = [s for s in params if s != "common" and s not in all_names]
+    if stray:
+        raise ValueError(f"{params_path}: section {stray[0]!r} names no notebook "
+                         f"(notebooks: {', '.join(sorted(all_names))})")
+    common = params.get("common", {})
+    out = []
+    for nb in notebooks:
+        declared = declared_parameters(nb)
+        section = params.get(nb.stem, {})
+        unknown = [k for k in section if k not in declared]
+        if unknown:
+            raise ValueError(f"{params_path}: {nb.stem}.{unknown[0]} is not a parameter of {nb} "
+                             f"(its parameters: {', '.join(declared)})")
+        values = {k: v for k, v in common.items() if k in declared}
+        values.update(section)
+        if rerun and "rerun" in declared:
+            values["rerun"] = True
+        out.append((nb, values))
+    return out
+
+
+def run_study(params_path: str | Path, only: list[str] | None = None, rerun: bool = False,
+              output_dir: str | Path = "results/notebooks", notebooks_dir: Path = NOTEBOOKS_DIR) -> int:
+    """Executes the notebooks in order; returns 0, or 1 after the first failure (reported)."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    notebooks = study_notebooks(notebooks_dir)
+    if not notebooks:
+        raise FileNotFoundError(f"no numbered notebooks in {notebooks_dir}")
+    if only:
+        picked = [nb for nb in notebooks if any(nb.stem.startswith(o) for o in only)]
+        if not picked:
+            raise ValueError(f"--only {' '.join(only)} matches no notebook")
+        notebooks = picked
+    steps = plan(params_path, notebooks, rerun)  # all checks before the first notebook runs
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    for i, (nb, values) in enumerate(steps, 1):
+        out = output_dir / nb.name
+        print(f"== [{i}/{len(steps)}] {nb} ({len(values)} parameters from {params_path})", file=sys.stderr, flush=True)
+        t0 = time.monotonic()
+        try:
+            papermill.execute_notebook(
+                str(nb), str(out), parameters=values, cwd=str(nb.parent), kernel_name="python3",
+                progress_bar=True, request_save_on_cell_execute=False, log_output=False,
+            )
+        except PapermillExecutionError as exc:
+            print(f"study: {nb} failed in cell {exc.cell_index} (execution count {exc.exec_count}): "
+                  f"{exc.ename}: {exc.evalue}\n       the executed copy, with the error, is {out}", file=sys.stderr)
+            return 1
+        print(f"   {nb.name} done in {time.monotonic() - t0:.0f} s", file=sys.stderr)
+    print(f"study: {len(steps)} notebooks in {(time.monotonic() - start) / 60:.1f} min; executed copies in {output_dir}",
+          file=sys.stderr)
+    return 0

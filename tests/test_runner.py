@@ -1,0 +1,54 @@
+"""The study runner's parameter files: sections per notebook, checked before anything runs."""
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rloss.runner import declared_parameters, plan, study_notebooks
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = study_notebooks(ROOT / "notebooks")
+
+
+def _default(info: dict):
+    return ast.literal_eval(info["default"])
+
+
+def test_smoke_parameters_are_the_notebooks_own_defaults():
+    """CI runs the notebooks under nbval with their defaults; params/smoke.yaml must say the same."""
+    for notebook, values in plan(ROOT / "params" / "smoke.yaml", NOTEBOOKS):
+        declared = declared_parameters(notebook)
+        for key, value in values.items():
+            assert _default(declared[key]) == value, f"{notebook.name}: {key}"
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "smoke.yaml"])
+def test_every_section_and_key_names_a_notebook_parameter(name):
+    steps = plan(ROOT / "params" / name, NOTEBOOKS)
+    assert [nb.name for nb, _ in steps] == [nb.name for nb in NOTEBOOKS]
+    sections = yaml.safe_load((ROOT / "params" / name).read_text())
+    for notebook, values in steps:
+        assert set(sections.get(notebook.stem) or {}) <= set(values)
+
+
+def test_common_values_go_only_to_notebooks_that_declare_them(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("common:\n  seed: 7\n  results_dir: /r\n02_train_40px:\n  epochs: 3\n")
+    values = dict((nb.stem, v) for nb, v in plan(path, NOTEBOOKS, rerun=True))
+    assert values["00_environment_and_loss"]["seed"] == 7 and "results_dir" not in values["00_environment_and_loss"]
+    assert values["02_train_40px"] == {"results_dir": "/r", "epochs": 3, "rerun": True}
+
+
+def test_unknown_keys_and_sections_are_one_clear_error(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("02_train_40px:\n  epoch: 3\n")
+    with pytest.raises(ValueError, match=r"p\.yaml: 02_train_40px\.epoch is not a parameter of .*02_train_40px"):
+        plan(path, NOTEBOOKS)
+    path.write_text("07_extra:\n  x: 1\n")
+    with pytest.raises(ValueError, match=r"section '07_extra' names no notebook"):
+        plan(path, NOTEBOOKS)
+    path.write_text("- a list\n")
+    with pytest.raises(ValueError, match="must hold sections"):
+        plan(path, NOTEBOOKS)
