@@ -43,6 +43,10 @@ def test_run_writes_results(data_root, tmp_path, loss):
     for name in ("config.yaml", "metrics.json", "checkpoint.pt"):
         assert (run_dir / name).is_file(), name
     assert not list(run_dir.glob("*.part")), "a temporary file was left behind"
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("metrics.json", "checkpoint.pt"):  # ordinary files, not the owner-only mode of a temp file
+        assert (run_dir / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert [e["epoch"] for e in metrics["evals"]] == [1, 2]
     assert metrics["final"] == final
