@@ -1,0 +1,376 @@
+"""The study's Table 1 (mIoU of pCE, pCE + DenseCRF and full supervision) and its plots.
+
+    runs = select_runs(load_runs("results"), ["smoke40"])     # optional: runs whose name starts so
+    rows = summarize(runs)                                     # rloss.study: one row per setting
+    table = miou_table(rows)                                   # the rows as the report shows them
+    print(to_markdown(table))
+    paths = write_report("results", runs)                      # miou_table.md / miou_table.csv, atomically
+    fig = plot_learning_curves(runs)                           # also plot_per_class_iou, plot_crf_share
+
+mIoU is reported in percent (mean ± sample standard deviation over seeds, with the
+number of seeds), gains in percentage points. Beside our rows the report carries
+the figures Tang et al. published (:data:`PUBLISHED_TABLE1`), always as a table of
+their own, labelled as not measured here.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from pathlib import Path
+
+import numpy as np
+
+from .data.io import atomic_path, write_text_atomic
+from .study import LOSS_LABELS, LOSSES, load_runs, summarize
+
+__all__ = [
+    "TABLE_COLUMNS",
+    "TABLE_MD",
+    "TABLE_CSV",
+    "PUBLISHED_TITLE",
+    "PUBLISHED_TABLE1",
+    "PUBLISHED_SOURCES",
+    "select_runs",
+    "miou_table",
+    "to_markdown",
+    "to_csv",
+    "published_markdown",
+    "conclusions",
+    "report_markdown",
+    "write_report",
+    "plot_learning_curves",
+    "plot_per_class_iou",
+    "plot_crf_share",
+    "save_figure",
+]
+
+TABLE_MD, TABLE_CSV = "miou_table.md", "miou_table.csv"
+
+# The CSV's columns, in order (mIoU in percent, gains in percentage points).
+TABLE_COLUMNS = (
+    "network", "data", "resolution_px", "crop_px",
+    "pce_miou", "pce_std", "pce_seeds",
+    "pce_crf_miou", "pce_crf_std", "pce_crf_seeds",
+    "full_miou", "full_std", "full_seeds",
+    "crf_gain_pp", "full_gain_pp",
+    "pce_s_per_iteration", "pce_crf_s_per_iteration", "full_s_per_iteration", "crf_share",
+)
+
+# --------------------------------------------------------------------------------------------
+# The published figures (never mixed into the measured rows)
+# --------------------------------------------------------------------------------------------
+
+PUBLISHED_TITLE = "Published figures, Tang et al. ECCV 2018 Table 1 — not measured here"
+
+# Where each figure below was read. The ECCV paper's own PDF table
+# (https://arxiv.org/abs/1803.09569, https://ar5iv.labs.arxiv.org/html/1803.09569) could not be
+# read here; the figures are the authors' "Table 1: mIOU on PASCAL VOC2012 val set" as published
+# in their official repository, which accompanies the paper. They are *not* verified against the
+# paper's PDF; a row the sources do not give is None ("n/a" in the source, shown as such).
+PUBLISHED_SOURCES = {
+    "caffe": ("https://github.com/meng-tang/rloss/blob/5a5cb154e66e7e92f8d5099dadd5456b70d53b7d/README.md",
+              'README "Table 1: mIOU on PASCAL VOC2012 val set" (Caffe; the implementation used for the '
+              "published articles)"),
+    "pytorch": ("https://github.com/meng-tang/rloss/blob/1caa759e568db2c7209ab73e73ac039ea3d7101c/pytorch/README.md",
+                'pytorch/README "Table 1: mIOU on PASCAL VOC2012 val set. We report training time for '
+                'different losses (seconds/iteration, batch_size 12, GTX 1080Ti, AMD FX-6300 3.5GHz)" '
+                "(the later PyTorch release, DeepLabV3+ with a MobileNet backbone)"),
+}
+
+# mIoU in percent on PASCAL VOC 2012 val, ScribbleSup scribbles (~3% of pixels labeled);
+# s/iteration only where the source gives it.
+PUBLISHED_TABLE1 = (
+    {"network": "DeepLab-largeFOV", "pce": 55.8, "pce_crf": 62.3, "full": 63.0,
+     "pce_s_per_iteration": None, "pce_crf_s_per_iteration": None, "full_s_per_iteration": None, "source": "caffe"},
+    {"network": "DeepLab-MSc-largeFOV", "pce": None, "pce_crf": 63.2, "full": 64.1,
+     "pce_s_per_iteration": None, "pce_crf_s_per_iteration": None, "full_s_per_iteration": None, "source": "caffe"},
+    {"network": "DeepLab-VGG16", "pce": 60.7, "pce_crf": 64.7, "full": 68.8,
+     "pce_s_per_iteration": None, "pce_crf_s_per_iteration": None, "full_s_per_iteration": None, "source": "caffe"},
+    {"network": "DeepLab-ResNet101", "pce": 69.5, "pce_crf": 73.0, "full": 75.6,
+     "pce_s_per_iteration": None, "pce_crf_s_per_iteration": None, "full_s_per_iteration": None, "source": "caffe"},
+    {"network": "DeepLabV3+ MobileNet", "pce": 65.8, "pce_crf": 69.4, "full": 72.1,
+     "pce_s_per_iteration": 1.05, "pce_crf_s_per_iteration": 1.66, "full_s_per_iteration": 1.05, "source": "pytorch"},
+)
+
+# --------------------------------------------------------------------------------------------
+# Our table
+# --------------------------------------------------------------------------------------------
+
+
+def select_runs(runs: list[dict], study_names=None) -> list[dict]:
+    """The runs whose name starts with one of ``study_names`` (a string or a list); all with None."""
+    if study_names is None:
+        return list(runs)
+    prefixes = [study_names] if isinstance(study_names, str) else list(study_names)
+    return [r for r in runs if any(str(r["run"]).startswith(str(p)) for p in prefixes)]
+
+
+def _pct(value):
+    return None if value is None else 100.0 * value
+
+
+def miou_table(rows: list[dict]) -> list[dict]:
+    """``summarize(runs)``'s rows as the report's rows: keys :data:`TABLE_COLUMNS`, mIoU in %.
+
+    Gains are recomputed from the means so that they agree with the shown numbers (percentage points).
+    """
+    table = []
+    for row in rows:
+        out = {"network": row.get("model"), "data": row.get("data"), "resolution_px": row.get("resolution"),
+               "crop_px": row.get("crop_size")}
+        for loss in LOSSES:
+            out[f"{loss}_miou"] = _pct(row.get(f"{loss}_miou"))
+            out[f"{loss}_std"] = _pct(row.get(f"{loss}_std"))
+            out[f"{loss}_seeds"] = int(row.get(f"{loss}_seeds") or 0)
+        for loss, key in (("pce_crf", "crf_gain_pp"), ("full", "full_gain_pp")):
+            base, other = out["pce_miou"], out[f"{loss}_miou"]
+            out[key] = other - base if base is not None and other is not None else None
+        for loss in LOSSES:
+            out[f"{loss}_s_per_iteration"] = row.get(f"{loss}_s_per_iteration")
+        out["crf_share"] = row.get("crf_share")
+        table.append(out)
+    return table
+
+
+def _fmt_miou(mean, std, n) -> str:
+    if mean is None or not n:
+        return "—"
+    spread = f" ± {std:.1f}" if std is not None else ""
+    return f"{mean:.1f}{spread} (n={n})"
+
+
+def _fmt(value, spec: str, suffix: str = "") -> str:
+    return "—" if value is None else f"{value:{spec}}{suffix}"
+
+
+_MD_HEADER = ("network", "data", "px", "crop", "pCE mIoU %", "+ DenseCRF mIoU %", "full mIoU %",
+              "DenseCRF − pCE (pp)", "full − pCE (pp)", "s/it pCE", "s/it + DenseCRF", "s/it full",
+              "DenseCRF loss share of + DenseCRF iteration")
+
+
+def to_markdown(table: list[dict]) -> str:
+    """Our rows as a Markdown table (mean ± std over seeds, n seeds); a line saying so when empty."""
+    if not table:
+        return "_No finished runs: nothing measured yet._\n"
+    lines = ["| " + " | ".join(_MD_HEADER) + " |", "|" + "|".join("---" for _ in _MD_HEADER) + "|"]
+    for r in table:
+        cells = [str(r["network"]), str(r["data"]), _fmt(r["resolution_px"], "d"), _fmt(r["crop_px"], "d")]
+        cells += [_fmt_miou(r[f"{loss}_miou"], r[f"{loss}_std"], r[f"{loss}_seeds"]) for loss in LOSSES]
+        cells += [_fmt(r["crf_gain_pp"], "+.1f"), _fmt(r["full_gain_pp"], "+.1f")]
+        cells += [_fmt(r[f"{loss}_s_per_iteration"], ".3f") for loss in LOSSES]
+        cells.append(_fmt(None if r["crf_share"] is None else 100 * r["crf_share"], ".1f", " %"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(table: list[dict]) -> str:
+    """Our rows as CSV with the header :data:`TABLE_COLUMNS`; empty cells for missing values."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(TABLE_COLUMNS)
+    for r in table:
+        writer.writerow(["" if r.get(c) is None else (f"{r[c]:.6g}" if isinstance(r[c], float) else r[c])
+                         for c in TABLE_COLUMNS])
+    return buf.getvalue()
+
+
+def published_markdown(title: bool = True) -> str:
+    """The published figures as their own Markdown table, with their sources (and ``title``)."""
+    header = ("network", "pCE mIoU %", "+ DenseCRF mIoU %", "full mIoU %", "DenseCRF − pCE (pp)",
+              "full − pCE (pp)", "s/it pCE / + DenseCRF / full", "source")
+    lines = ([f"**{PUBLISHED_TITLE}**", ""] if title else []) + [
+             "PASCAL VOC 2012 val, ScribbleSup scribbles (~3% of pixels labeled). Figures as the authors "
+             "publish them in their repository's Table 1; not verified against the paper's PDF.", "",
+             "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for p in PUBLISHED_TABLE1:
+        gain = [f"{p[k] - p['pce']:+.1f}" if p["pce"] is not None and p[k] is not None else "—"
+                for k in ("pce_crf", "full")]
+        times = [p[f"{k}_s_per_iteration"] for k in LOSSES]
+        timing = " / ".join(f"{t:.2f}" for t in times) if all(t is not None for t in times) else "—"
+        cells = [p["network"]] + ["n/a in source" if p[k] is None else f"{p[k]:.1f}" for k in LOSSES]
+        cells += gain + [timing, p["source"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Sources:", ""]
+    lines += [f"- {key}: <{url}> — {what}" for key, (url, what) in PUBLISHED_SOURCES.items()]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Conclusions computed from the numbers
+# --------------------------------------------------------------------------------------------
+
+
+def _setting(r: dict) -> str:
+    return f"{r['network']} on {r['data']} ({r['resolution_px']} px, crop {r['crop_px']})"
+
+
+def conclusions(table: list[dict]) -> list[str]:
+    """One sentence per row, computed from its numbers: does pCE < pCE + DenseCRF <= full hold, and
+    does the DenseCRF gain exceed the seed spread (the larger standard deviation of the two)?"""
+    if not table:
+        return ["No finished runs: there is nothing to conclude yet."]
+    lines = []
+    for r in table:
+        pce, crf, full = r["pce_miou"], r["pce_crf_miou"], r["full_miou"]
+        if pce is None or crf is None:
+            missing = " and ".join(LOSS_LABELS[k] for k, v in (("pce", pce), ("pce_crf", crf)) if v is None)
+            lines.append(f"{_setting(r)}: no {missing} runs, so the DenseCRF gain cannot be measured.")
+            continue
+        gain = crf - pce
+        if full is None:
+            order = (f"pCE {'<' if pce < crf else '>='} pCE + DenseCRF ({pce:.1f} vs {crf:.1f}; "
+                     "no full-supervision runs)")
+        else:
+            holds = pce < crf <= full
+            order = (f"pCE < pCE + DenseCRF <= full {'holds' if holds else 'does not hold'} "
+                     f"({pce:.1f} / {crf:.1f} / {full:.1f})")
+        stds = [s for s in (r["pce_std"], r["pce_crf_std"]) if s is not None]
+        if len(stds) < 2:
+            spread = f"the seed spread is unknown with one seed (gain {gain:+.1f} pp)"
+        else:
+            bound = max(stds)
+            verdict = "exceeds" if abs(gain) > bound else "does not exceed"
+            spread = f"the DenseCRF gain of {gain:+.1f} pp {verdict} the seed spread ({bound:.1f} pp)"
+        share = r["crf_share"]
+        timing = f"; the DenseCRF loss takes {100 * share:.0f}% of an iteration" if share is not None else ""
+        lines.append(f"{_setting(r)}: {order}; {spread}{timing}.")
+    return lines
+
+
+def report_markdown(table: list[dict], title: str = "mIoU: pCE, pCE + DenseCRF loss, full supervision") -> str:
+    """Our table, its conclusions, then the published table under its own heading."""
+    parts = [f"# {title}", "", "## Measured here", "",
+             "mIoU on the validation split in percent: mean ± standard deviation over seeds (n = seeds); "
+             "gains in percentage points; s/it = median seconds per training iteration.", "",
+             to_markdown(table), "### Conclusions", ""]
+    parts += [f"- {line}" for line in conclusions(table)]
+    parts += ["", "## " + PUBLISHED_TITLE, "", published_markdown(title=False)]
+    return "\n".join(parts)
+
+
+def write_report(results_dir, runs: list[dict] | None = None, study_names=None, out_dir=None) -> dict:
+    """Writes ``miou_table.md`` (ours, conclusions, the published table apart) and ``miou_table.csv``
+    (ours only) atomically under ``out_dir`` (default ``results_dir``). ``runs`` default:
+    ``load_runs(results_dir)``. Returns ``{"table", "markdown", "csv"}`` (paths as Path)."""
+    runs = load_runs(results_dir) if runs is None else runs
+    table = miou_table(summarize(select_runs(runs, study_names)))
+    out = Path(results_dir if out_dir is None else out_dir)
+    md, csv_path = out / TABLE_MD, out / TABLE_CSV
+    write_text_atomic(md, report_markdown(table))
+    write_text_atomic(csv_path, to_csv(table))
+    return {"table": table, "markdown": md, "csv": csv_path}
+
+
+# --------------------------------------------------------------------------------------------
+# Plots (each returns a matplotlib Figure, not registered with pyplot; display() or save_figure() it)
+# --------------------------------------------------------------------------------------------
+
+
+def _figure(width: float, height: float, ncols: int = 1, nrows: int = 1, **kwargs):
+    """A Figure outside pyplot (nothing is shown or kept open by these helpers) and its axes grid."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    return fig, fig.subplots(nrows, ncols, squeeze=False, **kwargs)
+
+
+def _empty(message: str):
+    fig, axes = _figure(5, 2)
+    axes[0, 0].axis("off")
+    axes[0, 0].text(0.5, 0.5, message, ha="center", va="center")
+    return fig
+
+
+def _setting_key(run: dict) -> tuple:
+    return (run["model"], run["data"], run["resolution"], run["crop_size"])
+
+
+def _setting_label(key: tuple) -> str:
+    model, data, resolution, crop = key
+    return f"{model}, {data} ({resolution} px, crop {crop})"
+
+
+def plot_learning_curves(runs: list[dict]):
+    """Validation mIoU (%) against training iteration, one panel per loss, one line per run."""
+    from matplotlib.ticker import MaxNLocator
+
+    if not runs:
+        return _empty("no runs to plot")
+    losses = [loss for loss in LOSSES if any(r["loss"] == loss for r in runs)]
+    fig, axes = _figure(4.2 * len(losses), 3.4, ncols=len(losses), sharey=True)
+    for ax, loss in zip(axes[0], losses):
+        for run in sorted((r for r in runs if r["loss"] == loss), key=lambda r: r["run"]):
+            points = sorted((e["iteration"], e["miou"]) for e in run["evals"] if e.get("miou") is not None)
+            if not points:
+                continue
+            x, y = zip(*points)
+            ax.plot(x, [100 * v for v in y], marker="o", markersize=3, label=run["run"])
+        ax.set_title(LOSS_LABELS[loss])
+        ax.set_xlabel("iteration")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0, 0].set_ylabel("val mIoU (%)")
+    return fig
+
+
+def plot_per_class_iou(runs: list[dict]):
+    """Final per-class IoU (%) per loss, mean over seeds (error bar: standard deviation), one panel per setting."""
+    if not runs:
+        return _empty("no runs to plot")
+    settings = sorted({_setting_key(r) for r in runs}, key=lambda k: tuple(map(str, k)))
+    fig, axes = _figure(8, 3.2 * len(settings), nrows=len(settings))
+    for ax, key in zip(axes[:, 0], settings):
+        members = [r for r in runs if _setting_key(r) == key]
+        classes = list(dict.fromkeys(c for r in members for c in r["per_class_iou"]))
+        losses = [loss for loss in LOSSES if any(r["loss"] == loss for r in members)]
+        width = 0.8 / max(len(losses), 1)
+        for i, loss in enumerate(losses):
+            means, stds = [], []
+            for c in classes:
+                values = [r["per_class_iou"].get(c) for r in members if r["loss"] == loss]
+                values = [100 * v for v in values if v is not None]
+                means.append(statistics.fmean(values) if values else np.nan)
+                stds.append(statistics.stdev(values) if len(values) > 1 else 0.0)
+            x = np.arange(len(classes)) + (i - (len(losses) - 1) / 2) * width
+            ax.bar(x, means, width, yerr=stds, capsize=2, label=LOSS_LABELS[loss])
+        ax.set_xticks(np.arange(len(classes)), classes, rotation=45, ha="right", fontsize=8)
+        ax.set_ylabel("IoU (%)")
+        ax.set_ylim(0, 100)
+        ax.set_title(_setting_label(key), fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def plot_crf_share(table: list[dict]):
+    """The DenseCRF loss's share (%) of a pCE + DenseCRF training iteration, one bar per setting,
+    labelled with the iteration's median seconds."""
+    rows = [r for r in table if r.get("crf_share") is not None]
+    if not rows:
+        return _empty("no pCE + DenseCRF runs with timings")
+    fig, axes = _figure(max(4.0, 1.6 * len(rows) + 2), 3.6)
+    ax = axes[0, 0]
+    labels = [f"{r['network']}\n{r['data']} {r['resolution_px']} px\ncrop {r['crop_px']}" for r in rows]
+    shares = [100 * r["crf_share"] for r in rows]
+    bars = ax.bar(range(len(rows)), shares, color="tab:orange")
+    for bar, r in zip(bars, rows):
+        seconds = r.get("pce_crf_s_per_iteration")
+        text = f"{bar.get_height():.1f}%" + (f"\n{seconds:.3f} s/it" if seconds is not None else "")
+        ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
+                    fontsize=7, xytext=(0, 2), textcoords="offset points")
+    ax.set_xticks(range(len(rows)), labels, fontsize=7)
+    ax.set_ylabel("DenseCRF loss share of iteration (%)")
+    ax.set_ylim(0, max(100.0, max(shares) * 1.15) if shares else 100.0)
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def save_figure(fig, path, dpi: int = 120) -> Path:
+    """A figure as PNG, written atomically; returns the path."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    return path

@@ -1,0 +1,204 @@
+"""The mIoU table on a hand-written results folder: means, spreads, gains, files, conclusions, plots."""
+
+import csv
+import io
+import json
+import math
+
+import pytest
+
+from rloss import report
+from rloss.config import load_config
+from rloss.study import load_runs, summarize
+
+CLASSES = ["background", "ellipse", "star"]
+
+# (setting data root, loss, seed) -> final mIoU, median s/iteration, DenseCRF share
+SETTING_A = {  # 2 seeds x 3 losses
+    ("pce", 0): (0.50, 0.10, None), ("pce", 1): (0.54, 0.30, None),
+    ("pce_crf", 0): (0.60, 0.50, 0.40), ("pce_crf", 1): (0.66, 0.70, 0.50),
+    ("full", 0): (0.70, 0.10, None), ("full", 1): (0.72, 0.10, None),
+}
+SETTING_B = {  # one seed, no full supervision, DenseCRF worse than pCE
+    ("pce", 0): (0.41, 0.20, None), ("pce_crf", 0): (0.37, 0.90, 0.25),
+}
+
+
+def write_run(results, study, data_root, side, loss, seed, miou, seconds, share, evals=None):
+    name = f"{study}_{loss}_seed{seed}"
+    cfg = load_config(None, [f"data.root={data_root}", "data.crop_size=32", f"loss.type={loss}",
+                             f"run.seed={seed}", f"run.name={name}", f"run.results_dir={results}"])
+    run_dir = results / name
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    per_class = {"background": miou + 0.2, "ellipse": miou - 0.1, "star": miou - 0.1}
+    evals = evals or [{"epoch": 1, "iteration": 5, "miou": miou - 0.05, "pixel_accuracy": 0.8,
+                       "per_class_iou": per_class},
+                      {"epoch": 2, "iteration": 10, "miou": miou, "pixel_accuracy": 0.9, "per_class_iou": per_class}]
+    metrics = {
+        "run": name, "data": {"train_images": 8, "val_images": 4, "image_side": side}, "evals": evals,
+        "final": {"miou": miou, "pixel_accuracy": 0.9, "per_class_iou": per_class, "epoch": 2, "iteration": 10},
+        "timings": {"median_iteration_s": seconds, "crf_share": share, "median_crf_s": None,
+                    "timed_iterations": 9, "processes": 1, "device": "cpu"},
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    root = tmp_path_factory.mktemp("results")
+    for (loss, seed), values in SETTING_A.items():
+        write_run(root, "alpha", "/data/fake40", 40, loss, seed, *values)
+    for (loss, seed), values in SETTING_B.items():
+        write_run(root, "beta", "/data/fake64", 64, loss, seed, *values)
+    return root
+
+
+@pytest.fixture(scope="module")
+def table(results):
+    return report.miou_table(summarize(load_runs(results)))
+
+
+def row_of(table, data):
+    [row] = [r for r in table if r["data"] == data]
+    return row
+
+
+def sample_std(values):
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def test_table_means_stds_gains(table):
+    assert len(table) == 2
+    a = row_of(table, "fake40")
+    assert (a["network"], a["resolution_px"], a["crop_px"]) == ("deeplabv3plus_tiny", 40, 32)
+    assert a["pce_miou"] == pytest.approx(52.0)
+    assert a["pce_crf_miou"] == pytest.approx(63.0)
+    assert a["full_miou"] == pytest.approx(71.0)
+    assert a["pce_std"] == pytest.approx(sample_std([50, 54]))  # 2.83
+    assert a["pce_crf_std"] == pytest.approx(sample_std([60, 66]))  # 4.24
+    assert a["full_std"] == pytest.approx(sample_std([70, 72]))
+    assert (a["pce_seeds"], a["pce_crf_seeds"], a["full_seeds"]) == (2, 2, 2)
+    assert a["crf_gain_pp"] == pytest.approx(11.0)
+    assert a["full_gain_pp"] == pytest.approx(19.0)
+    assert a["pce_s_per_iteration"] == pytest.approx(0.2)  # median of 0.1 and 0.3
+    assert a["pce_crf_s_per_iteration"] == pytest.approx(0.6)
+    assert a["full_s_per_iteration"] == pytest.approx(0.1)
+    assert a["crf_share"] == pytest.approx(0.45)
+
+    b = row_of(table, "fake64")
+    assert b["resolution_px"] == 64
+    assert b["pce_miou"] == pytest.approx(41.0) and b["pce_std"] is None and b["pce_seeds"] == 1
+    assert b["full_miou"] is None and b["full_seeds"] == 0 and b["full_gain_pp"] is None
+    assert b["crf_gain_pp"] == pytest.approx(-4.0)
+
+
+def test_markdown_and_csv(table):
+    md = report.to_markdown(table)
+    line_a = next(line for line in md.splitlines() if "| fake40 |" in line)
+    for text in ("52.0 ± 2.8 (n=2)", "63.0 ± 4.2 (n=2)", "71.0 ± 1.4 (n=2)", "+11.0", "+19.0", "45.0 %"):
+        assert text in line_a, text
+    line_b = next(line for line in md.splitlines() if "| fake64 |" in line)
+    assert "41.0 (n=1)" in line_b and "37.0 (n=1)" in line_b and "-4.0" in line_b
+    assert "| — |" in line_b  # no full-supervision runs: no mIoU, no gain
+
+    rows = list(csv.DictReader(io.StringIO(report.to_csv(table))))
+    assert list(rows[0]) == list(report.TABLE_COLUMNS)
+    a = next(r for r in rows if r["data"] == "fake40")
+    assert float(a["pce_crf_miou"]) == pytest.approx(63.0)
+    assert float(a["pce_crf_std"]) == pytest.approx(sample_std([60, 66]), abs=1e-4)
+    assert float(a["crf_gain_pp"]) == pytest.approx(11.0) and a["pce_seeds"] == "2"
+    b = next(r for r in rows if r["data"] == "fake64")
+    assert b["full_miou"] == "" and b["pce_std"] == "" and b["full_seeds"] == "0"
+
+
+def test_write_report_keeps_published_table_apart(results, tmp_path):
+    paths = report.write_report(results, out_dir=tmp_path)
+    assert paths["markdown"] == tmp_path / "miou_table.md" and paths["csv"] == tmp_path / "miou_table.csv"
+    assert not list(tmp_path.glob("*.part")) and not list(tmp_path.glob(".*"))
+    md = paths["markdown"].read_text()
+    ours, published = md.split("## " + report.PUBLISHED_TITLE)
+    assert "not measured here" in report.PUBLISHED_TITLE
+    assert "| fake40 |" in ours and "| fake64 |" in ours
+    for p in report.PUBLISHED_TABLE1:  # the published rows only under their own heading, never in ours
+        assert p["network"] not in ours and p["network"] in published
+        assert f"| {p['network']} |" in published
+    assert "| fake40 |" not in published
+    for url, _ in report.PUBLISHED_SOURCES.values():
+        assert url in published
+    text = paths["csv"].read_text()
+    assert all(p["network"] not in text for p in report.PUBLISHED_TABLE1)
+    assert len(list(csv.DictReader(io.StringIO(text)))) == 2
+
+    only_alpha = report.write_report(results, study_names=["alpha"], out_dir=tmp_path / "alpha")
+    assert [r["data"] for r in only_alpha["table"]] == ["fake40"]
+
+
+def test_published_figures_as_sourced():
+    by_name = {p["network"]: p for p in report.PUBLISHED_TABLE1}
+    assert (by_name["DeepLab-largeFOV"]["pce"], by_name["DeepLab-largeFOV"]["pce_crf"],
+            by_name["DeepLab-largeFOV"]["full"]) == (55.8, 62.3, 63.0)
+    assert by_name["DeepLab-MSc-largeFOV"]["pce"] is None  # "n/a" in the source
+    md = report.published_markdown()
+    assert md.startswith(f"**{report.PUBLISHED_TITLE}**")
+    line = next(line for line in md.splitlines() if line.startswith("| DeepLab-VGG16 |"))
+    assert "| 60.7 | 64.7 | 68.8 | +4.0 | +8.1 |" in line
+    line = next(line for line in md.splitlines() if line.startswith("| DeepLab-MSc-largeFOV |"))
+    assert "n/a in source" in line
+
+
+def test_select_runs(results):
+    runs = load_runs(results)
+    assert len(report.select_runs(runs, None)) == 8
+    assert {r["run"] for r in report.select_runs(runs, "beta")} == {"beta_pce_seed0", "beta_pce_crf_seed0"}
+    assert len(report.select_runs(runs, ["alpha", "beta"])) == 8
+    assert report.select_runs(runs, ["gamma"]) == []
+
+
+def test_conclusions_follow_the_numbers(table):
+    lines = report.conclusions(table)
+    a = next(line for line in lines if "fake40" in line)
+    assert "pCE < pCE + DenseCRF <= full holds (52.0 / 63.0 / 71.0)" in a
+    assert "gain of +11.0 pp exceeds the seed spread (4.2 pp)" in a
+    assert "45% of an iteration" in a
+    b = next(line for line in lines if "fake64" in line)
+    assert "pCE >= pCE + DenseCRF" in b and "unknown with one seed" in b
+
+    # The same row with a wider spread: the verdict flips, computed, not written in.
+    wide = dict(row_of(table, "fake40"), pce_crf_std=12.0, full_miou=60.0)
+    [line] = report.conclusions([wide])
+    assert "does not hold" in line and "does not exceed the seed spread (12.0 pp)" in line
+    assert report.conclusions([]) == ["No finished runs: there is nothing to conclude yet."]
+
+
+def test_empty_table():
+    assert report.miou_table([]) == []
+    assert "No finished runs" in report.to_markdown([])
+    assert report.to_csv([]).strip() == ",".join(report.TABLE_COLUMNS)
+    for fig in (report.plot_learning_curves([]), report.plot_per_class_iou([]), report.plot_crf_share([])):
+        assert fig.axes and fig.axes[0].texts  # a figure saying there is nothing to plot
+
+
+def test_plots(results, table, tmp_path):
+    runs = load_runs(results)
+    fig = report.plot_learning_curves(runs)
+    assert [ax.get_title() for ax in fig.axes] == ["pCE", "pCE + DenseCRF", "full supervision"]
+    crf_axis = fig.axes[1]
+    assert len(crf_axis.lines) == 3  # alpha's two seeds and beta's one
+    line = next(ln for ln in crf_axis.lines if ln.get_label() == "alpha_pce_crf_seed1")
+    assert list(line.get_xdata()) == [5, 10]
+    assert list(line.get_ydata()) == pytest.approx([61.0, 66.0])
+
+    fig = report.plot_per_class_iou(runs)
+    assert len(fig.axes) == 2  # one panel per setting
+    alpha = next(ax for ax in fig.axes if "fake40" in ax.get_title())
+    heights = [bar.get_height() for bar in alpha.patches]
+    assert len(heights) == len(CLASSES) * 3
+    assert heights[0] == pytest.approx(72.0)  # pCE background: mean of 70 and 74
+
+    fig = report.plot_crf_share(table)
+    bars = fig.axes[0].patches
+    assert sorted(bar.get_height() for bar in bars) == pytest.approx([25.0, 45.0])
+    path = report.save_figure(fig, tmp_path / "share.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
