@@ -79,12 +79,6 @@ def cpu_threads(ctx: DistContext, requested: int | None) -> int | None:
     return max(1, cores // ctx.local_world_size)
 
 
-def shard(batch_indices: list[int], ctx: DistContext) -> list[int]:
-    """This process's contiguous slice of one global batch."""
-    per = len(batch_indices) // ctx.world_size
-    return batch_indices[ctx.rank * per : (ctx.rank + 1) * per]
-
-
 def all_reduce_sum(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     if ctx.enabled:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
@@ -109,11 +103,6 @@ def gather_objects(obj, ctx: DistContext) -> list:
     return out
 
 
-def barrier(ctx: DistContext) -> None:
-    if ctx.enabled:
-        dist.barrier()
-
-
 class _SumOverProcesses(torch.autograd.Function):
     """``all_reduce(SUM)`` with a backward pass: the gradient of a sum over processes is
     the sum of the processes' gradients."""
@@ -121,24 +110,14 @@ class _SumOverProcesses(torch.autograd.Function):
     @staticmethod
     def forward(ctx, t: torch.Tensor) -> torch.Tensor:
         out = t.clone()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=_stats_group())
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         grad = grad.clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=_stats_group())
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         return grad
-
-
-_STATS_GROUP = None
-
-
-def _stats_group():
-    global _STATS_GROUP
-    if _STATS_GROUP is None:
-        _STATS_GROUP = dist.new_group()
-    return _STATS_GROUP
 
 
 class CPUSyncBatchNorm(nn.BatchNorm2d):
@@ -192,13 +171,12 @@ def _convert_cpu(module: nn.Module) -> nn.Module:
             if module.affine:
                 new.weight.copy_(module.weight)
                 new.bias.copy_(module.bias)
+                new.weight.requires_grad_(module.weight.requires_grad)
+                new.bias.requires_grad_(module.bias.requires_grad)
             if module.track_running_stats:
                 new.running_mean.copy_(module.running_mean)
                 new.running_var.copy_(module.running_var)
                 new.num_batches_tracked.copy_(module.num_batches_tracked)
-            if module.affine:
-                new.weight.requires_grad_(module.weight.requires_grad)
-                new.bias.requires_grad_(module.bias.requires_grad)
         new.train(module.training)
         return new.to(next(module.parameters(), module.running_mean).device)
     for name, child in module.named_children():

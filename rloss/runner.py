@@ -36,7 +36,7 @@ def declared_parameters(notebook: Path) -> dict:
     """The names and default values in the notebook's ``parameters`` cell."""
     import papermill
 
-    return {name: info for name, info in papermill.inspect_notebook(str(notebook)).items()}
+    return papermill.inspect_notebook(str(notebook))
 
 
 def read_params(path: str | Path) -> dict:
@@ -55,8 +55,7 @@ def read_params(path: str | Path) -> dict:
 def plan(params_path: str | Path, notebooks: list[Path], rerun: bool = False) -> list[tuple[Path, dict]]:
     """Each notebook with the parameters it will get; unknown sections or keys are errors."""
     params = read_params(params_path)
-    names = {nb.stem for nb in notebooks}
-    all_names = {nb.stem for nb in study_notebooks(notebooks[0].parent)} if notebooks else names
+    all_names = {nb.stem for nb in study_notebooks(notebooks[0].parent)}
     stray = [s for s in params if s != "common" and s not in all_names]
     if stray:
         raise ValueError(f"{params_path}: section {stray[0]!r} names no notebook "

@@ -18,9 +18,8 @@ import statistics
 import sys
 from pathlib import Path
 
-import yaml
 
-from .config import TrainConfig, config_from_dict
+from .config import TrainConfig, load_config
 from .train import CHECKPOINT, CONFIG, METRICS, train
 
 LOSSES = ("pce", "pce_crf", "full")
@@ -30,8 +29,6 @@ LOSS_LABELS = {"pce": "pCE", "pce_crf": "pCE + DenseCRF", "full": "full supervis
 def base_config(data_root: str, results_dir: str, **settings) -> TrainConfig:
     """A training config from the notebooks' flat parameters: each ``section_key=value``
     (e.g. ``optim_epochs=30``, ``loss_crf_weight=5e-7``) sets ``section.key``; checked like ``--set``."""
-    from .config import load_config
-
     overrides = [f"data.root={data_root}", f"run.results_dir={results_dir}"]
     for key, value in settings.items():
         section, _, name = key.partition("_")
@@ -69,15 +66,11 @@ def study_grid(base: TrainConfig, name: str, losses=LOSSES, seeds=(0,), two_phas
 
 def finished_metrics(cfg: TrainConfig) -> dict | None:
     """The final metrics of a finished run with exactly this config; None otherwise."""
-    run_dir = cfg.run_dir
     try:
-        metrics = json.loads((run_dir / METRICS).read_text())
-        saved = config_from_dict(yaml.safe_load((run_dir / CONFIG).read_text()), str(run_dir / CONFIG))
-    except (OSError, ValueError, yaml.YAMLError):
+        metrics = json.loads((cfg.run_dir / METRICS).read_text())
+    except (OSError, ValueError):
         return None
-    if metrics.get("final") is None or saved.to_dict() != cfg.to_dict():
-        return None
-    return metrics["final"]
+    return metrics["final"] if metrics.get("final") is not None and _same_config(cfg) else None
 
 
 def train_runs(configs: list[TrainConfig], rerun: bool = False) -> list[dict]:
@@ -93,16 +86,17 @@ def train_runs(configs: list[TrainConfig], rerun: bool = False) -> list[dict]:
             finals.append(done)
             continue
         print(f"[{i}/{len(configs)}] {cfg.run.name}", file=sys.stderr)
-        finals.append(train(cfg, resume=not rerun and _resumable(cfg)))
+        resumable = not rerun and (cfg.run_dir / CHECKPOINT).is_file() and _same_config(cfg)
+        finals.append(train(cfg, resume=resumable))
     return finals
 
 
-def _resumable(cfg: TrainConfig) -> bool:
+def _same_config(cfg: TrainConfig) -> bool:
+    """Whether the run folder's config.yaml holds exactly ``cfg`` (a missing or bad one does not)."""
     try:
-        saved = yaml.safe_load((cfg.run_dir / CONFIG).read_text())
-    except (OSError, yaml.YAMLError):
+        return load_config(cfg.run_dir / CONFIG).to_dict() == cfg.to_dict()
+    except (OSError, ValueError):
         return False
-    return (cfg.run_dir / CHECKPOINT).is_file() and config_from_dict(saved).to_dict() == cfg.to_dict()
 
 
 # --------------------------------------------------------------------------------------------
@@ -117,8 +111,8 @@ def load_runs(results_dir: str | Path) -> list[dict]:
         run_dir = metrics_path.parent
         try:
             metrics = json.loads(metrics_path.read_text())
-            cfg = config_from_dict(yaml.safe_load((run_dir / CONFIG).read_text()), str(run_dir / CONFIG))
-        except (OSError, ValueError, yaml.YAMLError) as exc:
+            cfg = load_config(run_dir / CONFIG)
+        except (OSError, ValueError) as exc:
             print(f"load_runs: skipped {run_dir} ({exc})", file=sys.stderr)
             continue
         if metrics.get("final") is None:

@@ -21,7 +21,7 @@ import random
 import statistics
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -153,8 +153,8 @@ def evaluate(model, loader, device, num_classes, class_names, amp="off", channel
 
     Under ``torchrun`` each process evaluates its share of the split and the
     confusion matrices are summed, so every process gets the whole split's scores.
-    With ``num_examples`` it returns ``(scores, examples)``: the first images with
-    their predictions, scribbles and masks (for logging).
+    Returns ``(scores, examples)``: ``examples`` holds the first ``num_examples``
+    images with their predictions, scribbles and masks (for logging).
     """
     was_training = model.training
     model.eval()
@@ -176,8 +176,7 @@ def evaluate(model, loader, device, num_classes, class_names, amp="off", channel
             examples["mask"] += list(batch["mask"][:take])
     cm.all_reduce()
     model.train(was_training)
-    scores = cm.scores(class_names)
-    return (scores, examples) if num_examples else scores
+    return cm.scores(class_names), examples
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
@@ -224,10 +223,18 @@ def _is_out_of_memory(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _OOM_MARKERS))
 
 
-def _memory_advice(cfg: TrainConfig, per_process: int, device: torch.device) -> str:
-    return (f"out of memory on {device} with data.crop_size {cfg.data.crop_size} and {per_process} images per "
-            f"process: lower data.batch_size or data.crop_size, or set run.amp=bf16 or "
-            f"model.checkpoint_backbone=true")
+@contextmanager
+def _out_of_memory_as_advice(cfg: TrainConfig, per_process: int, device: torch.device):
+    """Turns running out of memory inside the block into one TrainingError saying what to lower."""
+    try:
+        yield
+    except Exception as exc:
+        if _is_out_of_memory(exc):
+            raise TrainingError(
+                f"out of memory on {device} with data.crop_size {cfg.data.crop_size} and {per_process} images per "
+                f"process: lower data.batch_size or data.crop_size, or set run.amp=bf16 or "
+                f"model.checkpoint_backbone=true") from None
+        raise
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,7 +292,7 @@ def _restore_rng(saved, ctx: D.DistContext) -> None:
               "dropout will not repeat the original run's draws", file=sys.stderr)
 
 
-def _preflight(model, cfg: TrainConfig, per_process: int, num_classes: int, crf, device: torch.device) -> None:
+def _preflight(model, cfg: TrainConfig, per_process: int, crf, device: torch.device) -> None:
     """One forward and backward pass of a full-size batch on a copy of the model, before
     training starts, so a crop or batch too large for memory is one clear error rather
     than a crash mid-run. The copy stands in for the optimizer's momentum buffers
@@ -295,23 +302,21 @@ def _preflight(model, cfg: TrainConfig, per_process: int, num_classes: int, crf,
     cpu_rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
     size = cfg.data.crop_size
+    probe = image = logits = loss = None
     try:
-        probe = copy.deepcopy(model)
-        image = torch.zeros(per_process, 3, size, size, device=device)
-        if cfg.model.channels_last:
-            image = image.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, cfg.run.amp):
-            logits = probe(image)
-        loss = logits.float().mean()
-        if crf is not None:
-            probs = torch.softmax(logits.float(), dim=1)
-            raw = torch.zeros(per_process, 3, size, size, device=device)
-            loss = loss + crf(raw, probs, torch.ones(per_process, size, size, device=device))
-        loss.backward()
-    except Exception as exc:
-        if _is_out_of_memory(exc):
-            raise TrainingError(_memory_advice(cfg, per_process, device)) from None
-        raise
+        with _out_of_memory_as_advice(cfg, per_process, device):
+            probe = copy.deepcopy(model)
+            image = torch.zeros(per_process, 3, size, size, device=device)
+            if cfg.model.channels_last:
+                image = image.contiguous(memory_format=torch.channels_last)
+            with _autocast(device, cfg.run.amp):
+                logits = probe(image)
+            loss = logits.float().mean()
+            if crf is not None:
+                probs = torch.softmax(logits.float(), dim=1)
+                raw = torch.zeros(per_process, 3, size, size, device=device)
+                loss = loss + crf(raw, probs, torch.ones(per_process, size, size, device=device))
+            loss.backward()
     finally:
         probe = image = logits = loss = None  # noqa: F841 - frees the copy before training
         if device.type == "cuda":
@@ -376,7 +381,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.dev
     if m.channels_last:
         net.to(memory_format=torch.channels_last)
     crf = DenseCRFLoss(L.crf_weight, L.sigma_rgb, L.sigma_xy, L.scale_factor, L.kernel) if L.type == "pce_crf" else None
-    _preflight(net, cfg, per_process, num_classes, crf, device)
+    _preflight(net, cfg, per_process, crf, device)
     if ctx.enabled:
         net = D.convert_sync_batchnorm(net, device)
     groups = [
@@ -432,7 +437,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.dev
     def run_evaluation(epoch_number: int) -> dict:
         want = cfg.wandb.num_images if tracker.active else 0
         scores, examples = evaluate(net, val_loader, device, num_classes, class_names, cfg.run.amp,
-                                    m.channels_last, num_examples=max(want, 1))
+                                    m.channels_last, num_examples=want)
         evals.append({"epoch": epoch_number, "iteration": iteration, **scores})
         if ctx.is_main:
             _write_metrics(run_dir, cfg, evals, None, _timings(iter_times, crf_times, device, ctx.world_size), data_facts)
@@ -440,10 +445,8 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.dev
                          **{f"val/iou/{k}": v for k, v in scores["per_class_iou"].items() if v is not None}},
                         step=iteration)
             if want:
-                tracker.log_images(torch.stack(examples["image"][:want]).numpy(),
-                                   torch.stack(examples["prediction"][:want]).numpy(),
-                                   torch.stack(examples["scribble"][:want]).numpy(),
-                                   torch.stack(examples["mask"][:want]).numpy(), step=iteration)
+                tracker.log_images(*(torch.stack(examples[k]).numpy() for k in ("image", "prediction", "scribble", "mask")),
+                                   step=iteration)
         return scores
 
     iter_times: list[float] = []
@@ -465,7 +468,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.dev
                 t0 = time.perf_counter()
                 for group in optimizer.param_groups:
                     group["lr"] = poly_lr(group["initial_lr"], iteration, total_iters, o.poly_power)
-                try:
+                with _out_of_memory_as_advice(cfg, per_process, device):
                     image = data["image"].to(device, non_blocking=True)
                     if m.channels_last:
                         image = image.contiguous(memory_format=torch.channels_last)
@@ -494,10 +497,6 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.dev
                     scaler.step(optimizer)
                     scaler.update()
                     _sync(device)
-                except Exception as exc:
-                    if _is_out_of_memory(exc):
-                        raise TrainingError(_memory_advice(cfg, per_process, device)) from None
-                    raise
                 iter_times.append(time.perf_counter() - t0)
                 iteration += 1
                 position += batch
