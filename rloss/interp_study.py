@@ -8,8 +8,9 @@
     write_results("results", "small", rows, summary, meta)          # interpolation_small.json/.csv/.md
 
 A *combo* is ``(input interpolation, logit interpolation)``: the image is resized
-to the network's input size with the first (PIL), the logits back to the image's
-own size with the second (torch), as :meth:`rloss.infer.Predictor.predict` does.
+to the network's input size with the first (PIL), the network's stride-4 logits
+straight to the image's own size with the second (torch), as
+:meth:`rloss.infer.Predictor.predict` does.
 Scores are those of :func:`rloss.infer.evaluate_interpolations`: mIoU over the
 split, mean boundary F-score per image, median seconds per image (end to end).
 """
@@ -144,7 +145,7 @@ def evaluate_runs(predictors: dict, data_root, split: str = "val", combos=DEFAUL
 
 def time_resizes(images, size: int, num_classes: int, combos=DEFAULT_COMBOS, repeats: int = 5) -> list[dict]:
     """The resizing alone, without the network: median seconds per image of the input resize
-    (image -> network size) and of the logit resize (``num_classes`` maps back to the image's size)."""
+    (image -> network size) and of the logit resize (``num_classes`` stride-4 maps to the image's size)."""
     out = []
     generator = torch.Generator().manual_seed(0)
     for in_mode, out_mode in combos:
@@ -152,7 +153,8 @@ def time_resizes(images, size: int, num_classes: int, combos=DEFAULT_COMBOS, rep
         for image in images:
             h, w = image.shape[:2]
             nh, nw = network_size(h, w, size)
-            logits = torch.randn(1, num_classes, nh, nw, generator=generator)
+            # The decoder's stride-4 size (ceil, as the convolutions with padding give it).
+            logits = torch.randn(1, num_classes, -(-nh // 4), -(-nw // 4), generator=generator)
             for _ in range(repeats):
                 t0 = time.perf_counter()
                 _resize_input(image, nh, nw, in_mode)

@@ -67,11 +67,11 @@ def save(image, path):
     return path
 
 
-def by_hand(model, image):
-    """Logits of the network on ``image`` as it is: normalised in numpy, no resizing anywhere."""
+def by_hand(model, image, upsample=True):
+    """Logits of the network on ``image`` as it is: normalised in numpy, no resizing before it."""
     x = (image.astype(np.float32) / 255.0 - MEAN) / STD
     with torch.no_grad():
-        return model(torch.from_numpy(x).permute(2, 0, 1)[None].contiguous())[0]
+        return model(torch.from_numpy(x).permute(2, 0, 1)[None].contiguous(), upsample=upsample)[0]
 
 
 def test_outputs_have_the_input_size_and_valid_classes(predictor, data_root, tmp_path):
@@ -117,24 +117,34 @@ def test_auto_picks_bicubic_below_128_and_records_it(predictor, data_root, tmp_p
     assert summary["modes"] == {"nearest/nearest": 2}
 
 
-def test_without_resizing_every_mode_gives_the_network_argmax(predictor, data_root):
-    image = photo(data_root, 32, 45)  # shorter side = the checkpoint's crop size: nothing is resized
+def test_stride4_logits_upsample_bilinearly_to_the_forward_output(predictor, data_root):
+    image = photo(data_root, 32, 45)
+    stride4 = by_hand(predictor.model, image, upsample=False)
+    assert stride4.shape[-2:] == (8, 12)  # ceil(32/4), ceil(45/4)
+    upsampled = torch.nn.functional.interpolate(stride4[None], size=(32, 45), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(upsampled[0], by_hand(predictor.model, image))
+
+
+def test_without_input_resizing_bilinear_logits_give_the_network_argmax(predictor, data_root):
+    image = photo(data_root, 32, 45)  # shorter side = the checkpoint's crop size: the input is not resized
     logits = by_hand(predictor.model, image)
     expected = logits.argmax(0).numpy().astype(np.uint8)
     for a in MODES:
-        for b in MODES:
-            [pred] = predictor.predict([image], input_interpolation=a, logit_interpolation=b, return_probs=True)
-            assert pred.network_size == (32, 45)
-            np.testing.assert_array_equal(pred.labels, expected, err_msg=f"{a}/{b}")
-            np.testing.assert_allclose(pred.probs, logits.softmax(0).numpy(), atol=1e-5)
+        [pred] = predictor.predict([image], input_interpolation=a, logit_interpolation="bilinear", return_probs=True)
+        assert pred.network_size == (32, 45)
+        np.testing.assert_array_equal(pred.labels, expected, err_msg=a)
+        np.testing.assert_allclose(pred.probs, logits.softmax(0).numpy(), atol=1e-5)
 
 
 def test_nearest_nearest_by_hand(predictor, data_root):
-    # 16 x 20 at shorter side 32 is an exact 2x: nearest input upscaling repeats each pixel 2x2, and
-    # nearest (pixel-centre) logit downscaling from 32 x 40 to 16 x 20 reads rows/columns 1, 3, 5, ...
+    # 16 x 20 at shorter side 32 is an exact 2x: nearest input upscaling repeats each pixel 2x2; the
+    # network's stride-4 logits are then 8 x 10, and nearest logit upsampling straight to 16 x 20
+    # repeats each of them 2x2 (no bilinear step in between).
     image = photo(data_root, 16, 20, index=1)
     upscaled = np.repeat(np.repeat(image, 2, axis=0), 2, axis=1)
-    expected = by_hand(predictor.model, upscaled)[:, 1::2, 1::2].argmax(0).numpy()
+    stride4 = by_hand(predictor.model, upscaled, upsample=False).argmax(0).numpy()
+    assert stride4.shape == (8, 10)
+    expected = np.repeat(np.repeat(stride4, 2, axis=0), 2, axis=1)
     [pred] = predictor.predict([image], interpolation="nearest", size=32)
     assert pred.network_size == (32, 40)
     np.testing.assert_array_equal(pred.labels, expected)

@@ -243,11 +243,15 @@ class DeepLabV3Plus(nn.Module):
         self.decoder = Decoder(backbone.low_channels, aspp_channels, low_proj_channels, decoder_channels)
         self.classifier = nn.Conv2d(decoder_channels, num_classes, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, upsample: bool = True) -> torch.Tensor:
+        """Logits at the input's size (bilinear), or with ``upsample=False`` the decoder's
+        stride-4 logits, for callers that resize them with another mode (inference)."""
         size = x.shape[-2:]
         low, high = self.backbone(x)
-        y = self.decoder(low, self.aspp(high))
-        return F.interpolate(self.classifier(y), size=size, mode="bilinear", align_corners=False)
+        logits = self.classifier(self.decoder(low, self.aspp(high)))
+        if not upsample:
+            return logits
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
     def backbone_parameters(self) -> Iterator[nn.Parameter]:
         return self.backbone.parameters()
