@@ -50,7 +50,7 @@ TABLE_MD, TABLE_CSV = "miou_table.md", "miou_table.csv"
 
 # The CSV's columns, in order (mIoU in percent, gains in percentage points).
 TABLE_COLUMNS = (
-    "network", "data", "resolution_px", "crop_px",
+    "network", "data", "resolution_px", "crop_px", "schedule",
     "pce_miou", "pce_std", "pce_seeds",
     "pce_crf_miou", "pce_crf_std", "pce_crf_seeds",
     "full_miou", "full_std", "full_seeds",
@@ -119,7 +119,7 @@ def miou_table(rows: list[dict]) -> list[dict]:
     table = []
     for row in rows:
         out = {"network": row.get("model"), "data": row.get("data"), "resolution_px": row.get("resolution"),
-               "crop_px": row.get("crop_size")}
+               "crop_px": row.get("crop_size"), "schedule": row.get("schedule", "one-phase")}
         for loss in LOSSES:
             out[f"{loss}_miou"] = _pct(row.get(f"{loss}_miou"))
             out[f"{loss}_std"] = _pct(row.get(f"{loss}_std"))
@@ -156,7 +156,8 @@ def to_markdown(table: list[dict]) -> str:
         return "_No finished runs: nothing measured yet._\n"
     lines = ["| " + " | ".join(_MD_HEADER) + " |", "|" + "|".join("---" for _ in _MD_HEADER) + "|"]
     for r in table:
-        cells = [str(r["network"]), str(r["data"]), _fmt(r["resolution_px"], "d"), _fmt(r["crop_px"], "d")]
+        network = str(r["network"]) + (" (DenseCRF fine-tuned from pCE)" if r["schedule"] == "two-phase" else "")
+        cells = [network, str(r["data"]), _fmt(r["resolution_px"], "d"), _fmt(r["crop_px"], "d")]
         cells += [_fmt_miou(r[f"{loss}_miou"], r[f"{loss}_std"], r[f"{loss}_seeds"]) for loss in LOSSES]
         cells += [_fmt(r["crf_gain_pp"], "+.1f"), _fmt(r["full_gain_pp"], "+.1f")]
         cells += [_fmt(r[f"{loss}_s_per_iteration"], ".3f") for loss in LOSSES]

@@ -138,26 +138,37 @@ def _spread(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def summarize(runs: list[dict]) -> list[dict]:
-    """One row per (model, data, crop): mIoU mean and standard deviation over seeds for each
-    loss, the gains over pCE, and the median s/iteration (and DenseCRF share) per loss."""
+    """One row per (model, data, crop) and DenseCRF schedule: mIoU mean and standard deviation
+    over seeds for each loss, the gains over pCE, and the median s/iteration (and DenseCRF share).
+
+    One-phase and two-phase DenseCRF runs (``loss.init_from``: fine-tuned from pCE) are never
+    averaged together: each schedule gets its own row (``schedule``), with the setting's pCE and
+    full-supervision runs in both.
+    """
     groups: dict[tuple, dict[str, list[dict]]] = {}
     for run in runs:
         key = (run["model"], run["data"], run["resolution"], run["crop_size"])
-        groups.setdefault(key, {}).setdefault(run["loss"], []).append(run)
+        loss = run["loss"]
+        if loss == "pce_crf":
+            loss = "pce_crf_two_phase" if run.get("two_phase") else "pce_crf_one_phase"
+        groups.setdefault(key, {}).setdefault(loss, []).append(run)
     rows = []
     for (model, data, resolution, crop), by_loss in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
-        row = {"model": model, "data": data, "resolution": resolution, "crop_size": crop}
-        for loss in LOSSES:
-            members = by_loss.get(loss, [])
-            mean, std = _spread([r["miou"] for r in members])
-            times = [r["s_per_iteration"] for r in members if r["s_per_iteration"] is not None]
-            row[f"{loss}_miou"], row[f"{loss}_std"], row[f"{loss}_seeds"] = mean, std, len(members)
-            row[f"{loss}_s_per_iteration"] = statistics.median(times) if times else None
-            if loss == "pce_crf":
-                shares = [r["crf_share"] for r in members if r["crf_share"] is not None]
-                row["crf_share"] = statistics.median(shares) if shares else None
-        for loss in ("pce_crf", "full"):
-            base, other = row["pce_miou"], row[f"{loss}_miou"]
-            row[f"{loss}_gain"] = other - base if base is not None and other is not None else None
-        rows.append(row)
+        schedules = [s for s in ("one-phase", "two-phase") if f"pce_crf_{s.replace('-', '_')}" in by_loss]
+        for schedule in schedules or ["one-phase"]:
+            members_of = dict(by_loss, pce_crf=by_loss.get(f"pce_crf_{schedule.replace('-', '_')}", []))
+            row = {"model": model, "data": data, "resolution": resolution, "crop_size": crop, "schedule": schedule}
+            for loss in LOSSES:
+                members = members_of.get(loss, [])
+                mean, std = _spread([r["miou"] for r in members])
+                times = [r["s_per_iteration"] for r in members if r["s_per_iteration"] is not None]
+                row[f"{loss}_miou"], row[f"{loss}_std"], row[f"{loss}_seeds"] = mean, std, len(members)
+                row[f"{loss}_s_per_iteration"] = statistics.median(times) if times else None
+                if loss == "pce_crf":
+                    shares = [r["crf_share"] for r in members if r["crf_share"] is not None]
+                    row["crf_share"] = statistics.median(shares) if shares else None
+            for loss in ("pce_crf", "full"):
+                base, other = row["pce_miou"], row[f"{loss}_miou"]
+                row[f"{loss}_gain"] = other - base if base is not None and other is not None else None
+            rows.append(row)
     return rows

@@ -202,3 +202,27 @@ def test_plots(results, table, tmp_path):
     assert sorted(bar.get_height() for bar in bars) == pytest.approx([25.0, 45.0])
     path = report.save_figure(fig, tmp_path / "share.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_two_phase_densecrf_runs_get_their_own_row(tmp_path):
+    for (loss, seed), values in SETTING_A.items():
+        write_run(tmp_path, "alpha", "/data/fake40", 40, loss, seed, *values)
+    # Two fine-tuned DenseCRF runs of the same setting (loss.init_from set).
+    for seed, miou in ((0, 0.80), (1, 0.84)):
+        name = f"alpha2_pce_crf_seed{seed}"
+        write_run(tmp_path, "alpha2", "/data/fake40", 40, "pce_crf", seed, miou, 0.5, 0.4)
+        cfg = load_config(tmp_path / name / "config.yaml")
+        cfg.loss.init_from = str(tmp_path / f"alpha_pce_seed{seed}" / "checkpoint.pt")
+        (tmp_path / name / "config.yaml").write_text(cfg.to_yaml())
+    rows = summarize(load_runs(tmp_path))
+    assert [r["schedule"] for r in rows] == ["one-phase", "two-phase"]
+    one, two = rows
+    assert one["pce_crf_miou"] == pytest.approx(0.63) and one["pce_crf_seeds"] == 2
+    assert two["pce_crf_miou"] == pytest.approx(0.82) and two["pce_crf_seeds"] == 2
+    for row in rows:  # the same pCE and full runs in both
+        assert row["pce_miou"] == pytest.approx(0.52) and row["full_miou"] == pytest.approx(0.71)
+    table = report.miou_table(rows)
+    assert table[1]["crf_gain_pp"] == pytest.approx(30.0)
+    md = report.to_markdown(table).splitlines()
+    assert "fine-tuned from pCE" in md[3] and "fine-tuned" not in md[2]
+    assert next(csv.DictReader(io.StringIO(report.to_csv(table))))["schedule"] == "one-phase"
