@@ -438,7 +438,7 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--input", required=True, help="an image, or a folder searched recursively for .jpg/.jpeg/.png")
     parser.add_argument("--output", help="output folder (default: results/inference/<the checkpoint's run name>)")
     parser.add_argument("--interpolation", choices=INFER_INTERPOLATIONS, default="auto",
-                        help="input and logit resizing; auto: bicubic below 128 px on a side, else bilinear")
+                        help="input and logit upsampling; auto: bicubic below 128 px on a side, else bilinear")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (same-size images batch)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--save-probs", action="store_true", help="also write <stem>_probs.npy (float16 [K, H, W])")

@@ -1,4 +1,4 @@
-"""Notebook 04: input upscaling x logit resizing, measured on the trained low-resolution models.
+"""Notebook 04: input upscaling x logit upsampling, measured on the trained low-resolution models.
 
     paths = checkpoint_paths("results", "small", losses, seeds)    # a missing run: one clear error
     predictors = {key: load_predictor(path) for key, path in paths.items()}
@@ -326,12 +326,12 @@ def conclusions(rows: list[dict], summary: list[dict] | None = None, resize_timi
                      + _best_text(ranked, "miou", "mIoU"))
         best_bf = max(group, key=lambda s: s["boundary_f_mean"])
         lines.append("  " + _best_text(sorted(group, key=lambda s: -s["boundary_f_mean"]), "boundary_f", "boundary F"))
-        for factor, what in (("input", "input upscaling"), ("logit", "logit resizing")):
+        for factor, what in (("input", "input upscaling"), ("logit", "logit upsampling")):
             for metric in ("miou", "boundary_f"):
                 effect = paired_effect(rows, loss, factor, metric)
                 lines.append(_effect_line(effect, what))
                 if metric == "miou":
-                    tally[factor].append((loss, effect["verdict"]))
+                    tally[factor].append((loss, effect["verdict"], effect["diffs"]))
         floor = [s for s in group if _combo(s) == ("nearest", "nearest")]
         smooth = [s for s in ranked if _combo(s) != ("nearest", "nearest")]
         if floor and smooth and floor[0]["miou_mean"] >= best["miou_mean"]:
@@ -342,18 +342,25 @@ def conclusions(rows: list[dict], summary: list[dict] | None = None, resize_timi
             lines.append(f"  nearest/nearest (the floor): mIoU {floor[0]['miou_mean']:.4f}, "
                          f"{_signed(floor[0]['miou_mean'] - best['miou_mean'])} from the best; boundary F "
                          f"{_signed(floor[0]['boundary_f_mean'] - best_bf['boundary_f_mean'])} from the best")
-    for factor, what in (("input", "Bicubic input upscaling"), ("logit", "Bicubic logit resizing")):
+    for factor, what in (("input", "Bicubic input upscaling"), ("logit", "Bicubic logit upsampling")):
         verdicts = tally[factor]
         if not verdicts:
             continue
-        wins = [_loss_label(loss) for loss, v in verdicts if v == "bicubic"]
-        losses_ = [_loss_label(loss) for loss, v in verdicts if v == "bilinear"]
-        undecided = [_loss_label(loss) for loss, v in verdicts if v in ("one seed", "not run")]
+        wins = [_loss_label(loss) for loss, v, _ in verdicts if v == "bicubic"]
+        losses_ = [_loss_label(loss) for loss, v, _ in verdicts if v == "bilinear"]
+        undecided = [_loss_label(loss) for loss, v, _ in verdicts if v in ("one seed", "not run")]
         text = (f"{what} beats bilinear on mIoU by more than the seed spread for {len(wins)} of {len(verdicts)} "
                 f"losses{' (' + ', '.join(wins) + ')' if wins else ''}; bilinear beats it so for {len(losses_)}"
                 f"{' (' + ', '.join(losses_) + ')' if losses_ else ''}")
         if undecided:
             text += f"; undecided (one seed or not run) for {len(undecided)} ({', '.join(undecided)})"
+        # The seed spread is a strict yardstick for paired differences (same model, same images):
+        # say also where the sign never changes, which the spread can hide.
+        ahead = [_loss_label(loss) for loss, _, d in verdicts if len(d) > 1 and all(x > 0 for x in d)]
+        behind = [_loss_label(loss) for loss, _, d in verdicts if len(d) > 1 and all(x < 0 for x in d)]
+        text += (f". In every paired comparison (same model, same images) bicubic is ahead for {len(ahead)} of "
+                 f"{len(verdicts)} losses{' (' + ', '.join(ahead) + ')' if ahead else ''} and behind for "
+                 f"{len(behind)}{' (' + ', '.join(behind) + ')' if behind else ''}")
         lines.append(text + ".")
     by_combo: dict[tuple, list[float]] = {}
     for r in rows:
@@ -425,7 +432,7 @@ def write_results(results_dir, study_name: str, rows: list[dict], summary: list[
            "summary": summary, "conclusions": conclusions(rows, summary, meta.get("resize_timing"))}
     write_text_atomic(paths["json"], json.dumps(doc, indent=1) + "\n")
     write_text_atomic(paths["csv"], rows_csv(rows))
-    parts = [f"# Input upscaling x logit resizing: {study_name}"]
+    parts = [f"# Input upscaling x logit upsampling: {study_name}"]
     where = ", ".join(f"{k} {meta[k]}" for k in ("data_root", "split", "device") if k in meta)
     if where:
         parts.append(where)
