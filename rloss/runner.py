@@ -12,8 +12,10 @@ the notebook's file name without ``.ipynb``::
 Each notebook gets the ``common`` values it declares in its ``parameters`` cell,
 then its own section. A key in a notebook's section that the notebook does not
 declare is an error naming the key, the section and the file, before anything
-runs (papermill itself would only warn and go on). Executed copies go to
-``results/notebooks/``; a failure names the notebook and the cell.
+runs (papermill itself would only warn and go on). ``--set 02_train_40px.wandb=true``
+changes one value on top of the file (the value is read as YAML), checked the same
+way. Executed copies go to ``results/notebooks/``; a failure names the notebook
+and the cell.
 """
 
 from __future__ import annotations
@@ -52,9 +54,26 @@ def read_params(path: str | Path) -> dict:
     return {k: (v or {}) for k, v in doc.items()}
 
 
-def plan(params_path: str | Path, notebooks: list[Path], rerun: bool = False) -> list[tuple[Path, dict]]:
+def apply_overrides(params: dict, overrides: list[str]) -> dict:
+    """``SECTION.KEY=VALUE`` strings (VALUE read as YAML) set on top of a parameter file's sections."""
+    params = {k: dict(v) for k, v in params.items()}
+    for item in overrides:
+        target, sep, raw = item.partition("=")
+        section, dot, key = target.strip().partition(".")
+        if not sep or not dot or not section or not key:
+            raise ValueError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. 02_train_40px.epochs=5")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--set {item!r}: the value is not valid YAML ({exc})") from None
+        params.setdefault(section, {})[key] = value
+    return params
+
+
+def plan(params_path: str | Path, notebooks: list[Path], rerun: bool = False,
+         overrides: list[str] = ()) -> list[tuple[Path, dict]]:
     """Each notebook with the parameters it will get; unknown sections or keys are errors."""
-    params = read_params(params_path)
+    params = apply_overrides(read_params(params_path), list(overrides))
     all_names = {nb.stem for nb in study_notebooks(notebooks[0].parent)}
     stray = [s for s in params if s != "common" and s not in all_names]
     if stray:
@@ -78,7 +97,7 @@ def plan(params_path: str | Path, notebooks: list[Path], rerun: bool = False) ->
 
 
 def run_study(params_path: str | Path, only: list[str] | None = None, rerun: bool = False,
-              output_dir: str | Path = "results/notebooks", notebooks_dir: Path = NOTEBOOKS_DIR) -> int:
+              overrides: list[str] = (), output_dir: str | Path = "results/notebooks", notebooks_dir: Path = NOTEBOOKS_DIR) -> int:
     """Executes the notebooks in order; returns 0, or 1 after the first failure (reported)."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -91,7 +110,7 @@ def run_study(params_path: str | Path, only: list[str] | None = None, rerun: boo
         if not picked:
             raise ValueError(f"--only {' '.join(only)} matches no notebook")
         notebooks = picked
-    steps = plan(params_path, notebooks, rerun)  # all checks before the first notebook runs
+    steps = plan(params_path, notebooks, rerun, overrides)  # all checks before the first notebook runs
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()

@@ -24,7 +24,7 @@ def test_smoke_parameters_are_the_notebooks_own_defaults():
             assert _default(declared[key]) == value, f"{notebook.name}: {key}"
 
 
-@pytest.mark.parametrize("name", ["default.yaml", "smoke.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "params").glob("*.yaml")))
 def test_every_section_and_key_names_a_notebook_parameter(name):
     steps = plan(ROOT / "params" / name, NOTEBOOKS)
     assert [nb.name for nb, _ in steps] == [nb.name for nb in NOTEBOOKS]
@@ -52,3 +52,19 @@ def test_unknown_keys_and_sections_are_one_clear_error(tmp_path):
     path.write_text("- a list\n")
     with pytest.raises(ValueError, match="must hold sections"):
         plan(path, NOTEBOOKS)
+
+
+def test_set_overrides_the_file_and_is_checked_like_it(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("common:\n  results_dir: /r\n02_train_40px:\n  epochs: 3\n")
+    values = dict((nb.stem, v) for nb, v in plan(
+        path, NOTEBOOKS, overrides=["02_train_40px.wandb=true", "02_train_40px.epochs=5", "common.results_dir=/s",
+                                    "03_train_513px.seeds=[0, 1]"]))
+    assert values["02_train_40px"] == {"results_dir": "/s", "epochs": 5, "wandb": True}
+    assert values["03_train_513px"]["seeds"] == [0, 1]
+    assert (path.read_text()) == "common:\n  results_dir: /r\n02_train_40px:\n  epochs: 3\n"  # the file is untouched
+    with pytest.raises(ValueError, match=r"02_train_40px\.wandbb is not a parameter"):
+        plan(path, NOTEBOOKS, overrides=["02_train_40px.wandbb=true"])
+    for bad in ("epochs=3", "02_train_40px.epochs", ".epochs=3"):
+        with pytest.raises(ValueError, match=r"expected SECTION\.KEY=VALUE"):
+            plan(path, NOTEBOOKS, overrides=[bad])
