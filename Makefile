@@ -1,5 +1,6 @@
 # rloss: `make study` runs the whole study, `make test` runs the tests.
-# Both create the environment (.venv) first when it is missing.
+# Both create the environment (.venv) first when it is missing. Every other
+# target is a thin call of `python -m rloss ...`; `make help` lists them.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -7,11 +8,27 @@ PY     := $(VENV)/bin/python
 PARAMS ?= params/default.yaml
 STAMP  := $(VENV)/.installed
 
+# make inference IMAGE_PATH=... [CHECKPOINT=...] [OUTPUT=...] [INTERPOLATION=auto|bicubic|bilinear|nearest]
+CHECKPOINT    ?= results/small_pce_crf_seed0/checkpoint.pt
+INTERPOLATION ?= auto
+# make browser-check [RESULTS=results] [SCREENSHOT=$(RESULTS)/result_browser.png]
+RESULTS       ?= results
+SCREENSHOT    ?= $(RESULTS)/result_browser.png
+# The *-wandb targets log online (after `make setup-wandb`); WANDB_MODE=offline keeps the logs local.
+WANDB_MODE    ?= online
+# Docker (make build / make run).
+IMAGE     ?= rloss:latest
+CUDA_ARCH ?= 7.5;8.0;8.6;8.9;9.0;10.0;12.0
+PORT      ?= 8888
+
+WANDB_SET = --set $(1).wandb=true --set $(1).wandb_mode=$(WANDB_MODE)
+
 .DEFAULT_GOAL := help
-.PHONY: help setup test study env build cuda-check bench clean
+.PHONY: help setup test study test-env train-small train-standard train-small-wandb train-standard-wandb \
+        setup-wandb inference lab browser-check build run build-ext cuda-check bench clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
 
 setup: $(STAMP)  ## create .venv and install rloss (editable) with its dev dependencies
 
@@ -27,10 +44,44 @@ test: $(STAMP)  ## run the test suite, notebooks included (nbval)
 study: $(STAMP)  ## run the notebooks in order (papermill, $(PARAMS)); RERUN=1 retrains finished runs
 	$(PY) -m rloss study --params $(PARAMS) $(if $(RERUN),--rerun)
 
-env: $(STAMP)  ## check the environment and build the lattice extension
+test-env: $(STAMP)  ## check the environment: versions, devices, the lattice extension
 	$(PY) -m rloss env
 
-build: $(STAMP)  ## build the lattice extension now (it also builds on first use)
+train-small: $(STAMP)  ## data prep + the 40 px training study (notebooks 01, 02)
+	$(PY) -m rloss study --params $(PARAMS) --only 01 02 $(if $(RERUN),--rerun)
+
+train-standard: $(STAMP)  ## data prep + the standard-resolution training study (notebooks 01, 03)
+	$(PY) -m rloss study --params $(PARAMS) --only 01 03 $(if $(RERUN),--rerun)
+
+train-small-wandb: $(STAMP)  ## train-small, logging to Weights & Biases
+	$(PY) -m rloss study --params $(PARAMS) --only 01 02 $(call WANDB_SET,02_train_40px) $(if $(RERUN),--rerun)
+
+train-standard-wandb: $(STAMP)  ## train-standard, logging to Weights & Biases
+	$(PY) -m rloss study --params $(PARAMS) --only 01 03 $(call WANDB_SET,03_train_513px) $(if $(RERUN),--rerun)
+
+setup-wandb: $(STAMP)  ## store your W&B API key in ~/.netrc (asked for, never echoed)
+	$(PY) -m rloss wandb-login
+
+inference: $(STAMP)  ## label maps for IMAGE_PATH (image or folder); bicubic below 128 px
+	@test -n "$(IMAGE_PATH)" || { echo "usage: make inference IMAGE_PATH=/path/to/image.jpg [CHECKPOINT=$(CHECKPOINT)] [OUTPUT=dir]" >&2; exit 2; }
+	$(PY) -m rloss infer --checkpoint "$(CHECKPOINT)" --input "$(IMAGE_PATH)" --interpolation $(INTERPOLATION) \
+		$(if $(OUTPUT),--output "$(OUTPUT)")
+
+lab: $(STAMP)  ## JupyterLab on the notebooks (http://localhost:$(PORT))
+	$(PY) -m jupyter lab --notebook-dir=notebooks --port=$(PORT) --no-browser
+
+browser-check: $(STAMP)  ## notebook 05's result browser in headless Chromium (Voilà); screenshot to $(SCREENSHOT)
+	$(PY) -m rloss browser-check --results "$(RESULTS)" --out "$(SCREENSHOT)"
+
+build:  ## build the Docker image $(IMAGE) (CUDA, extension compiled for CUDA_ARCH)
+	docker build --build-arg CUDA_ARCH="$(CUDA_ARCH)" --build-arg UID=$$(id -u) -t $(IMAGE) .
+
+run:  ## JupyterLab in the Docker image on all GPUs, with data/ and results/ mounted
+	mkdir -p data results
+	docker run --rm -it --gpus all --shm-size=8g -p $(PORT):8888 \
+		-v "$(CURDIR)/data:/workspace/rloss/data" -v "$(CURDIR)/results:/workspace/rloss/results" $(IMAGE)
+
+build-ext: $(STAMP)  ## build the lattice extension now (it also builds on first use)
 	$(PY) -m rloss build
 
 cuda-check: $(STAMP)  ## compile the CUDA sources with nvcc (no GPU needed)
