@@ -64,7 +64,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_study(args: argparse.Namespace) -> int:
     from .runner import run_study
 
-    return run_study(args.params, only=args.only, rerun=args.rerun, output_dir=args.output)
+    return run_study(args.params, only=args.only, rerun=args.rerun, overrides=args.set or [], output_dir=args.output)
 
 
 def _cmd_wandb_login(args: argparse.Namespace) -> int:
@@ -77,6 +77,20 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import bench_crf
 
     bench_crf(repeats=args.repeats, threads=args.threads, crossover=args.crossover, json_path=args.json, device=args.device)
+    return 0
+
+
+def _cmd_browser_check(args: argparse.Namespace) -> int:
+    from .browser_check import BrowserCheckError, check_result_browser
+
+    out = args.out or str(Path(args.results) / "result_browser.png")
+    try:
+        summary = check_result_browser(args.results, out, study_names=args.study, port=args.port, timeout_s=args.timeout,
+                                       compare_run=args.compare)
+    except BrowserCheckError as exc:  # what is missing or what the page showed, without a traceback
+        print(f"rloss browser-check: {exc}", file=sys.stderr)
+        return 1
+    _print_summary(summary)
     return 0
 
 
@@ -186,12 +200,23 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--params", default="params/default.yaml", help="parameter file (sections per notebook)")
     study.add_argument("--only", nargs="+", metavar="NN", help="only these notebooks (by number or name prefix)")
     study.add_argument("--rerun", action="store_true", help="train finished runs again (default: skip them)")
+    study.add_argument("--set", action="append", metavar="NOTEBOOK.KEY=VALUE",
+                       help="override one parameter (VALUE as YAML; section 'common' too); repeatable")
     study.add_argument("--output", default="results/notebooks", help="folder for the executed notebooks")
     study.set_defaults(run=_cmd_study)
 
     from .infer import add_infer_arguments
 
     add_infer_arguments(commands.add_parser("infer", help="segment an image or a folder with a trained checkpoint"))
+
+    check = commands.add_parser("browser-check", help="notebook 05's result browser in headless Chromium (Voilà): a screenshot")
+    check.add_argument("--results", default="results", help="results folder with the runs")
+    check.add_argument("--out", help="screenshot PNG (default: RESULTS/result_browser.png)")
+    check.add_argument("--study", nargs="+", metavar="NAME", help="only runs whose name starts with one of these")
+    check.add_argument("--compare", metavar="RUN", help="the run picked under 'compare' (default: the second run)")
+    check.add_argument("--port", type=int, help="port for Voilà on 127.0.0.1 (default: a free one)")
+    check.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the page and each change")
+    check.set_defaults(run=_cmd_browser_check)
 
     login = commands.add_parser("wandb-login", help="store your W&B API key (asked without echo) in ~/.netrc, mode 0600")
     login.add_argument("--host", default="api.wandb.ai", help="W&B server host (default: the W&B cloud)")

@@ -1,0 +1,313 @@
+"""The result browser checked in a real browser: notebook 05 served by Voilà, driven in headless Chromium.
+
+    summary = check_result_browser("results", "results/result_browser.png")
+    # python -m rloss browser-check [--results results] [--out results/result_browser.png] [--study NAME ...]
+
+A copy of ``notebooks/05_miou_table.ipynb`` with its parameters set (papermill, not executed) goes
+to a temporary folder; Voilà serves it on a free localhost port and runs it (the whole notebook,
+with ``write_files=False``: the table and plots in ``results_dir`` are left as they are); Debian's Chromium,
+driven by Playwright, opens the page, waits for the browser widget (the run dropdown and the view
+``<img>``), clicks "next ▶", picks a second run under "compare", waits after each change until the
+``<img>`` shows a new picture and the info line names the new image / compare run, and saves a
+full-page screenshot. Voilà and Chromium are always stopped.
+
+What is missing (Chromium, Voilà, Playwright, a run with a checkpoint) and a widget that does not
+render in time are one :class:`BrowserCheckError` that says what to do.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from .data.io import atomic_path
+from .widgets import find_runs
+
+__all__ = ["BrowserCheckError", "check_result_browser", "CHROMIUM", "NOTEBOOK"]
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; Playwright's own browser downloads are not used
+CHROMIUM_ARGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync")
+NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "05_miou_table.ipynb"
+# Wide enough for the compare view (7 panels of 2.4 in at 100 dpi = 1680 px) at its own size.
+VIEWPORT = {"width": 1920, "height": 1080}
+MAX_HEIGHT = 16_000  # pixels; Chromium's screenshots get unreliable beyond about 16k
+LOG_LINES = 30  # lines of Voilà's log in an error message
+
+# The browser's state in the page: its <img>, loaded, and the info line (an ipywidgets HTML).
+_STATE_JS = """() => {
+  const img = document.querySelector("img.widget-image");
+  const info = document.querySelector(".widget-html-content");
+  return {src: img ? img.src : null, loaded: !!(img && img.src && img.complete && img.naturalWidth > 0),
+          info: info ? info.innerText.trim() : null};
+}"""
+# True once the <img> holds a loaded picture other than old_src and the info line contains want.
+_CHANGED_JS = """([oldSrc, want]) => {
+  const img = document.querySelector("img.widget-image");
+  const info = document.querySelector(".widget-html-content");
+  if (!img || !info) return false;
+  const text = info.innerText;
+  if (text.startsWith("error:")) return true;  // the widget reports a failure: stop waiting
+  return img.src !== oldSrc && img.complete && img.naturalWidth > 0 && text.includes(want);
+}"""
+# The page's content height: Voilà's lab template scrolls an inner panel, not the document, so a
+# "full page" screenshot needs a viewport as tall as that panel's content.
+_CONTENT_HEIGHT_JS = """() => {
+  let height = document.documentElement.scrollHeight;
+  for (const el of document.querySelectorAll("*")) {
+    const overflow = getComputedStyle(el).overflowY;
+    if ((overflow === "auto" || overflow === "scroll") && el.scrollHeight > el.clientHeight + 1) {
+      height = Math.max(height, el.getBoundingClientRect().top + window.scrollY + el.scrollHeight);
+    }
+  }
+  return Math.ceil(height);
+}"""
+_BOX_JS = """() => {
+  const img = document.querySelector("img.widget-image");
+  const r = img.getBoundingClientRect();
+  return {x: r.left + window.scrollX, y: r.top + window.scrollY, width: r.width, height: r.height,
+          natural_width: img.naturalWidth, natural_height: img.naturalHeight};
+}"""
+
+
+class BrowserCheckError(RuntimeError):
+    """The browser check could not run, or the widget did not behave; the message says what to do."""
+
+
+def check_result_browser(results_dir, screenshot_path, study_names=None, port: int | None = None,
+                         timeout_s: float = 180.0, compare_run: str | None = None,
+                         chromium_path=CHROMIUM, notebook=NOTEBOOK) -> dict:
+    """Serves notebook 05 on ``results_dir`` with Voilà, changes the browser's selection in headless
+    Chromium and saves a full-page screenshot to ``screenshot_path`` (atomically).
+
+    ``study_names``: None or run-name prefixes, as notebook 05 takes them; ``compare_run``: the run
+    picked under "compare" (default: the second run, or the first when there is only one);
+    ``timeout_s``: the longest wait for Voilà to run the notebook and for each change to show.
+    Returns what was seen: the info line before and after each change, whether the view changed,
+    the view's box in the screenshot and the screenshot's path and size."""
+    results_dir = Path(results_dir).resolve()  # the notebook runs in a temporary folder
+    screenshot_path = Path(screenshot_path)
+    study_names = None if study_names is None else ([study_names] if isinstance(study_names, str) else list(study_names))
+    chromium_path = Path(chromium_path)
+    notebook = Path(notebook)
+    _check_prerequisites(chromium_path, notebook)
+    runs = find_runs(results_dir, study_names)
+    if not runs:
+        wanted = f" with a name starting with {', '.join(study_names)}" if study_names else ""
+        raise BrowserCheckError(f"no run with a checkpoint under {results_dir}{wanted}: train one first "
+                                "(e.g. make train-small), or pass --results")
+    if compare_run is None:
+        compare_run = runs[1] if len(runs) > 1 else runs[0]
+    elif compare_run not in runs:
+        raise BrowserCheckError(f"compare run {compare_run!r} is not among the runs: {', '.join(runs)}")
+
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="rloss-browser-check-") as tmp:
+        tmp = Path(tmp)
+        served = _prepare_notebook(notebook, tmp, results_dir, study_names)
+        log_path = tmp / "voila.log"
+        with _voila(served, port or _free_port(), log_path, timeout_s) as url:
+            summary = _drive(url, chromium_path, compare_run, timeout_s, log_path)
+        png = summary.pop("png")
+    with atomic_path(screenshot_path) as part:
+        part.write_bytes(png)
+    width, height = _png_size(png)
+    summary.update(runs=runs, run=runs[0], compare_run=compare_run, url=url, screenshot=str(screenshot_path),
+                   screenshot_size=[width, height], screenshot_bytes=len(png),
+                   seconds=round(time.monotonic() - start, 1))
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# Steps
+# --------------------------------------------------------------------------------------------
+
+
+def _check_prerequisites(chromium_path: Path, notebook: Path) -> None:
+    """Every missing piece named before anything starts."""
+    if not (chromium_path.is_file() and os.access(chromium_path, os.X_OK)):
+        raise BrowserCheckError(f"Chromium not found at {chromium_path}: install it with "
+                                "`apt-get install chromium` (Debian's package)")
+    for module, what in (("playwright", "Playwright"), ("voila", "Voilà"), ("papermill", "papermill")):
+        if importlib.util.find_spec(module) is None:
+            raise BrowserCheckError(f"{what} is not installed: pip install -c constraints.txt -e '.[dev]'")
+    if not notebook.is_file():
+        raise BrowserCheckError(f"notebook {notebook} not found")
+
+
+def _prepare_notebook(notebook: Path, folder: Path, results_dir: Path, study_names) -> Path:
+    """A copy of the notebook with its parameters cell set (papermill's injected cell), not run."""
+    import papermill
+
+    out = folder / notebook.name
+    papermill.execute_notebook(
+        str(notebook), str(out), parameters={"results_dir": str(results_dir), "study_names": study_names, "browser": True,
+                    "write_files": False},
+        prepare_only=True, kernel_name="python3", progress_bar=False, log_output=False,
+    )
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _log_tail(log_path: Path, lines: int = LOG_LINES) -> str:
+    try:
+        text = log_path.read_text(errors="replace").rstrip().splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(text[-lines:]) or "(empty log)"
+
+
+@contextmanager
+def _voila(notebook: Path, port: int, log_path: Path, timeout_s: float):
+    """Voilà serving ``notebook`` on 127.0.0.1:port until the block ends; yields its URL."""
+    command = [sys.executable, "-m", "voila", str(notebook), "--no-browser", f"--port={port}",
+               "--Voila.ip=127.0.0.1", "--Voila.port_retries=0",  # this port or a clear failure
+               "--Voila.log_level=INFO", "--show_tracebacks=True"]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(command, cwd=notebook.parent, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise BrowserCheckError(f"Voilà exited with code {proc.returncode} before serving; "
+                                        f"its log:\n{_log_tail(log_path)}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise BrowserCheckError(f"Voilà did not answer on port {port} within {timeout_s:.0f} s; "
+                                        f"its log:\n{_log_tail(log_path)}")
+            time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM lets Voilà shut its kernel down; SIGKILL if it does not exit in time."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _drive(url: str, chromium_path: Path, compare_run: str, timeout_s: float, log_path: Path) -> dict:
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import sync_playwright
+
+    timeout_ms = timeout_s * 1000
+    console: list[str] = []  # the page's errors, for a failure message
+
+    def fail(what: str, page=None) -> BrowserCheckError:
+        text = ""
+        if page is not None:
+            try:
+                text = page.inner_text("body", timeout=2000).strip()[-1500:]
+            except PlaywrightError:
+                pass
+        parts = [f"the result browser {what} (timeout {timeout_s:.0f} s)"]
+        if text:
+            parts.append(f"the page ends with:\n{text}")
+        if console:
+            parts.append("browser console errors:\n" + "\n".join(console[-10:]))
+        parts.append(f"Voilà's log:\n{_log_tail(log_path)}")
+        return BrowserCheckError("\n".join(parts))
+
+    with sync_playwright() as pw:
+        try:
+            browser = pw.chromium.launch(executable_path=str(chromium_path), headless=True, args=list(CHROMIUM_ARGS),
+                                         timeout=60_000)
+        except PlaywrightError as exc:
+            raise BrowserCheckError(f"Chromium at {chromium_path} did not start: {exc}") from None
+        try:
+            page = browser.new_page(viewport=VIEWPORT, device_scale_factor=1)
+            page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: console.append(str(e)))
+            # Voilà runs the whole notebook before the page arrives: wait for it, not for "load".
+            page.goto(url, wait_until="commit", timeout=timeout_ms)
+            try:
+                page.locator(".widget-dropdown select").first.wait_for(state="attached", timeout=timeout_ms)
+                page.wait_for_function(_CHANGED_JS, arg=["", ""], timeout=timeout_ms)
+            except PlaywrightError:
+                raise fail("did not render (no run dropdown / view image)", page) from None
+            first = _state(page, fail)
+
+            after_next = None
+            total = _image_count(first["info"])
+            if total and total[1] > 1:
+                want = f" {total[0] % total[1] + 1}/{total[1]} "  # "val 2/4": the next image, wrapping round
+                page.locator("button.widget-button", has_text="next").first.click(timeout=timeout_ms)
+                try:
+                    page.wait_for_function(_CHANGED_JS, arg=[first["src"], want], timeout=timeout_ms)
+                except PlaywrightError:
+                    raise fail(f"did not move to the next image (info line {want.strip()!r})", page) from None
+                after_next = _state(page, fail)
+
+            before = after_next or first
+            compare = page.locator(".widget-dropdown", has=page.locator("label", has_text="compare")).locator("select")
+            compare.select_option(label=compare_run, timeout=timeout_ms)
+            try:
+                page.wait_for_function(_CHANGED_JS, arg=[before["src"], compare_run], timeout=timeout_ms)
+            except PlaywrightError:
+                raise fail(f"did not show compare run {compare_run!r}", page) from None
+            final = _state(page, fail)
+            height = min(page.evaluate(_CONTENT_HEIGHT_JS), MAX_HEIGHT)
+            if height > VIEWPORT["height"]:
+                page.set_viewport_size({"width": VIEWPORT["width"], "height": height})
+                page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+            box = page.evaluate(_BOX_JS)
+            png = page.screenshot(full_page=True, type="png", timeout=timeout_ms)
+        finally:
+            browser.close()
+    return {
+        "initial_info": first["info"],
+        "after_next_info": after_next and after_next["info"],
+        "final_info": final["info"],
+        "image_changed_after_next": None if after_next is None else after_next["src"] != first["src"],
+        "image_changed_after_compare": final["src"] != before["src"],
+        "view_box": box,
+        "png": png,
+    }
+
+
+def _state(page, fail) -> dict:
+    state = page.evaluate(_STATE_JS)
+    if (state["info"] or "").startswith("error:"):
+        raise fail(f"shows an error: {state['info']}", page)
+    return state
+
+
+def _image_count(info: str | None) -> tuple[int, int] | None:
+    """(position, count) from the info line's "val 2/4"; None if it has none."""
+    match = re.search(r" (\d+)/(\d+) ", info or "")
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def _png_size(png: bytes) -> tuple[int, int]:
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as image:
+        return image.size
