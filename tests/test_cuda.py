@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from conftest import photo, smooth_probs
+from inputs import photo, smooth_probs
 from rloss import DenseCRFLoss
 from rloss.filtering import _extension, bilateral_features, permutohedral_crf, permutohedral_filter, resolve_kernel
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import photo, smooth_probs
+from inputs import photo, smooth_probs
 from rloss import DenseCRFLoss
 from rloss.filtering import bilateral_features
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PHOTOS, photo, smooth_probs
+from inputs import PHOTOS, photo, smooth_probs
 from reference_lattice import lattice_filter as reference_lattice_filter
 from rloss.filtering import (
     bilateral_features,
