@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -108,8 +109,9 @@ def test_the_pins_cover_this_environment():
     """Every package installed here (the `make setup` environment) is pinned at its version, so the pip
     route and the conda route (same pins) install one set."""
     pins = _constraints()
-    own = {"rloss", "pip", "setuptools", "wheel"}
-    installed = {_normal(d.metadata["Name"]): d.version for d in importlib.metadata.distributions()}
+    # Only what pip installed: vendored copies elsewhere on sys.path (setuptools/_vendor) are not ours.
+    site = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    installed = {_normal(d.metadata["Name"]): d.version for d in importlib.metadata.distributions(path=site)}
     mismatched = {n: (v, pins[n]) for n, v in installed.items() if n in pins and pins[n] != v}
     assert not mismatched, mismatched
     missing = sorted(set(pins) - set(installed))
