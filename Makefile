@@ -20,6 +20,9 @@ WANDB_MODE    ?= online
 IMAGE     ?= rloss:latest
 CUDA_ARCH ?= 7.5;8.0;8.6;8.9;9.0;10.0;12.0
 PORT      ?= 8888
+# The image's user takes your uid, so files in the mounted folders stay yours; root gets 1000
+# (the image's user is never root).
+DOCKER_UID ?= $(shell u=$$(id -u); [ "$$u" = 0 ] && echo 1000 || echo $$u)
 
 WANDB_SET = --set $(1).wandb=true --set $(1).wandb_mode=$(WANDB_MODE)
 
@@ -74,7 +77,7 @@ browser-check: $(STAMP)  ## notebook 05's result browser in headless Chromium (V
 	$(PY) -m rloss browser-check --results "$(RESULTS)" --out "$(SCREENSHOT)"
 
 build:  ## build the Docker image $(IMAGE) (CUDA, extension compiled for CUDA_ARCH)
-	docker build --build-arg CUDA_ARCH="$(CUDA_ARCH)" --build-arg UID=$$(id -u) -t $(IMAGE) .
+	docker build --build-arg CUDA_ARCH="$(CUDA_ARCH)" --build-arg UID=$(DOCKER_UID) -t $(IMAGE) .
 
 run:  ## JupyterLab in the Docker image on all GPUs, with data/ and results/ mounted
 	mkdir -p data results

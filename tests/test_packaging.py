@@ -3,6 +3,7 @@ here), environment.yml against the pinned pip set, and the Makefile targets of t
 reference README as thin calls of `python -m rloss ...` (checked with `make -n`)."""
 
 import importlib.metadata
+import os
 import re
 import shutil
 import subprocess
@@ -132,6 +133,12 @@ def test_the_pins_cover_this_environment():
 ])
 def test_make_targets_are_thin_calls(target, expected):
     assert expected in _make_dry_run(target)
+
+
+def test_make_build_gives_the_image_user_a_non_root_uid():
+    out = _make_dry_run("build")
+    uid = os.getuid()
+    assert f"--build-arg UID={uid if uid != 0 else 1000} " in out
 
 
 def test_make_run_mounts_data_and_results():
