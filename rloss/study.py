@@ -145,21 +145,23 @@ def summarize(runs: list[dict]) -> list[dict]:
     averaged together: each schedule gets its own row (``schedule``), with the setting's pCE and
     full-supervision runs in both.
     """
-    groups: dict[tuple, dict[str, list[dict]]] = {}
+    groups: dict[tuple, dict[tuple, list[dict]]] = {}
     for run in runs:
         key = (run["model"], run["data"], run["resolution"], run["crop_size"])
-        loss = run["loss"]
-        if loss == "pce_crf":
-            loss = "pce_crf_two_phase" if run.get("two_phase") else "pce_crf_one_phase"
-        groups.setdefault(key, {}).setdefault(loss, []).append(run)
+        # DenseCRF runs are kept apart by schedule; pCE and full runs serve every schedule.
+        schedule = None
+        if run["loss"] == "pce_crf":
+            schedule = "two-phase" if run.get("two_phase") else "one-phase"
+        member = (run["loss"], schedule)
+        groups.setdefault(key, {}).setdefault(member, []).append(run)
     rows = []
     for (model, data, resolution, crop), by_loss in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
-        schedules = [s for s in ("one-phase", "two-phase") if f"pce_crf_{s.replace('-', '_')}" in by_loss]
+        schedules = [s for s in ("one-phase", "two-phase") if ("pce_crf", s) in by_loss]
         for schedule in schedules or ["one-phase"]:
-            members_of = dict(by_loss, pce_crf=by_loss.get(f"pce_crf_{schedule.replace('-', '_')}", []))
+            members_of = {loss: by_loss.get((loss, schedule if loss == "pce_crf" else None), []) for loss in LOSSES}
             row = {"model": model, "data": data, "resolution": resolution, "crop_size": crop, "schedule": schedule}
             for loss in LOSSES:
-                members = members_of.get(loss, [])
+                members = members_of[loss]
                 mean, std = _spread([r["miou"] for r in members])
                 times = [r["s_per_iteration"] for r in members if r["s_per_iteration"] is not None]
                 row[f"{loss}_miou"], row[f"{loss}_std"], row[f"{loss}_seeds"] = mean, std, len(members)

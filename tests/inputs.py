@@ -20,3 +20,27 @@ def smooth_probs(n: int, k: int, size: int, seed: int = 0, dtype=torch.float32) 
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(n, k, max(1, size // 8), max(1, size // 8), generator=g, dtype=torch.float64) * 3
     return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False).softmax(1).to(dtype)
+
+
+def randomise_classifier(checkpoint_path, data_root) -> None:
+    """Rewrites a tiny run's checkpoint so that its predictions have several colours: a random
+    classifier whose biases bring three classes level on average over the val images (a run of one
+    epoch on 8 images predicts background everywhere)."""
+    import numpy as np
+
+    from rloss.data.folder import SegmentationFolder
+    from rloss.infer import load_predictor
+
+    ckpt = torch.load(checkpoint_path, weights_only=True)
+    weight = [n for n, v in ckpt["model"].items() if v.dim() == 4 and v.shape[0] == ckpt["num_classes"]][-1]
+    bias = weight[: -len("weight")] + "bias"
+    ckpt["model"][weight] = torch.randn(ckpt["model"][weight].shape, generator=torch.Generator().manual_seed(0)) * 3
+    torch.save(ckpt, checkpoint_path)
+    val = SegmentationFolder(data_root, "val")
+    preds = load_predictor(checkpoint_path, "cpu").predict([val.load(i).image for i in val.ids], return_probs=True)
+    mean_logp = np.mean([np.log(p.probs + 1e-30).mean(axis=(1, 2)) for p in preds], axis=0)
+    order = np.argsort(mean_logp)[::-1]
+    ckpt["model"][bias] = ckpt["model"][bias].clone()
+    for c in order[1:3]:
+        ckpt["model"][bias][c] += float(mean_logp[order[0]] - mean_logp[c])
+    torch.save(ckpt, checkpoint_path)

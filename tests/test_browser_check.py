@@ -7,7 +7,6 @@ import io
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from rloss.browser_check import BrowserCheckError, check_result_browser
@@ -18,6 +17,8 @@ from rloss.data.io import voc_palette
 from rloss.infer import load_predictor
 from rloss.train import train
 from rloss.widgets import WRONG, ResultBrowser
+
+from inputs import randomise_classifier
 
 PALETTE = np.array(voc_palette(), dtype=np.uint8).reshape(256, 3)
 FIRST, SECOND = "a_pce", "b_full"
@@ -38,20 +39,7 @@ def trained(tmp_path_factory):
             "optim.epochs=1", f"loss.type={loss}", f"run.results_dir={results}", f"run.name={name}",
             "run.eval_every_epochs=1", "run.device=cpu", f"run.seed={seed}",
         ]))
-    path = results / SECOND / "checkpoint.pt"
-    ckpt = torch.load(path, weights_only=True)
-    weight = [n for n, v in ckpt["model"].items() if v.dim() == 4 and v.shape[0] == ckpt["num_classes"]][-1]
-    bias = weight[: -len("weight")] + "bias"
-    ckpt["model"][weight] = torch.randn(ckpt["model"][weight].shape, generator=torch.Generator().manual_seed(0)) * 3
-    torch.save(ckpt, path)
-    val = SegmentationFolder(root, "val")
-    preds = load_predictor(path, "cpu").predict([val.load(i).image for i in val.ids], return_probs=True)
-    mean_logp = np.mean([np.log(p.probs + 1e-30).mean(axis=(1, 2)) for p in preds], axis=0)
-    order = np.argsort(mean_logp)[::-1]
-    ckpt["model"][bias] = ckpt["model"][bias].clone()
-    for c in order[1:3]:
-        ckpt["model"][bias][c] += float(mean_logp[order[0]] - mean_logp[c])
-    torch.save(ckpt, path)
+    randomise_classifier(results / SECOND / "checkpoint.pt", root)
     return root, results
 
 

