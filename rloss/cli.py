@@ -61,6 +61,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep_weight(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .sweep import sweep_crf_weight
+
+    base = load_config(args.config, args.set or ())
+    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    extra = {"weights": weights} if weights else {}
+    budget = args.time_budget * 60 if args.time_budget else None
+    result = sweep_crf_weight(base, args.name, holdout_fraction=args.holdout, rerun=args.rerun, time_budget_s=budget,
+                              **extra)
+    print(f"best relative DenseCRF weight: {result['best']:g} (absolute {result['best_absolute']:.3g}); "
+          f"use loss.crf_relative_weight={result['best']:g}")
+    return 0
+
+
 def _cmd_study(args: argparse.Namespace) -> int:
     from .runner import run_study
 
@@ -195,6 +210,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. loss.type=pce_crf")
     train.add_argument("--resume", action="store_true", help="continue from results/<run.name>/checkpoint.pt")
     train.set_defaults(run=_cmd_train)
+
+    sweep = commands.add_parser("sweep-weight", help="choose the DenseCRF weight on a share of train held out (never val)")
+    sweep.add_argument("--config", help="YAML training config (the schedule every weight is trained with)")
+    sweep.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. data.root=data/mine")
+    sweep.add_argument("--name", required=True, help="runs are NAME_sweep_w<weight>; result: RESULTS/NAME_weight_sweep.json")
+    sweep.add_argument("--weights", help="relative weights, comma-separated (default: 0,0.25,1,4,16; 0 = pCE)")
+    sweep.add_argument("--holdout", type=float, default=0.2, help="share of the train split held out to score on")
+    sweep.add_argument("--time-budget", type=float, metavar="MIN", help="start no run that would end after this")
+    sweep.add_argument("--rerun", action="store_true", help="train finished runs again")
+    sweep.set_defaults(run=_cmd_sweep_weight)
 
     study = commands.add_parser("study", help="run the study's notebooks in order with papermill")
     study.add_argument("--params", default="params/default.yaml", help="parameter file (sections per notebook)")

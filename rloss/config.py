@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from .crf_weight import absolute_crf_weight
 from .data.transforms import INTERPOLATIONS
 from .filtering import KERNELS
 from .models import MODEL_NAMES
@@ -37,6 +38,9 @@ class DataConfig:
     root: str = "data/synthetic_64px"
     train_split: str = "train"
     val_split: str = "val"
+    # > 0: train on the train split minus this share of it and evaluate on that share; the
+    # val split is then never read (choosing settings without looking at val: rloss sweep-weight).
+    holdout_fraction: float = 0.0
     crop_size: int = 64
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
     interpolation: str = "auto"  # auto | bilinear | bicubic
@@ -57,11 +61,12 @@ class ModelConfig:
 @dataclass
 class LossConfig:
     type: str = "pce_crf"  # pce | pce_crf | full
-    # The paper's 2e-9 is for 513 px crops at scale 0.5 (256^2 pixels, sigma_xy 50 there). The
-    # CRF term's total gradient grows with pixels x sigma_xy^2, so at 64 px with sigma_xy 12.5 and
-    # scale 1 it is about 256x smaller: 2e-9 * 256 ~ 5e-7 keeps the published balance. A sweep on
-    # the 40 px built-in set (benchmarks/README.md) found 8e-6 best; 3e-5 collapses training.
-    crf_weight: float = 8e-6
+    # DenseCRF weight as a multiple of the paper's balance with pCE (2e-9 at 513 px crops, scale
+    # 0.5, sigma_xy 100), which means the same at every crop size, scale factor and sigma_xy
+    # (rloss/crf_weight.py derives it). 1.0 = the published setting; `rloss sweep-weight` chooses
+    # one on a split held out from training.
+    crf_relative_weight: float = 1.0
+    crf_weight: float | None = None  # the absolute DenseCRFLoss weight; when set, it replaces the relative one
     sigma_rgb: float = 15.0
     sigma_xy: float = 12.5
     scale_factor: float = 1.0
@@ -121,6 +126,14 @@ class TrainConfig:
     def run_dir(self) -> Path:
         return Path(self.run.results_dir) / self.run.name
 
+    def absolute_crf_weight(self) -> float:
+        """The absolute DenseCRF weight for this run's crops: ``loss.crf_weight`` when set,
+        else ``loss.crf_relative_weight`` times the published balance at ``data.crop_size``."""
+        if self.loss.crf_weight is not None:
+            return self.loss.crf_weight
+        crop = self.data.crop_size
+        return absolute_crf_weight(self.loss.crf_relative_weight, crop, crop, self.loss.sigma_xy, self.loss.scale_factor)
+
     def validate(self) -> "TrainConfig":
         _choice("loss.type", self.loss.type, LOSS_TYPES)
         _choice("run.amp", self.run.amp, AMP_MODES)
@@ -146,6 +159,8 @@ class TrainConfig:
             raise ValueError(f"config: wandb.num_images must be >= 0, got {self.wandb.num_images}")
         if self.data.num_workers < 0:
             raise ValueError(f"config: data.num_workers must be >= 0, got {self.data.num_workers}")
+        if not 0 <= self.data.holdout_fraction < 1:
+            raise ValueError(f"config: data.holdout_fraction must be in [0, 1), got {self.data.holdout_fraction}")
         lo_hi = self.data.scale_range
         if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1]:
             raise ValueError(f"config: data.scale_range must be [lo, hi] with 0 < lo <= hi, got {lo_hi}")
@@ -158,10 +173,12 @@ class TrainConfig:
                 raise ValueError(f"config: {key} must be > 0, got {value}")
         for key, value in (
             ("optim.momentum", self.optim.momentum), ("optim.weight_decay", self.optim.weight_decay),
-            ("optim.poly_power", self.optim.poly_power), ("loss.crf_weight", self.loss.crf_weight),
+            ("optim.poly_power", self.optim.poly_power), ("loss.crf_relative_weight", self.loss.crf_relative_weight),
         ):
             if value < 0:
                 raise ValueError(f"config: {key} must be >= 0, got {value}")
+        if self.loss.crf_weight is not None and self.loss.crf_weight < 0:
+            raise ValueError(f"config: loss.crf_weight must be >= 0 (or null), got {self.loss.crf_weight}")
         if not self.run.name or "/" in self.run.name or self.run.name in (".", ".."):
             raise ValueError(f"config: run.name must be a plain folder name, got {self.run.name!r}")
         return self

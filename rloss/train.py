@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Sampler, Subset
 
 from . import distributed as D
 from .config import TrainConfig, config_from_dict
-from .data.folder import SegmentationFolder
+from .data.folder import SegmentationFolder, read_split, split_holdout
 from .data.io import IGNORE_INDEX, atomic_path, write_text_atomic
 from .data.transforms import EvalTransform, TrainTransform
 from .errors import TrainingError
@@ -194,7 +194,9 @@ def _written(path: Path, write) -> None:
 
 
 def _write_metrics(run_dir: Path, cfg: TrainConfig, evals: list, final, timings: dict, data: dict) -> None:
-    doc = {"run": cfg.run.name, "data": data, "evals": evals, "final": final, "timings": timings}
+    crf_weight = cfg.absolute_crf_weight() if cfg.loss.type == "pce_crf" else None  # what the loss was given
+    doc = {"run": cfg.run.name, "data": data, "crf_weight": crf_weight, "evals": evals, "final": final,
+           "timings": timings}
     path = run_dir / METRICS
     _written(path, lambda: write_text_atomic(path, json.dumps(doc, indent=1) + "\n"))
 
@@ -354,12 +356,19 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.dev
                          f"{ctx.world_size} processes")
     per_process = batch // ctx.world_size
     train_tf = TrainTransform(d.crop_size, tuple(d.scale_range), d.interpolation, flip=True, seed=cfg.run.seed)
-    train_set = SegmentationFolder(d.root, d.train_split, transform=train_tf)
-    val_set = SegmentationFolder(d.root, d.val_split, transform=EvalTransform(d.crop_size, d.interpolation),
-                                 require_scribbles=False)
+    eval_tf = EvalTransform(d.crop_size, d.interpolation)
+    if d.holdout_fraction > 0:  # evaluate on a share of train: the val split is never read
+        kept, held_out = split_holdout(read_split(Path(d.root), d.train_split), d.holdout_fraction)
+        train_set = SegmentationFolder(d.root, d.train_split, transform=train_tf, ids=kept)
+        val_set = SegmentationFolder(d.root, d.train_split, transform=eval_tf, require_scribbles=False, ids=held_out,
+                                     require_masks=True)
+    else:
+        train_set = SegmentationFolder(d.root, d.train_split, transform=train_tf)
+        val_set = SegmentationFolder(d.root, d.val_split, transform=eval_tf, require_scribbles=False)
     num_classes, class_names = train_set.num_classes, train_set.class_names
     # What the results tables need to know about the data (its resolution: the first val image's shorter side).
-    data_facts = {"train_images": len(train_set), "val_images": len(val_set),
+    evaluated_on = f"held-out share of {d.train_split}" if d.holdout_fraction > 0 else d.val_split
+    data_facts = {"train_images": len(train_set), "val_images": len(val_set), "evaluated_on": evaluated_on,
                   "image_side": int(min(val_set.load(val_set.ids[0]).image.shape[:2])) if len(val_set) else None}
     iters_per_epoch = len(train_set) // batch
     if iters_per_epoch < 1:
@@ -380,7 +389,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.dev
     net.to(device)
     if m.channels_last:
         net.to(memory_format=torch.channels_last)
-    crf = DenseCRFLoss(L.crf_weight, L.sigma_rgb, L.sigma_xy, L.scale_factor, L.kernel) if L.type == "pce_crf" else None
+    crf = DenseCRFLoss(cfg.absolute_crf_weight(), L.sigma_rgb, L.sigma_xy, L.scale_factor, L.kernel) if L.type == "pce_crf" else None
     _preflight(net, cfg, per_process, crf, device)
     if ctx.enabled:
         net = D.convert_sync_batchnorm(net, device)
@@ -491,7 +500,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.dev
                                 if last_saved is not None else "no checkpoint had been written yet")
                         raise TrainingError(
                             f"the loss is not finite at iteration {iteration + 1} ({values}); stopped, {kept}. "
-                            "Lower optim.lr or loss.crf_weight, or use run.amp=bf16 or off")
+                            "Lower optim.lr or loss.crf_relative_weight, or use run.amp=bf16 or off")
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
                     scaler.step(optimizer)

@@ -9,6 +9,8 @@ ROOT/classes.txt                          class names, line i = class i (optiona
 
 from __future__ import annotations
 
+import hashlib
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +62,20 @@ def read_id_list(path: Path, what: str = "the list") -> list[str]:
     return ids
 
 
+def split_holdout(ids: list[str], fraction: float) -> tuple[list[str], list[str]]:
+    """``(kept, held_out)``: about ``fraction`` of ``ids`` held out from training, at least one
+    each way. Membership depends on the id alone (its hash), not on the list's order or length
+    elsewhere, so a data set that grows keeps its held-out images held out."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"holdout fraction must be in (0, 1), got {fraction}")
+    if len(ids) < 2:
+        raise DataError(f"a held-out split needs at least 2 training images, got {len(ids)}")
+    ranked = sorted(ids, key=lambda i: hashlib.sha256(i.encode()).hexdigest())
+    count = min(len(ids) - 1, max(1, math.ceil(fraction * len(ids))))
+    held = set(ranked[:count])
+    return [i for i in ids if i not in held], [i for i in ids if i in held]
+
+
 def read_split(root: Path, split: str) -> list[str]:
     path = root / LIST_DIR / f"{split}.txt"
     if not path.exists():
@@ -70,6 +86,8 @@ def read_split(root: Path, split: str) -> list[str]:
 class SegmentationFolder(Dataset):
     """The images, scribbles and (where present) full masks of one split.
 
+    ``ids`` restricts the split to those ids (a held-out share, say); ``require_masks``
+    makes a missing full mask an error (evaluation needs them).
     ``dataset[i]`` is a :class:`Sample`, or ``transform(sample, index)``'s output
     when a transform is given. Bad data (missing or unreadable files, sizes that
     differ, class ids >= K other than 255, images without a scribble pixel)
@@ -85,12 +103,15 @@ class SegmentationFolder(Dataset):
         transform: Callable[[Sample, int], object] | None = None,
         require_scribbles: bool = True,
         skip_bad: bool = False,
+        ids: list[str] | None = None,
+        require_masks: bool = False,
     ):
         self.root = Path(root)
         self.split = split
         self.class_names = read_class_names(self.root, class_names)
         self.num_classes = len(self.class_names)
-        self.ids = read_split(self.root, split)
+        self.ids = read_split(self.root, split) if ids is None else list(ids)  # ids: a subset of the split
+        self.require_masks = require_masks
         self.transform = transform
         self.require_scribbles = require_scribbles
         self.skip_bad = skip_bad
@@ -111,7 +132,12 @@ class SegmentationFolder(Dataset):
         image = read_rgb(self.image_path(sample_id))
         scribble_path = self.root / SCRIBBLE_DIR / f"{sample_id}.png"
         mask_path = self.root / MASK_DIR / f"{sample_id}.png"
-        mask = self._labels(mask_path, image.shape) if mask_path.exists() else None
+        if mask_path.exists():
+            mask = self._labels(mask_path, image.shape)
+        elif self.require_masks:
+            raise DataError(f"{mask_path}: full mask not found (evaluating on {self.split} images needs their masks)")
+        else:
+            mask = None
         if scribble_path.exists():
             scribble = self._labels(scribble_path, image.shape)
         elif self.require_scribbles:

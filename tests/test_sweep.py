@@ -1,0 +1,53 @@
+"""The DenseCRF weight sweep: it scores on a share of train held out, and never reads val."""
+
+import json
+
+import pytest
+
+from rloss.config import load_config
+from rloss.data.folder import split_holdout
+from rloss.sweep import read_sweep, sweep_crf_weight
+
+
+def test_holdout_split_is_a_partition_fixed_by_the_ids():
+    ids = [f"img{i:03d}" for i in range(50)]
+    kept, held = split_holdout(ids, 0.2)
+    assert len(held) == 10 and set(kept) | set(held) == set(ids) and not set(kept) & set(held)
+    assert kept == [i for i in ids if i in set(kept)]  # the list's order is kept
+    kept_rev, held_rev = split_holdout(ids[::-1], 0.2)
+    assert set(held_rev) == set(held)  # membership does not depend on the order
+    _, few = split_holdout(ids[:3], 0.01)
+    assert len(few) == 1  # at least one image each way
+    with pytest.raises(ValueError, match="fraction"):
+        split_holdout(ids, 1.0)
+
+
+def test_sweep_scores_on_held_out_train_images_and_never_reads_val(tmp_path):
+    from rloss.data.synthetic import generate_synthetic
+
+    root = tmp_path / "data"
+    generate_synthetic(root, size=32, n_train=10, n_val=4, seed=0, progress=False)
+    (root / "ImageSets" / "Segmentation" / "val.txt").unlink()  # any read of val would now fail
+    base = load_config(None, [
+        f"data.root={root}", "data.crop_size=32", "data.batch_size=4", "optim.epochs=1", "loss.kernel=exact",
+        f"run.results_dir={tmp_path / 'results'}", "run.device=cpu", "run.eval_every_epochs=1",
+    ])
+    result = sweep_crf_weight(base, "t", weights=[2.0, 0.0], holdout_fraction=0.3, plot=False)
+
+    assert [p["relative_weight"] for p in result["points"]] == [0.0, 2.0]
+    assert result["best"] in (0.0, 2.0) and result["complete"]
+    assert result["best_heldout_miou"] == max(p["heldout_miou"] for p in result["points"])
+    assert read_sweep(tmp_path / "results", "t") == result
+    _, held = split_holdout([f"{i}" for i in (root / "ImageSets/Segmentation/train.txt").read_text().split()], 0.3)
+    for point in result["points"]:
+        metrics = json.loads((tmp_path / "results" / point["run"] / "metrics.json").read_text())
+        assert metrics["data"]["evaluated_on"] == "held-out share of train"
+        assert metrics["data"]["val_images"] == len(held) == 3
+        assert metrics["data"]["train_images"] == 7
+    crf_run = json.loads((tmp_path / "results" / "t_sweep_w2" / "metrics.json").read_text())
+    assert crf_run["crf_weight"] == pytest.approx(result["points"][1]["absolute_weight"])
+
+
+def test_read_sweep_says_how_to_make_a_missing_result(tmp_path):
+    with pytest.raises(ValueError, match="sweep-weight --name mine"):
+        read_sweep(tmp_path, "mine")
