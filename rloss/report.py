@@ -1,6 +1,6 @@
 """The study's Table 1 (mIoU of pCE, pCE + DenseCRF and full supervision) and its plots.
 
-    runs = select_runs(load_runs("results"), ["smoke40"])     # optional: runs whose name starts so
+    runs = select_runs(load_runs("results"), ["smoke40"])     # optional: the runs of these studies
     rows = summarize(runs)                                     # rloss.study: one row per setting
     table = miou_table(rows)                                   # the rows as the report shows them
     print(to_markdown(table))
@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from .data.io import atomic_path, write_text_atomic
-from .study import LOSS_LABELS, LOSSES, load_runs, summarize
+from .study import (CONVERGED_GAIN, LOSS_LABELS, LOSSES, MIN_EVALS, convergence, gain_along_training, in_studies,
+                    load_runs, summarize)
 
 __all__ = [
     "TABLE_COLUMNS",
@@ -43,6 +44,9 @@ __all__ = [
     "plot_learning_curves",
     "plot_per_class_iou",
     "plot_crf_share",
+    "plot_crf_gain_along_training",
+    "regression",
+    "convergence_note",
     "save_figure",
 ]
 
@@ -50,7 +54,7 @@ TABLE_MD, TABLE_CSV = "miou_table.md", "miou_table.csv"
 
 # The CSV's columns, in order (mIoU in percent, gains in percentage points).
 TABLE_COLUMNS = (
-    "network", "data", "resolution_px", "crop_px", "schedule",
+    "network", "data", "resolution_px", "crop_px", "schedule", "crf_relative_weight", "iterations", "differs",
     "pce_miou", "pce_std", "pce_seeds",
     "pce_crf_miou", "pce_crf_std", "pce_crf_seeds",
     "full_miou", "full_std", "full_seeds",
@@ -100,11 +104,8 @@ PUBLISHED_TABLE1 = (
 
 
 def select_runs(runs: list[dict], study_names=None) -> list[dict]:
-    """The runs whose name starts with one of ``study_names`` (a string or a list); all with None."""
-    if study_names is None:
-        return list(runs)
-    prefixes = [study_names] if isinstance(study_names, str) else list(study_names)
-    return [r for r in runs if any(str(r["run"]).startswith(str(p)) for p in prefixes)]
+    """The runs of the studies ``study_names`` (a name or a list, matched exactly); all with None."""
+    return [r for r in runs if in_studies(str(r["run"]), study_names)]
 
 
 def _pct(value):
@@ -119,7 +120,9 @@ def miou_table(rows: list[dict]) -> list[dict]:
     table = []
     for row in rows:
         out = {"network": row.get("model"), "data": row.get("data"), "resolution_px": row.get("resolution"),
-               "crop_px": row.get("crop_size"), "schedule": row.get("schedule", "one-phase")}
+               "crop_px": row.get("crop_size"), "schedule": row.get("schedule", "one-phase"),
+               "crf_relative_weight": row.get("crf_relative_weight"), "iterations": row.get("iterations"),
+               "differs": row.get("differs") or ""}
         for loss in LOSSES:
             out[f"{loss}_miou"] = _pct(row.get(f"{loss}_miou"))
             out[f"{loss}_std"] = _pct(row.get(f"{loss}_std"))
@@ -130,6 +133,8 @@ def miou_table(rows: list[dict]) -> list[dict]:
         for loss in LOSSES:
             out[f"{loss}_s_per_iteration"] = row.get(f"{loss}_s_per_iteration")
         out["crf_share"] = row.get("crf_share")
+        out["runs"] = {loss: row.get(f"{loss}_runs", []) for loss in LOSSES}
+        out["per_class"] = {loss: row.get(f"{loss}_per_class", {}) for loss in LOSSES}
         table.append(out)
     return table
 
@@ -145,7 +150,7 @@ def _fmt(value, spec: str, suffix: str = "") -> str:
     return "—" if value is None else f"{value:{spec}}{suffix}"
 
 
-_MD_HEADER = ("network", "data", "px", "crop", "pCE mIoU %", "+ DenseCRF mIoU %", "full mIoU %",
+_MD_HEADER = ("network", "data", "px", "crop", "DenseCRF weight (x published)", "iterations", "pCE mIoU %", "+ DenseCRF mIoU %", "full mIoU %",
               "DenseCRF − pCE (pp)", "full − pCE (pp)", "s/it pCE", "s/it + DenseCRF", "s/it full",
               "DenseCRF loss share of + DenseCRF iteration")
 
@@ -157,12 +162,18 @@ def to_markdown(table: list[dict]) -> str:
     lines = ["| " + " | ".join(_MD_HEADER) + " |", "|" + "|".join("---" for _ in _MD_HEADER) + "|"]
     for r in table:
         network = str(r["network"]) + (" (DenseCRF fine-tuned from pCE)" if r["schedule"] == "two-phase" else "")
-        cells = [network, str(r["data"]), _fmt(r["resolution_px"], "d"), _fmt(r["crop_px"], "d")]
+        cells = [network, str(r["data"]), _fmt(r["resolution_px"], "d"), _fmt(r["crop_px"], "d"),
+                 _fmt(r["crf_relative_weight"], ".3g"), _fmt(r["iterations"], ".0f")]
         cells += [_fmt_miou(r[f"{loss}_miou"], r[f"{loss}_std"], r[f"{loss}_seeds"]) for loss in LOSSES]
         cells += [_fmt(r["crf_gain_pp"], "+.1f"), _fmt(r["full_gain_pp"], "+.1f")]
         cells += [_fmt(r[f"{loss}_s_per_iteration"], ".3f") for loss in LOSSES]
         cells.append(_fmt(None if r["crf_share"] is None else 100 * r["crf_share"], ".1f", " %"))
+        if any(row["differs"] for row in table):
+            cells.append(r["differs"] or "—")
         lines.append("| " + " | ".join(cells) + " |")
+    if any(row["differs"] for row in table):
+        lines[0] = lines[0][:-2] + " | differs from the other rows |"
+        lines[1] += "---|"
     return "\n".join(lines) + "\n"
 
 
@@ -204,20 +215,81 @@ def published_markdown(title: bool = True) -> str:
 
 
 def _setting(r: dict) -> str:
-    return f"{r['network']} on {r['data']} ({r['resolution_px']} px, crop {r['crop_px']})"
+    weight = f", DenseCRF weight {r['crf_relative_weight']:.3g}x published" if r.get("crf_relative_weight") else ""
+    differs = f"; {r['differs']}" if r.get("differs") else ""
+    return f"{r['network']} on {r['data']} ({r['resolution_px']} px, crop {r['crop_px']}{weight}{differs})"
 
 
-def conclusions(table: list[dict]) -> list[str]:
-    """One sentence per row, computed from its numbers: does pCE < pCE + DenseCRF <= full hold, and
-    does the DenseCRF gain exceed the seed spread (the larger standard deviation of the two)?"""
+# A class has collapsed under a regularizer when its IoU falls below this, or this far below pCE's.
+COLLAPSED_IOU, COLLAPSE_DROP = 0.25, 0.20
+
+
+def _collapsed_classes(r: dict, loss: str) -> list[str]:
+    ours, pce = r["per_class"].get(loss, {}), r["per_class"].get("pce", {})
+    found = []
+    for name, iou in ours.items():
+        if iou is None:
+            continue
+        base = pce.get(name)
+        if iou < COLLAPSED_IOU or (base is not None and base - iou > COLLAPSE_DROP):
+            found.append(f"{name} ({100 * iou:.0f}%" + (f" vs {100 * base:.0f}% with pCE)" if base is not None else ")"))
+    return found
+
+
+def regression(r: dict, loss: str = "pce_crf") -> str | None:
+    """A sentence when the regularized loss ends below pCE by more than the seed spread (by more than
+    1 pp when one seed leaves the spread unknown), naming the likely cause and the fix; else None."""
+    pce, other = r["pce_miou"], r[f"{loss}_miou"]
+    if pce is None or other is None or other >= pce:
+        return None
+    stds = [s for s in (r["pce_std"], r[f"{loss}_std"]) if s is not None]
+    bound = max(stds) if len(stds) == 2 else 1.0
+    if pce - other <= bound:
+        return None
+    collapsed = _collapsed_classes(r, loss)
+    weight = f" (now {r['crf_relative_weight']:.3g}x the published balance)" if r.get("crf_relative_weight") else ""
+    cause = ("predictions collapse to few classes: " + ", ".join(collapsed)) if collapsed else \
+        "predictions may collapse to few classes: check the per-class IoU"
+    return (f"REGRESSION: {LOSS_LABELS[loss]} is {pce - other:.1f} pp below pCE, more than the seed spread "
+            f"({bound:.1f} pp). Likely cause: a weight too high for this data; {cause}. Fix: lower "
+            f"loss.crf_relative_weight{weight}, or choose it on a held-out share of train with "
+            f"`python -m rloss sweep-weight`.")
+
+
+def convergence_note(r: dict, runs: list[dict]) -> str:
+    """Whether the row's runs converged (mIoU gained < 1 pp over their last quarter of iterations)."""
+    names = {name for members in r["runs"].values() for name in members}
+    members = [run for run in runs if run["run"] in names]
+    if not members:
+        return ""
+    checks = {run["run"]: convergence(run) for run in members}
+    unconverged = {name: c for name, c in checks.items() if not c["converged"]}
+    if not unconverged:
+        return f"all {len(members)} runs converged (< {100 * CONVERGED_GAIN:.0f} pp over their last quarter)"
+    parts = []
+    for name, c in sorted(unconverged.items()):
+        if c["evals"] < MIN_EVALS:
+            parts.append(f"{name} ({c['evals']} evaluations, too few to tell)")
+        else:
+            parts.append(f"{name} (+{100 * c['late_gain']:.1f} pp in its last quarter)")
+    return (f"{len(unconverged)} of {len(members)} runs NOT converged, so the gains may only be faster early "
+            f"training: " + "; ".join(parts))
+
+
+def conclusions(table: list[dict], runs: list[dict] | None = None) -> list[str]:
+    """One sentence per row, computed from its numbers: does pCE < pCE + DenseCRF <= full hold, does
+    the DenseCRF gain exceed the seed spread (the larger standard deviation of the two), is it a
+    regression (see :func:`regression`), and (with ``runs``) did every run converge?"""
     if not table:
         return ["No finished runs: there is nothing to conclude yet."]
     lines = []
     for r in table:
         pce, crf, full = r["pce_miou"], r["pce_crf_miou"], r["full_miou"]
+        converged = convergence_note(r, runs) if runs is not None else ""
+        converged = f" Convergence: {converged}." if converged else ""
         if pce is None or crf is None:
             missing = " and ".join(LOSS_LABELS[k] for k, v in (("pce", pce), ("pce_crf", crf)) if v is None)
-            lines.append(f"{_setting(r)}: no {missing} runs, so the DenseCRF gain cannot be measured.")
+            lines.append(f"{_setting(r)}: no {missing} runs, so the DenseCRF gain cannot be measured.{converged}")
             continue
         gain = crf - pce
         if full is None:
@@ -236,17 +308,20 @@ def conclusions(table: list[dict]) -> list[str]:
             spread = f"the DenseCRF gain of {gain:+.1f} pp {verdict} the seed spread ({bound:.1f} pp)"
         share = r["crf_share"]
         timing = f"; the DenseCRF loss takes {100 * share:.0f}% of an iteration" if share is not None else ""
-        lines.append(f"{_setting(r)}: {order}; {spread}{timing}.")
+        flagged = regression(r)
+        flagged = f" {flagged}" if flagged else ""
+        lines.append(f"{_setting(r)}: {order}; {spread}{timing}.{flagged}{converged}")
     return lines
 
 
-def report_markdown(table: list[dict], title: str = "mIoU: pCE, pCE + DenseCRF loss, full supervision") -> str:
-    """Our table, its conclusions, then the published table under its own heading."""
+def report_markdown(table: list[dict], title: str = "mIoU: pCE, pCE + DenseCRF loss, full supervision",
+                    runs: list[dict] | None = None) -> str:
+    """Our table, its conclusions (with ``runs``: convergence too), then the published table under its own heading."""
     parts = [f"# {title}", "", "## Measured here", "",
              "mIoU on the validation split in percent: mean ± standard deviation over seeds (n = seeds); "
              "gains in percentage points; s/it = median seconds per training iteration.", "",
              to_markdown(table), "### Conclusions", ""]
-    parts += [f"- {line}" for line in conclusions(table)]
+    parts += [f"- {line}" for line in conclusions(table, runs)]
     parts += ["", "## " + PUBLISHED_TITLE, "", published_markdown(title=False)]
     return "\n".join(parts)
 
@@ -255,11 +330,11 @@ def write_report(results_dir, runs: list[dict] | None = None, study_names=None, 
     """Writes ``miou_table.md`` (ours, conclusions, the published table apart) and ``miou_table.csv``
     (ours only) atomically under ``out_dir`` (default ``results_dir``). ``runs`` default:
     ``load_runs(results_dir)``. Returns ``{"table", "markdown", "csv"}`` (paths as Path)."""
-    runs = load_runs(results_dir) if runs is None else runs
-    table = miou_table(summarize(select_runs(runs, study_names)))
+    runs = select_runs(load_runs(results_dir) if runs is None else runs, study_names)
+    table = miou_table(summarize(runs))
     out = Path(results_dir if out_dir is None else out_dir)
     md, csv_path = out / TABLE_MD, out / TABLE_CSV
-    write_text_atomic(md, report_markdown(table))
+    write_text_atomic(md, report_markdown(table, runs=runs))
     write_text_atomic(csv_path, to_csv(table))
     return {"table": table, "markdown": md, "csv": csv_path}
 
@@ -343,6 +418,32 @@ def plot_per_class_iou(runs: list[dict]):
         ax.set_title(_setting_label(key), fontsize=9)
         ax.legend(fontsize=7)
         ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def plot_crf_gain_along_training(table: list[dict], runs: list[dict]):
+    """DenseCRF mIoU minus pCE mIoU (pp, means over seeds) at each evaluation, one line per row of the table:
+    a gain that shrinks towards the end was faster early training, not a better end point."""
+    by_name = {r["run"]: r for r in runs}
+    curves = []
+    for r in table:
+        crf = [by_name[n] for n in r["runs"]["pce_crf"] if n in by_name]
+        pce = [by_name[n] for n in r["runs"]["pce"] if n in by_name]
+        points = gain_along_training(crf, pce) if crf and pce else []
+        if points:
+            curves.append((_setting(r), points))
+    if not curves:
+        return _empty("no pCE and pCE + DenseCRF runs evaluated at the same iterations")
+    fig, axes = _figure(7, 3.6)
+    ax = axes[0, 0]
+    for label, points in curves:
+        x, y = zip(*points)
+        ax.plot(x, [100 * v for v in y], marker="o", markersize=3, label=label)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("DenseCRF − pCE mIoU (pp)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
     return fig
 
 

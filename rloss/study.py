@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
 
 
 from .config import TrainConfig, load_config
+from .crf_weight import relative_crf_weight
 from .train import CHECKPOINT, CONFIG, METRICS, train
 
 LOSSES = ("pce", "pce_crf", "full")
@@ -40,6 +42,25 @@ def base_config(data_root: str, results_dir: str, **settings) -> TrainConfig:
 
 def run_name(name: str, loss: str, seed: int) -> str:
     return f"{name}_{loss}_seed{seed}"
+
+
+_RUN_NAME = re.compile(r"^(?P<study>.+)_(?P<loss>" + "|".join(sorted(LOSSES, key=len, reverse=True))
+                       + r")_seed(?P<seed>\d+)$")
+
+
+def study_of(run: str) -> str | None:
+    """The study a run belongs to (``run_name``'s ``name``); None for a run not named by a study."""
+    match = _RUN_NAME.match(run)
+    return match["study"] if match else None
+
+
+def in_studies(run: str, study_names=None) -> bool:
+    """Whether ``run`` belongs to one of ``study_names`` (a name or a list; None: any), matched exactly:
+    ``small`` takes ``small_pce_seed0``, not ``small2_pce_seed0`` nor a sweep's ``small_sweep_w1``."""
+    if study_names is None:
+        return True
+    names = [study_names] if isinstance(study_names, str) else list(study_names)
+    return study_of(run) in {str(n) for n in names}
 
 
 def study_grid(base: TrainConfig, name: str, losses=LOSSES, seeds=(0,), two_phase: bool = False,
@@ -104,6 +125,13 @@ def _same_config(cfg: TrainConfig) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
+def _relative_weight(cfg: TrainConfig) -> float:
+    if cfg.loss.crf_weight is None:
+        return cfg.loss.crf_relative_weight
+    crop = cfg.data.crop_size
+    return relative_crf_weight(cfg.loss.crf_weight, crop, crop, cfg.loss.sigma_xy, cfg.loss.scale_factor)
+
+
 def load_runs(results_dir: str | Path) -> list[dict]:
     """Every finished run under ``results_dir``: its name, settings, final and per-eval metrics, timings."""
     runs = []
@@ -122,7 +150,8 @@ def load_runs(results_dir: str | Path) -> list[dict]:
             "run": run_dir.name, "model": cfg.model.name, "data": Path(cfg.data.root).name,
             "resolution": metrics.get("data", {}).get("image_side"),
             "crop_size": cfg.data.crop_size, "loss": cfg.loss.type, "two_phase": cfg.loss.init_from is not None,
-            "seed": cfg.run.seed, "miou": metrics["final"]["miou"],
+            "seed": cfg.run.seed, "miou": metrics["final"]["miou"], "iterations": metrics["final"].get("iteration"),
+            "crf_relative_weight": _relative_weight(cfg),
             "pixel_accuracy": metrics["final"]["pixel_accuracy"],
             "per_class_iou": metrics["final"]["per_class_iou"], "evals": metrics["evals"],
             "s_per_iteration": timings.get("median_iteration_s"), "crf_share": timings.get("crf_share"),
@@ -131,41 +160,140 @@ def load_runs(results_dir: str | Path) -> list[dict]:
     return runs
 
 
+# A run has converged when its validation mIoU gained less than this over its last quarter of iterations.
+CONVERGED_GAIN, LATE_SHARE, MIN_EVALS = 0.01, 0.25, 8
+
+
+def _miou_at(points: list[tuple[int, float]], iteration: float) -> float:
+    """Validation mIoU at ``iteration``, linear between the evaluations (the first one before them)."""
+    if iteration <= points[0][0]:
+        return points[0][1]
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x0 <= iteration <= x1:
+            return y0 + (y1 - y0) * (iteration - x0) / (x1 - x0) if x1 > x0 else y1
+    return points[-1][1]
+
+
+def convergence(run: dict) -> dict:
+    """``late_gain``: the mIoU gained over the run's last quarter of iterations; ``converged``: that gain
+    is below ``CONVERGED_GAIN`` and the curve has at least ``MIN_EVALS`` evaluations to tell."""
+    points = sorted((e["iteration"], e["miou"]) for e in run["evals"] if e.get("miou") is not None)
+    if not points:
+        return {"late_gain": None, "evals": 0, "converged": False}
+    last = points[-1][0]
+    late_gain = points[-1][1] - _miou_at(points, (1 - LATE_SHARE) * last)
+    return {"late_gain": late_gain, "evals": len(points),
+            "converged": len(points) >= MIN_EVALS and late_gain < CONVERGED_GAIN}
+
+
+def gain_along_training(crf_runs: list[dict], pce_runs: list[dict]) -> list[tuple[int, float]]:
+    """``(iteration, mean DenseCRF mIoU - mean pCE mIoU)`` at the evaluations both have, over seeds."""
+    def mean_curve(runs):
+        curves = [{e["iteration"]: e["miou"] for e in r["evals"] if e.get("miou") is not None} for r in runs]
+        common = set.intersection(*(set(c) for c in curves)) if curves else set()
+        return {i: statistics.fmean(c[i] for c in curves) for i in common}
+
+    crf, pce = mean_curve(crf_runs), mean_curve(pce_runs)
+    return sorted((i, crf[i] - pce[i]) for i in set(crf) & set(pce))
+
+
 def _spread(values: list[float]) -> tuple[float | None, float | None]:
     if not values:
         return None, None
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
-def summarize(runs: list[dict]) -> list[dict]:
-    """One row per (model, data, crop) and DenseCRF schedule: mIoU mean and standard deviation
-    over seeds for each loss, the gains over pCE, and the median s/iteration (and DenseCRF share).
+# Settings that change nothing a run learns: where it writes, how it logs, how fast it runs.
+NEUTRAL_SETTINGS = ("run.name", "run.seed", "run.results_dir", "run.device", "run.threads", "run.compile",
+                    "run.checkpoint_every_iters", "run.eval_every_epochs", "data.num_workers", "loss.backend",
+                    "loss.type")
+NEUTRAL_SECTIONS = ("wandb",)
+# Settings of the DenseCRF term alone: they tell DenseCRF runs apart and mean nothing to pCE or full runs.
+CRF_SETTINGS = ("loss.crf_relative_weight", "loss.crf_weight", "loss.sigma_rgb", "loss.sigma_xy",
+                "loss.scale_factor", "loss.kernel", "loss.init_from")
 
-    One-phase and two-phase DenseCRF runs (``loss.init_from``: fine-tuned from pCE) are never
-    averaged together: each schedule gets its own row (``schedule``), with the setting's pCE and
-    full-supervision runs in both.
+
+def _flat_settings(config: dict) -> dict:
+    flat = {}
+    for section, entries in config.items():
+        if section in NEUTRAL_SECTIONS:
+            continue
+        for key, value in entries.items():
+            name = f"{section}.{key}"
+            if name not in NEUTRAL_SETTINGS:
+                flat[name] = tuple(value) if isinstance(value, list) else value
+    return flat
+
+
+def _shared_settings(run: dict, by_dir: dict) -> tuple:
+    """The settings a run shares with the pCE and full runs it is compared with. A two-phase
+    DenseCRF run is compared with the pCE run it starts from: its settings are that run's."""
+    init_from = run["config"]["loss"].get("init_from")
+    if run["loss"] == "pce_crf" and init_from and Path(init_from).parent.name in by_dir:
+        run = by_dir[Path(init_from).parent.name]
+    flat = _flat_settings(run["config"])
+    return tuple(sorted((k, v) for k, v in flat.items() if k not in CRF_SETTINGS))
+
+
+def _crf_variant(run: dict) -> tuple:
+    """What tells one DenseCRF setting from another: its own settings, and for the two-phase schedule
+    its fine-tuning length (the path it starts from differs per seed, so only its presence counts)."""
+    flat = _flat_settings(run["config"])
+    variant = {k: flat.get(k) for k in CRF_SETTINGS}
+    variant["loss.init_from"] = bool(variant["loss.init_from"])
+    if variant["loss.init_from"]:
+        variant["optim.epochs"], variant["optim.iterations"] = flat["optim.epochs"], flat["optim.iterations"]
+    return tuple(sorted(variant.items()))
+
+
+def _differences(keys: list[tuple]) -> list[str]:
+    """For settings given as sorted (key, value) tuples: per entry, the pairs that are not the same in all."""
+    dicts = [dict(k) for k in keys]
+    names = sorted({n for d in dicts for n in d})
+    varying = [n for n in names if len({repr(d.get(n)) for d in dicts}) > 1]
+    return [", ".join(f"{n}={d.get(n)}" for n in varying) for d in dicts]
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    """One row per setting: mIoU mean and standard deviation over seeds for each loss, the gains
+    over pCE, the median s/iteration (and DenseCRF share).
+
+    Runs are pooled over seeds only when *every* setting that changes what a run learns is the
+    same (data, model, crop, schedule, learning rate, ...; not its name, folder or device), so
+    runs of two weights, two epoch counts or two data sets never share a row. Each DenseCRF
+    setting (weight, bandwidths, schedule) gets its own row, beside the pCE and full-supervision
+    runs of the same shared settings; a two-phase DenseCRF run (``loss.init_from``) sits beside
+    the pCE run it was fine-tuned from. ``differs`` names what tells a row from the others of
+    its model, data and crop.
     """
-    groups: dict[tuple, dict[tuple, list[dict]]] = {}
+    by_dir = {run["run"]: run for run in runs}
+    groups: dict[tuple, dict] = {}
     for run in runs:
-        key = (run["model"], run["data"], run["resolution"], run["crop_size"])
-        # DenseCRF runs are kept apart by schedule; pCE and full runs serve every schedule.
-        schedule = None
+        group = groups.setdefault(_shared_settings(run, by_dir), {"pce": [], "full": [], "pce_crf": {}})
         if run["loss"] == "pce_crf":
-            schedule = "two-phase" if run.get("two_phase") else "one-phase"
-        member = (run["loss"], schedule)
-        groups.setdefault(key, {}).setdefault(member, []).append(run)
-    rows = []
-    for (model, data, resolution, crop), by_loss in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
-        schedules = [s for s in ("one-phase", "two-phase") if ("pce_crf", s) in by_loss]
-        for schedule in schedules or ["one-phase"]:
-            members_of = {loss: by_loss.get((loss, schedule if loss == "pce_crf" else None), []) for loss in LOSSES}
-            row = {"model": model, "data": data, "resolution": resolution, "crop_size": crop, "schedule": schedule}
+            group["pce_crf"].setdefault(_crf_variant(run), []).append(run)
+        else:
+            group[run["loss"]].append(run)
+    rows, keys = [], []
+    for shared, group in groups.items():
+        for variant, crf_runs in (sorted(group["pce_crf"].items(), key=lambda kv: repr(kv[0])) or [((), [])]):
+            members_of = {"pce": group["pce"], "full": group["full"], "pce_crf": crf_runs}
+            first = next(r for members in members_of.values() for r in members)
+            two_phase = dict(variant).get("loss.init_from", False)
+            row = {"model": first["model"], "data": first["data"], "resolution": first["resolution"],
+                   "crop_size": first["crop_size"], "schedule": "two-phase" if two_phase else "one-phase",
+                   "crf_relative_weight": crf_runs[0]["crf_relative_weight"] if crf_runs else None,
+                   "iterations": statistics.median(r["iterations"] for m in members_of.values() for r in m)}
             for loss in LOSSES:
                 members = members_of[loss]
                 mean, std = _spread([r["miou"] for r in members])
                 times = [r["s_per_iteration"] for r in members if r["s_per_iteration"] is not None]
                 row[f"{loss}_miou"], row[f"{loss}_std"], row[f"{loss}_seeds"] = mean, std, len(members)
                 row[f"{loss}_s_per_iteration"] = statistics.median(times) if times else None
+                row[f"{loss}_runs"] = [r["run"] for r in members]
+                classes = dict.fromkeys(c for r in members for c in r["per_class_iou"])
+                row[f"{loss}_per_class"] = {c: _spread([r["per_class_iou"][c] for r in members
+                                                        if r["per_class_iou"].get(c) is not None])[0] for c in classes}
                 if loss == "pce_crf":
                     shares = [r["crf_share"] for r in members if r["crf_share"] is not None]
                     row["crf_share"] = statistics.median(shares) if shares else None
@@ -173,4 +301,11 @@ def summarize(runs: list[dict]) -> list[dict]:
                 base, other = row["pce_miou"], row[f"{loss}_miou"]
                 row[f"{loss}_gain"] = other - base if base is not None and other is not None else None
             rows.append(row)
-    return rows
+            keys.append(shared + variant)
+    for label in {(r["model"], r["data"], r["resolution"], r["crop_size"]) for r in rows}:
+        members = [i for i, r in enumerate(rows) if (r["model"], r["data"], r["resolution"], r["crop_size"]) == label]
+        for i, text in zip(members, _differences([keys[i] for i in members])):
+            rows[i]["differs"] = text
+    order = lambda r: (str(r["model"]), str(r["data"]), str(r["resolution"]), str(r["crop_size"]), r["schedule"],
+                       r["crf_relative_weight"] or 0.0, r["differs"])
+    return sorted(rows, key=order)

@@ -34,6 +34,7 @@ from .config import TrainConfig, config_from_dict
 from .data.folder import SegmentationFolder
 from .data.io import IGNORE_INDEX, voc_palette
 from .infer import Predictor, load_predictor
+from .study import in_studies
 from .train import CHECKPOINT, CONFIG
 
 __all__ = ["ResultBrowser", "image_iou", "error_map", "scribble_panel", "colorize", "resolve_data_root", "find_runs"]
@@ -108,15 +109,14 @@ def side_by_side(panels: list[np.ndarray], gap: int = GAP) -> np.ndarray:
 
 def find_runs(results_dir, study_names=None) -> list[str]:
     """Names of the runs under ``results_dir`` with a checkpoint and a config, sorted; with
-    ``study_names`` (a prefix or a list of them) only those whose name starts with one."""
+    ``study_names`` (a name or a list of them) only the runs of those studies (matched exactly)."""
     root = Path(results_dir)
     if not root.is_dir():
         return []
-    prefixes = None if study_names is None else ([study_names] if isinstance(study_names, str) else list(study_names))
     names = []
     for ckpt in sorted(root.glob(f"*/{CHECKPOINT}")):
         name = ckpt.parent.name
-        if (ckpt.parent / CONFIG).is_file() and (prefixes is None or any(name.startswith(str(p)) for p in prefixes)):
+        if (ckpt.parent / CONFIG).is_file() and in_studies(name, study_names):
             names.append(name)
     return names
 

@@ -24,14 +24,15 @@ SETTING_B = {  # one seed, no full supervision, DenseCRF worse than pCE
 }
 
 
-def write_run(results, study, data_root, side, loss, seed, miou, seconds, share, evals=None):
+def write_run(results, study, data_root, side, loss, seed, miou, seconds, share, evals=None, settings=(),
+              per_class=None):
     name = f"{study}_{loss}_seed{seed}"
     cfg = load_config(None, [f"data.root={data_root}", "data.crop_size=32", f"loss.type={loss}",
-                             f"run.seed={seed}", f"run.name={name}", f"run.results_dir={results}"])
+                             f"run.seed={seed}", f"run.name={name}", f"run.results_dir={results}", *settings])
     run_dir = results / name
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    per_class = {"background": miou + 0.2, "ellipse": miou - 0.1, "star": miou - 0.1}
+    per_class = per_class or {"background": miou + 0.2, "ellipse": miou - 0.1, "star": miou - 0.1}
     evals = evals or [{"epoch": 1, "iteration": 5, "miou": miou - 0.05, "pixel_accuracy": 0.8,
                        "per_class_iou": per_class},
                       {"epoch": 2, "iteration": 10, "miou": miou, "pixel_accuracy": 0.9, "per_class_iou": per_class}]
@@ -226,3 +227,84 @@ def test_two_phase_densecrf_runs_get_their_own_row(tmp_path):
     md = report.to_markdown(table).splitlines()
     assert "fine-tuned from pCE" in md[3] and "fine-tuned" not in md[2]
     assert next(csv.DictReader(io.StringIO(report.to_csv(table))))["schedule"] == "one-phase"
+
+
+def test_runs_of_two_weights_or_two_schedules_never_share_a_row(tmp_path):
+    for seed, (pce, full) in enumerate(((0.50, 0.70), (0.54, 0.72))):
+        write_run(tmp_path, "s", "/data/d", 40, "pce", seed, pce, 0.1, None)
+        write_run(tmp_path, "s", "/data/d", 40, "full", seed, full, 0.1, None)
+    for study, weight, mious in (("w1", 1, (0.60, 0.62)), ("w4", 4, (0.40, 0.44))):
+        for seed, miou in enumerate(mious):  # the same loss and seeds, two weights: two studies' runs
+            write_run(tmp_path, study, "/data/d", 40, "pce_crf", seed, miou, 0.2, 0.3,
+                      settings=[f"loss.crf_relative_weight={weight}"])
+    # pCE runs trained twice as long are another setting, with no DenseCRF runs beside them.
+    write_run(tmp_path, "long", "/data/d", 40, "pce", 0, 0.58, 0.1, None, settings=["optim.epochs=60"])
+    rows = summarize(load_runs(tmp_path))
+    assert len(rows) == 3
+    by_weight = {r["crf_relative_weight"]: r for r in rows if r["pce_crf_seeds"]}
+    assert by_weight[1.0]["pce_crf_miou"] == pytest.approx(0.61) and by_weight[1.0]["pce_crf_seeds"] == 2
+    assert by_weight[4.0]["pce_crf_miou"] == pytest.approx(0.42) and by_weight[4.0]["pce_crf_seeds"] == 2
+    for row in by_weight.values():  # both beside the same pCE and full runs of 30 epochs
+        assert row["pce_miou"] == pytest.approx(0.52) and row["pce_seeds"] == 2 and row["full_seeds"] == 2
+        assert "loss.crf_relative_weight" in row["differs"]
+    [long] = [r for r in rows if not r["pce_crf_seeds"]]
+    assert long["pce_miou"] == pytest.approx(0.58) and long["pce_seeds"] == 1 and "optim.epochs=60" in long["differs"]
+    md = report.to_markdown(report.miou_table(rows))
+    assert "differs from the other rows" in md and "optim.epochs=60" in md
+
+
+def test_study_names_are_matched_exactly(tmp_path):
+    for study in ("small", "small2", "small_sweep_w1"):
+        write_run(tmp_path, study, "/data/d", 40, "pce", 0, 0.5, 0.1, None)
+    runs = load_runs(tmp_path)
+    assert {r["run"] for r in report.select_runs(runs, "small")} == {"small_pce_seed0"}
+    assert {r["run"] for r in report.select_runs(runs, ["small2"])} == {"small2_pce_seed0"}
+
+
+def _regression_rows(tmp_path, crf_mious, crf_star):
+    for seed, miou in enumerate((0.70, 0.72)):
+        write_run(tmp_path, "r", "/data/d", 40, "pce", seed, miou, 0.1, None,
+                  per_class={"background": 0.9, "ellipse": 0.6, "star": 0.6})
+    for seed, miou in enumerate(crf_mious):
+        write_run(tmp_path, "r", "/data/d", 40, "pce_crf", seed, miou, 0.1, 0.2,
+                  per_class={"background": 0.9, "ellipse": 0.6, "star": crf_star}, settings=["loss.crf_relative_weight=16"])
+    return report.miou_table(summarize(load_runs(tmp_path)))
+
+
+def test_a_regularizer_below_pce_by_more_than_the_spread_is_called_a_regression(tmp_path):
+    [row] = _regression_rows(tmp_path, (0.45, 0.47), crf_star=0.05)
+    flag = report.regression(row)
+    assert flag.startswith("REGRESSION") and "25.0 pp below pCE" in flag
+    assert "star (5% vs 60% with pCE)" in flag and "ellipse" not in flag
+    assert "16x" in flag and "sweep-weight" in flag
+    assert flag in report.conclusions([row])[0]
+
+
+def test_a_small_loss_within_the_spread_is_not_a_regression(tmp_path):
+    [row] = _regression_rows(tmp_path, (0.70, 0.71), crf_star=0.58)  # 0.5 pp below, spread 1.4 pp
+    assert report.regression(row) is None
+    assert "REGRESSION" not in report.conclusions([row])[0]
+
+
+def _curve(values):
+    return [{"epoch": i + 1, "iteration": 10 * (i + 1), "miou": v, "pixel_accuracy": 0.9, "per_class_iou": {}}
+            for i, v in enumerate(values)]
+
+
+def test_convergence_is_the_gain_over_the_last_quarter(tmp_path):
+    from rloss.study import convergence
+
+    flat = {"evals": _curve([0.3, 0.5, 0.6, 0.65, 0.70, 0.700, 0.702, 0.705])}
+    rising = {"evals": _curve([0.3, 0.4, 0.5, 0.55, 0.60, 0.63, 0.66, 0.70])}
+    few = {"evals": _curve([0.3, 0.7])}
+    # flat: 80 iterations, the last quarter from 60 (0.702) to 80 (0.705): +0.3 pp
+    assert convergence(flat)["late_gain"] == pytest.approx(0.005) and convergence(flat)["converged"]
+    assert convergence(rising)["late_gain"] == pytest.approx(0.07) and not convergence(rising)["converged"]
+    assert convergence(few)["evals"] == 2 and not convergence(few)["converged"]
+
+    write_run(tmp_path, "c", "/data/d", 40, "pce", 0, 0.705, 0.1, None, evals=flat["evals"])
+    write_run(tmp_path, "c", "/data/d", 40, "full", 0, 0.70, 0.1, None, evals=rising["evals"])
+    runs = load_runs(tmp_path)
+    [row] = report.miou_table(summarize(runs))
+    note = report.convergence_note(row, runs)
+    assert "1 of 2 runs NOT converged" in note and "c_full_seed0 (+7.0 pp" in note and "c_pce_seed0" not in note
