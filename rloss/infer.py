@@ -41,13 +41,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from .config import TrainConfig, config_from_dict
 from .data.folder import IMAGE_SUFFIXES, SegmentationFolder
 from .data.io import DataError, atomic_path, read_rgb, save_label_png, save_rgb, voc_palette, write_text_atomic
-from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, choose_interpolation
+from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, choose_interpolation, network_size
+from .data.transforms import resize_logits as _resize_logits
 from .metrics import ConfusionMatrix, boundary_f_score
 from .models import build_model
 
@@ -75,7 +75,6 @@ _PIL_FILTERS = {
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
 }
-_TORCH_MODES = {"nearest": "nearest-exact", "bilinear": "bilinear", "bicubic": "bicubic"}
 _REQUIRED_KEYS = {"model": dict, "config": str, "num_classes": int, "class_names": list, "model_name": str}
 
 
@@ -93,24 +92,10 @@ def resolve_interpolation(mode: str, height: int, width: int) -> str:
     return choose_interpolation(mode, height, width)
 
 
-def network_size(height: int, width: int, size: int) -> tuple[int, int]:
-    """The size an image is resized to: its shorter side ``size`` (as ``EvalTransform``, without the crop)."""
-    scale = size / min(height, width)
-    return max(size, round(height * scale)), max(size, round(width * scale))
-
-
 def _resize_input(image: np.ndarray, height: int, width: int, mode: str) -> np.ndarray:
     if image.shape[:2] == (height, width):
         return image
     return np.asarray(Image.fromarray(image).resize((width, height), _PIL_FILTERS[mode]))
-
-
-def _resize_logits(logits: torch.Tensor, height: int, width: int, mode: str) -> torch.Tensor:
-    """``[N, K, h, w]`` -> ``[N, K, height, width]``."""
-    if tuple(logits.shape[-2:]) == (height, width):
-        return logits
-    kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
-    return F.interpolate(logits, size=(height, width), mode=_TORCH_MODES[mode], **kwargs)
 
 
 def _check_image(image, index: int) -> np.ndarray:

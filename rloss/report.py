@@ -318,7 +318,8 @@ def report_markdown(table: list[dict], title: str = "mIoU: pCE, pCE + DenseCRF l
                     runs: list[dict] | None = None) -> str:
     """Our table, its conclusions (with ``runs``: convergence too), then the published table under its own heading."""
     parts = [f"# {title}", "", "## Measured here", "",
-             "mIoU on the validation split in percent: mean ± standard deviation over seeds (n = seeds); "
+             "mIoU on the validation split in percent, at each image's own resolution (the network's logits resized "
+             "to the image before the argmax, as in inference): mean ± standard deviation over seeds (n = seeds); "
              "gains in percentage points; s/it = median seconds per training iteration.", "",
              to_markdown(table), "### Conclusions", ""]
     parts += [f"- {line}" for line in conclusions(table, runs)]

@@ -32,7 +32,7 @@ from . import distributed as D
 from .config import TrainConfig, config_from_dict
 from .data.folder import SegmentationFolder, read_split, split_holdout
 from .data.io import IGNORE_INDEX, atomic_path, write_text_atomic
-from .data.transforms import EvalTransform, TrainTransform
+from .data.transforms import EvalTransform, TrainTransform, resize_logits
 from .errors import TrainingError
 from .losses import DenseCRFLoss, partial_cross_entropy
 from .metrics import ConfusionMatrix
@@ -149,31 +149,41 @@ def _load_model_state(path: str | Path) -> dict:
 @torch.no_grad()
 def evaluate(model, loader, device, num_classes, class_names, amp="off", channels_last=False,
              num_examples: int = 0):
-    """mIoU, per-class IoU and pixel accuracy of the predictions against the full masks.
+    """mIoU, per-class IoU and pixel accuracy of the predictions against the full masks, at each
+    image's own resolution (the one definition the study uses, as ``rloss.infer``): the network
+    sees the image with its shorter side at the crop size, and its stride-4 logits are resized
+    straight to the image's size (``EvalTransform``'s ``logit_mode``) before the argmax.
 
-    Under ``torchrun`` each process evaluates its share of the split and the
-    confusion matrices are summed, so every process gets the whole split's scores.
-    Returns ``(scores, examples)``: ``examples`` holds the first ``num_examples``
-    images with their predictions, scribbles and masks (for logging).
+    ``loader`` yields lists of ``EvalTransform`` samples (``collate_fn=list``); images of one
+    size run as one batch. Under ``torchrun`` each process evaluates its share of the split and
+    the confusion matrices are summed, so every process gets the whole split's scores.
+    Returns ``(scores, examples)``: ``examples`` holds the first ``num_examples`` images (of the
+    first one's size) with their predictions, scribbles and masks (for logging).
     """
     was_training = model.training
     model.eval()
     cm = ConfusionMatrix(num_classes)
     examples: dict[str, list] = {"image": [], "prediction": [], "scribble": [], "mask": []}
-    for batch in loader:
-        image = batch["image"].to(device, non_blocking=True)
-        if channels_last:
-            image = image.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, amp):
-            logits = model(image)
-        pred = logits.argmax(1).cpu()
-        cm.update(pred, batch["mask"])
-        if len(examples["image"]) < num_examples:
-            take = num_examples - len(examples["image"])
-            examples["image"] += list(batch["image_raw"][:take].round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1))
-            examples["prediction"] += list(pred[:take])
-            examples["scribble"] += list(batch["scribble"][:take])
-            examples["mask"] += list(batch["mask"][:take])
+    for samples in loader:
+        by_size: dict[tuple, list[dict]] = {}
+        for sample in samples:
+            by_size.setdefault(tuple(sample["image"].shape), []).append(sample)
+        for group in by_size.values():
+            image = torch.stack([s["image"] for s in group]).to(device, non_blocking=True)
+            if channels_last:
+                image = image.contiguous(memory_format=torch.channels_last)
+            with _autocast(device, amp):
+                logits = model(image, upsample=False)
+            for sample, sample_logits in zip(group, logits.float()):
+                h, w = sample["mask"].shape
+                pred = resize_logits(sample_logits[None], h, w, sample["logit_mode"])[0].argmax(0).cpu()
+                cm.update(pred[None], sample["mask"][None])
+                if len(examples["image"]) < num_examples and (
+                        not examples["image"] or examples["mask"][0].shape == sample["mask"].shape):
+                    examples["image"].append(sample["image_raw"].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0))
+                    examples["prediction"].append(pred)
+                    examples["scribble"].append(sample["scribble"])
+                    examples["mask"].append(sample["mask"])
     cm.all_reduce()
     model.train(was_training)
     return cm.scores(class_names), examples
@@ -378,7 +388,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.dev
     pin = device.type == "cuda"
     val_share = Subset(val_set, range(ctx.rank, len(val_set), ctx.world_size))
     val_loader = DataLoader(val_share, batch_size=per_process, shuffle=False, num_workers=d.num_workers,
-                            pin_memory=pin, generator=torch.Generator().manual_seed(cfg.run.seed))
+                            collate_fn=list, generator=torch.Generator().manual_seed(cfg.run.seed))
 
     # Model, optimizer, loss
     m, L, o = cfg.model, cfg.loss, cfg.optim

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from rloss import DenseCRFLoss
 from rloss.config import load_config

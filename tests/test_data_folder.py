@@ -160,11 +160,18 @@ def test_small_inputs_use_bicubic_by_default(tmp_path):
     assert not torch.equal(auto["image_raw"], bilinear["image_raw"])
 
 
-def test_eval_transform_resizes_the_short_side_and_center_crops(tmp_path):
+def test_eval_transform_resizes_the_network_input_and_keeps_the_labels_at_the_image_size(tmp_path):
     data = SegmentationFolder(make_dataset(tmp_path), "train", transform=EvalTransform(80))
-    out = data[0]
-    assert out["image"].shape == (3, 80, 80) and (out["roi"] == 1).all()
-    inside = interior(out["mask"])
-    colours = torch.from_numpy(CLASS_COLOURS).float()[out["mask"][inside]]
-    error = (out["image_raw"].permute(1, 2, 0)[inside] - colours).abs().max(dim=1).values
+    out = data[1]  # a 40 x 48 image
+    assert out["image"].shape == (3, 80, 96)  # shorter side 80, aspect kept, nothing cropped
+    assert out["logit_mode"] == "bicubic"  # auto: the image is below 128 px
+    np.testing.assert_array_equal(out["mask"].numpy(), blocks(40, 48))  # the image's own labels
+    np.testing.assert_array_equal(out["image_raw"].permute(1, 2, 0).numpy(), CLASS_COLOURS[blocks(40, 48)])
+    # The network input is the image upscaled: away from the block edges it keeps each class's colour.
+    inside = interior(torch.from_numpy(np.kron(blocks(40, 48), np.ones((2, 2), np.int64))))
+    mean = torch.tensor((0.485, 0.456, 0.406)).view(3, 1, 1)
+    std = torch.tensor((0.229, 0.224, 0.225)).view(3, 1, 1)
+    rgb = ((out["image"] * std + mean) * 255).permute(1, 2, 0)
+    colours = torch.from_numpy(CLASS_COLOURS).float()[torch.from_numpy(np.kron(blocks(40, 48), np.ones((2, 2), np.int64)))]
+    error = (rgb[inside] - colours[inside]).abs().max(dim=1).values
     assert (error < 40).float().mean() > 0.97

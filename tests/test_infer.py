@@ -24,6 +24,8 @@ from rloss.infer import (
 )
 from rloss.train import train
 
+from inputs import randomise_classifier
+
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 MODES = ("bilinear", "bicubic", "nearest")
@@ -289,3 +291,38 @@ def test_evaluate_interpolations_rows(predictor, data_root):
     for r in rows:
         assert 0.0 <= r["miou"] <= 1.0 and 0.0 <= r["boundary_f"] <= 1.0
         assert r["median_s_per_image"] > 0 and r["images"] == 4
+
+
+def test_training_scores_are_the_inference_scores_at_the_image_size(checkpoint, data_root, tmp_path):
+    # One mIoU definition: what training reports equals inference with its mode (auto: bicubic at
+    # 40 px) at each image's own size, on the same checkpoint.
+    from rloss.train import evaluate
+
+    metrics = json.loads((checkpoint.parent / "metrics.json").read_text())
+    [row] = evaluate_interpolations(checkpoint, data_root, "val", combos=[("bicubic", "bicubic")], device="cpu")
+    assert row["miou"] == pytest.approx(metrics["final"]["miou"], abs=1e-9)
+    assert row["per_class_iou"] == pytest.approx(metrics["final"]["per_class_iou"], abs=1e-9)
+
+    # And on a model with varied predictions: evaluate() against predict(), image by image.
+    from torch.utils.data import DataLoader
+
+    from rloss.data.folder import SegmentationFolder
+    from rloss.data.transforms import EvalTransform
+    from rloss.metrics import ConfusionMatrix
+
+    randomised = tmp_path / "checkpoint.pt"
+    randomised.write_bytes(checkpoint.read_bytes())
+    randomise_classifier(randomised, data_root)
+    predictor = load_predictor(randomised, device="cpu")
+    val = SegmentationFolder(data_root, "val", transform=EvalTransform(32), require_scribbles=False)
+    loader = DataLoader(val, batch_size=3, collate_fn=list)
+    scores, _ = evaluate(predictor.model, loader, torch.device("cpu"), predictor.num_classes, predictor.class_names)
+    cm = ConfusionMatrix(predictor.num_classes)
+    raw = SegmentationFolder(data_root, "val", require_scribbles=False)
+    for sample in raw:
+        [pred] = predictor.predict([sample.image], "bicubic")
+        cm.update(torch.from_numpy(pred.labels), torch.from_numpy(sample.mask))
+    expected = cm.scores(predictor.class_names)
+    assert scores["miou"] == pytest.approx(expected["miou"], abs=1e-9)
+    assert scores["per_class_iou"] == pytest.approx(expected["per_class_iou"], abs=1e-9)
+    assert sum(1 for v in scores["per_class_iou"].values() if v) >= 2  # several classes predicted, and right

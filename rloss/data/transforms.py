@@ -5,7 +5,7 @@ labels always with nearest neighbour, so classes never blend. Inputs smaller
 than 128 px on a side are upscaled to the crop size, with bicubic
 interpolation by default ("auto"): the behaviour the study measures.
 
-Output of both transforms, a dict of tensors:
+Output of TrainTransform (EvalTransform's: see its docstring), a dict of tensors:
   image      [3, H, W] float, normalised with the ImageNet mean and std (network input)
   image_raw  [3, H, W] float RGB 0..255 (the DenseCRF loss's input)
   scribble   [H, W] long, 255 = unlabeled
@@ -140,7 +140,10 @@ class TrainTransform:
 
 
 class EvalTransform:
-    """Resize so the shorter side is ``crop_size``, then center crop to a square."""
+    """For evaluation at the image's own resolution: the network input is the image resized so its
+    shorter side is ``crop_size`` (aspect kept, no crop); ``image_raw``, ``scribble`` and ``mask``
+    stay at the image's own size, and ``logit_mode`` is the interpolation that brings the logits
+    back to it (the input's, as :mod:`rloss.infer` does with one mode)."""
 
     def __init__(self, crop_size: int, interpolation: str = "auto"):
         if crop_size < 1:
@@ -152,12 +155,32 @@ class EvalTransform:
     def __call__(self, sample: Sample, index: int) -> dict:
         h, w = sample.image.shape[:2]
         interpolation = choose_interpolation(self.interpolation, h, w)
-        scale = self.crop_size / min(h, w)
-        nh, nw = max(self.crop_size, round(h * scale)), max(self.crop_size, round(w * scale))
-        image = resize_image(sample.image, nh, nw, interpolation)
-        scribble = resize_labels(sample.scribble, nh, nw)
-        mask = resize_labels(_mask_or_ignore(sample), nh, nw)
-        y0, x0 = (nh - self.crop_size) // 2, (nw - self.crop_size) // 2
-        window = (slice(y0, y0 + self.crop_size), slice(x0, x0 + self.crop_size))
-        roi = np.ones((self.crop_size, self.crop_size), dtype=np.float32)
-        return _to_tensors(image[window], scribble[window], mask[window], roi, index)
+        nh, nw = network_size(h, w, self.crop_size)
+        image = _tensor(resize_image(sample.image, nh, nw, interpolation)).permute(2, 0, 1).float()
+        mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        return {
+            "image": (image / 255.0 - mean) / std,
+            "image_raw": _tensor(sample.image).permute(2, 0, 1).float(),
+            "scribble": _tensor(sample.scribble).long(),
+            "mask": _tensor(_mask_or_ignore(sample)).long(),
+            "logit_mode": interpolation,
+            "index": index,
+        }
+
+
+def network_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """The size an image is resized to for the network: its shorter side ``size``."""
+    scale = size / min(height, width)
+    return max(size, round(height * scale)), max(size, round(width * scale))
+
+
+_TORCH_MODES = {"nearest": "nearest-exact", "bilinear": "bilinear", "bicubic": "bicubic"}
+
+
+def resize_logits(logits: torch.Tensor, height: int, width: int, mode: str) -> torch.Tensor:
+    """``[N, K, h, w]`` -> ``[N, K, height, width]`` with ``torch.nn.functional.interpolate``
+    (``align_corners=False``; ``nearest`` is ``nearest-exact``, which samples pixel centres as PIL does)."""
+    if tuple(logits.shape[-2:]) == (height, width):
+        return logits
+    kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+    return torch.nn.functional.interpolate(logits, size=(height, width), mode=_TORCH_MODES[mode], **kwargs)
