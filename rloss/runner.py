@@ -112,6 +112,8 @@ def run_study(params_path: str | Path, only: list[str] | None = None, rerun: boo
         notebooks = picked
     steps = plan(params_path, notebooks, rerun, overrides)  # all checks before the first notebook runs
     output_dir = Path(output_dir)
+    if only:  # a partial rerun keeps the whole study's executed notebooks: its copies go to a folder of their own
+        output_dir = output_dir / time.strftime("only-%Y%m%d-%H%M%S")
     output_dir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     for i, (nb, values) in enumerate(steps, 1):

@@ -68,3 +68,34 @@ def test_set_overrides_the_file_and_is_checked_like_it(tmp_path):
     for bad in ("epochs=3", "02_train_40px.epochs", ".epochs=3"):
         with pytest.raises(ValueError, match=r"expected SECTION\.KEY=VALUE"):
             plan(path, NOTEBOOKS, overrides=[bad])
+
+
+def _tiny_notebook(path: Path, text: str) -> None:
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(f"value = {text!r}", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("print(value)")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+def test_a_partial_rerun_keeps_the_whole_studys_executed_notebooks(tmp_path):
+    from rloss.runner import run_study
+
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    _tiny_notebook(notebooks / "00_first.ipynb", "a")
+    _tiny_notebook(notebooks / "01_second.ipynb", "b")
+    params = tmp_path / "params.yaml"
+    params.write_text("01_second:\n  value: full\n")
+    out = tmp_path / "executed"
+    assert run_study(params, output_dir=out, notebooks_dir=notebooks) == 0
+    whole = (out / "01_second.ipynb").read_text()
+    assert "full" in whole
+
+    assert run_study(params, only=["01"], overrides=["01_second.value=partial"], output_dir=out,
+                     notebooks_dir=notebooks) == 0
+    assert (out / "01_second.ipynb").read_text() == whole  # the whole study's copy is untouched
+    [partial] = list(out.glob("only-*/01_second.ipynb"))
+    assert "partial" in partial.read_text() and not list(out.glob("only-*/00_first.ipynb"))
