@@ -4,7 +4,7 @@ A parameter file has a ``common`` section and one section per notebook, named by
 the notebook's file name without ``.ipynb``::
 
     common:
-      results_dir: ../results
+      results_dir: results
     02_train_40px:
       epochs: 30
       seeds: [0, 1]
@@ -16,6 +16,11 @@ runs (papermill itself would only warn and go on). ``--set 02_train_40px.wandb=t
 changes one value on top of the file (the value is read as YAML), checked the same
 way. Executed copies go to ``results/notebooks/``; a failure names the notebook
 and the cell.
+
+Folders in a parameter file (parameters named ``*_root`` or ``*_dir``) are relative to
+the folder the study is run from (the repository root, where ``make`` is typed), as on
+the command line; the runner hands the notebooks absolute paths. (A notebook's own
+defaults, used when it is opened by hand, are relative to notebooks/.)
 """
 
 from __future__ import annotations
@@ -70,6 +75,16 @@ def apply_overrides(params: dict, overrides: list[str]) -> dict:
     return params
 
 
+def is_path_parameter(name: str) -> bool:
+    return name.endswith(("_root", "_dir"))
+
+
+def absolute_paths(values: dict, base: Path) -> dict:
+    """``values`` with the relative folders of path parameters made absolute against ``base``."""
+    return {k: (str((base / v).resolve()) if is_path_parameter(k) and isinstance(v, str) and v else v)
+            for k, v in values.items()}
+
+
 def plan(params_path: str | Path, notebooks: list[Path], rerun: bool = False,
          overrides: list[str] = ()) -> list[tuple[Path, dict]]:
     """Each notebook with the parameters it will get; unknown sections or keys are errors."""
@@ -90,6 +105,7 @@ def plan(params_path: str | Path, notebooks: list[Path], rerun: bool = False,
                              f"(its parameters: {', '.join(declared)})")
         values = {k: v for k, v in common.items() if k in declared}
         values.update(section)
+        values = absolute_paths(values, Path.cwd())
         if rerun and "rerun" in declared:
             values["rerun"] = True
         out.append((nb, values))

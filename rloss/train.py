@@ -1,6 +1,6 @@
 """The training loop: ``train(config, resume=False) -> final metrics``.
 
-SGD with momentum, poly learning-rate decay per iteration, the head at
+SGD with momentum (or AdamW: ``optim.name``), poly learning-rate decay per iteration, the head at
 ``head_lr_mult`` x the backbone's rate. Losses: ``pce`` (partial cross-entropy
 on the scribbles), ``pce_crf`` (plus the DenseCRF loss on the softmax, in
 float32), ``full`` (cross-entropy on the full masks: the upper bound).
@@ -407,7 +407,10 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.dev
         {"params": list(net.backbone_parameters()), "initial_lr": o.lr},
         {"params": list(net.head_parameters()), "initial_lr": o.lr * o.head_lr_mult},
     ]
-    optimizer = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    if o.name == "adamw":
+        optimizer = torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.run.amp == "fp16")
     if ctx.rank > 0:  # the model starts from rank 0's weights (DDP broadcasts them); dropout draws differ
         torch.manual_seed(cfg.run.seed * 1_000_003 + ctx.rank)

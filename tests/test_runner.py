@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rloss.runner import declared_parameters, plan, study_notebooks
+from rloss.runner import declared_parameters, is_path_parameter, plan, study_notebooks
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = study_notebooks(ROOT / "notebooks")
@@ -17,11 +17,24 @@ def _default(info: dict):
 
 
 def test_smoke_parameters_are_the_notebooks_own_defaults():
-    """CI runs the notebooks under nbval with their defaults; params/smoke.yaml must say the same."""
+    """CI runs the notebooks under nbval with their defaults; params/smoke.yaml must say the same
+    (its folders relative to the repository root, the notebooks' own relative to notebooks/)."""
     for notebook, values in plan(ROOT / "params" / "smoke.yaml", NOTEBOOKS):
         declared = declared_parameters(notebook)
         for key, value in values.items():
-            assert _default(declared[key]) == value, f"{notebook.name}: {key}"
+            default = _default(declared[key])
+            if is_path_parameter(key):
+                default = str((ROOT / "notebooks" / default).resolve())
+            assert default == value, f"{notebook.name}: {key}"
+
+
+def test_folders_in_a_parameter_file_are_relative_to_where_the_study_runs(tmp_path, monkeypatch):
+    params = tmp_path / "p.yaml"
+    params.write_text("common:\n  results_dir: out/results\n02_train_40px:\n  data_root: /abs/data\n  study_name: s\n")
+    monkeypatch.chdir(tmp_path)
+    [(_, values)] = plan(params, [nb for nb in NOTEBOOKS if nb.stem == "02_train_40px"])
+    assert values["results_dir"] == str(tmp_path / "out" / "results")  # from the working folder, not notebooks/
+    assert values["data_root"] == "/abs/data" and values["study_name"] == "s"
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "params").glob("*.yaml")))

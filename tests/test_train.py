@@ -255,3 +255,12 @@ def test_compiled_training_matches_eager(data_root, tmp_path, monkeypatch):
     assert distance("compiled", "eager") < 1e-5
     assert distance("eager_3_steps", "eager") > 1e-3  # one step fewer is far outside that tolerance
     assert finals["compiled"]["miou"] == pytest.approx(finals["eager"]["miou"], abs=1e-6)
+
+
+def test_adamw_is_a_choice_of_optimizer(data_root, tmp_path):
+    cfg = tiny(data_root, tmp_path, "adamw", "loss.type=pce", "optim.name=adamw", "optim.lr=0.002", "optim.epochs=1")
+    train(cfg)
+    state = torch.load(tmp_path / "adamw" / "checkpoint.pt", weights_only=True)["optimizer"]["state"]
+    assert state and all({"exp_avg", "exp_avg_sq"} <= set(s) and "momentum_buffer" not in s for s in state.values())
+    with pytest.raises(ValueError, match="optim.name must be one of sgd, adamw"):
+        load_config(None, ["optim.name=adam"])
