@@ -24,6 +24,7 @@ is given.
 from __future__ import annotations
 
 import io
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,9 +33,9 @@ import yaml
 
 from .config import TrainConfig, config_from_dict
 from .data.folder import SegmentationFolder
-from .data.io import IGNORE_INDEX, voc_palette
+from .data.io import IGNORE_INDEX, DataError, voc_palette
 from .infer import Predictor, load_predictor
-from .train import CHECKPOINT, CONFIG
+from .runs import CHECKPOINT, CONFIG, check_run_folder
 
 __all__ = ["ResultBrowser", "image_iou", "error_map", "scribble_panel", "colorize", "resolve_data_root", "find_runs"]
 
@@ -117,6 +118,11 @@ def find_runs(results_dir, study_names=None) -> list[str]:
     for ckpt in sorted(root.glob(f"*/{CHECKPOINT}")):
         name = ckpt.parent.name
         if (ckpt.parent / CONFIG).is_file() and (prefixes is None or any(name.startswith(str(p)) for p in prefixes)):
+            try:
+                check_run_folder(ckpt.parent)  # a folder mixing two runs' files would show one under the other's name
+            except DataError as exc:
+                print(f"result browser: left out {exc}", file=sys.stderr)
+                continue
             names.append(name)
     return names
 
