@@ -141,8 +141,8 @@ _READERS = {CONFIG: config_run_id, METRICS: metrics_run_id, CHECKPOINT: checkpoi
 
 
 def run_ids(run_dir: str | os.PathLike, files=(CONFIG, METRICS, CHECKPOINT)) -> dict[str, str | None]:
-    """``{file: run id or None}`` for those of ``files`` present in ``run_dir``; an unreadable
-    one is a DataError naming it."""
+    """``{file: run id or None}`` for those of ``files`` present and readable in ``run_dir``
+    (a truncated or foreign file is left out: whoever loads it reports it)."""
     ids = {}
     for name in files:
         path = Path(run_dir) / name
@@ -150,9 +150,8 @@ def run_ids(run_dir: str | os.PathLike, files=(CONFIG, METRICS, CHECKPOINT)) -> 
             continue
         try:
             ids[name] = _READERS[name](path)
-        except Exception as exc:  # noqa: BLE001 - a truncated or foreign file of any kind
-            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise DataError(f"{path}: unreadable ({reason})") from None
+        except Exception:  # noqa: BLE001 - unreadable files of any kind
+            continue
     return ids
 
 
