@@ -18,7 +18,6 @@ import statistics
 import sys
 from pathlib import Path
 
-
 from .config import TrainConfig, load_config
 from .data.io import DataError
 from .runs import CHECKPOINT, CONFIG, METRICS, check_run_folder

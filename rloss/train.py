@@ -38,7 +38,7 @@ from .errors import TrainingError
 from .losses import DenseCRFLoss, partial_cross_entropy
 from .metrics import ConfusionMatrix
 from .models import build_model
-from .runs import CHECKPOINT, CONFIG, METRICS  # noqa: F401 - also imported from here by the study layer
+from .runs import CHECKPOINT, CONFIG, METRICS
 
 
 # --------------------------------------------------------------------------------------------

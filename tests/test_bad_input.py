@@ -498,8 +498,8 @@ def test_ctrl_c_during_a_study_is_one_line_and_exit_130(tmp_path):
     assert study.returncode == 130
     assert "Traceback" not in stderr and "ZMQError" not in stderr, stderr
     errors = [line for line in stderr.splitlines() if line.startswith("study:")]
-    assert errors == [f"study: interrupted during notebooks/00_slow.ipynb; notebooks done before it are complete, "
-                      "finished runs are kept and an interrupted run resumes on the next start"], stderr
+    assert errors == [("study: interrupted during notebooks/00_slow.ipynb; notebooks done before it are complete, "
+                       "finished runs are kept and an interrupted run resumes on the next start")], stderr
 
 
 # --------------------------------------------------------------------------------------------
