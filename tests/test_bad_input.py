@@ -227,24 +227,44 @@ def test_a_second_run_of_the_same_name_stops_and_a_dead_holder_is_recognised(dat
     assert not (cfg.run_dir / ".lock").exists()  # released at the end
 
 
-def test_two_concurrent_train_commands_one_stops_with_one_line(data_root, tmp_path):
-    config = tmp_path / "c.yaml"
-    config.write_text(tiny(data_root, tmp_path / "results", "race", "optim.epochs=3").to_yaml())
-    first = subprocess.Popen([sys.executable, "-m", "rloss", "train", "--config", str(config)], env=ENV, cwd=tmp_path,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    lock = tmp_path / "results" / "race" / ".lock"
-    deadline = time.monotonic() + 60
-    while not lock.exists():
-        assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()
+# `rloss train` whose first checkpoint save waits for a file: the run holds its folder until then.
+_FIRST_TRAIN = """
+import os, sys, time
+import rloss.train as T
+from rloss import cli
+save = T._save_checkpoint
+def save_when_released(path, state):
+    open(sys.argv[2], "w").close()
+    while not os.path.exists(sys.argv[3]):
         time.sleep(0.02)
-    second = run_cli("train", "--config", config, cwd=tmp_path)
+    save(path, state)
+T._save_checkpoint = save_when_released
+sys.exit(cli.main(["train", "--config", sys.argv[1]]))
+"""
+
+
+def test_two_concurrent_train_commands_one_stops_with_one_line(data_root, tmp_path):
+    from rloss.runs import check_run_folder
+
+    config = tmp_path / "c.yaml"
+    config.write_text(tiny(data_root, tmp_path / "results", "race", "run.checkpoint_every_iters=1").to_yaml())
+    saving, release = tmp_path / "saving", tmp_path / "release"
+    first = subprocess.Popen([sys.executable, "-c", _FIRST_TRAIN, str(config), str(saving), str(release)], env=ENV,
+                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not saving.exists():
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()
+            time.sleep(0.02)
+        second = run_cli("train", "--config", config, cwd=tmp_path)
+    finally:
+        release.touch()
     assert first.wait(timeout=120) == 0, first.stderr.read()
     first.stderr.close()
     assert second.returncode == 1
-    assert one_error_line(second.stderr).startswith(f"rloss train: {tmp_path / 'results' / 'race'}: run folder in use by pid {first.pid}")
-    from rloss.runs import check_run_folder
-
-    assert check_run_folder(tmp_path / "results" / "race") is not None  # all three files of the first run
+    run_dir = tmp_path / "results" / "race"
+    assert one_error_line(second.stderr).startswith(f"rloss train: {run_dir}: run folder in use by pid {first.pid}")
+    assert check_run_folder(run_dir) is not None  # config, metrics and checkpoint all of the first run
 
 
 def test_a_folder_holding_two_runs_files_is_detected_when_read(data_root, tmp_path, capsys):
