@@ -9,6 +9,7 @@ Run as ``python -m rloss bench crf``; results are recorded in benchmarks/README.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import platform
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -217,6 +219,8 @@ def bench_crf(
         cases = cuda_cases()
     else:
         cases = crossover_cases() if crossover else default_cases()
+    if json_path and not Path(json_path).resolve().parent.is_dir():  # found out now, not after the benchmark
+        raise NotADirectoryError(errno.ENOTDIR, "its folder does not exist or is not a folder", str(json_path))
     results = []
     for case in tqdm(cases, desc="bench crf", unit="case", file=sys.stderr):
         results.append(run_in_subprocess(case, repeats, threads))

@@ -29,7 +29,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .data.io import atomic_path
+from .data.io import atomic_path, output_folder
 from .widgets import find_runs
 
 __all__ = ["BrowserCheckError", "check_result_browser", "CHROMIUM", "NOTEBOOK"]
@@ -96,6 +96,7 @@ def check_result_browser(results_dir, screenshot_path, study_names=None, port: i
     the view's box in the screenshot and the screenshot's path and size."""
     results_dir = Path(results_dir).resolve()  # the notebook runs in a temporary folder
     screenshot_path = Path(screenshot_path)
+    output_folder(screenshot_path.parent)  # a file in the way is found now, not after the browser ran
     study_names = None if study_names is None else ([study_names] if isinstance(study_names, str) else list(study_names))
     chromium_path = Path(chromium_path)
     notebook = Path(notebook)

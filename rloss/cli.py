@@ -262,13 +262,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from .data.io import DataError
-    from .errors import TrainingError
+    from .errors import TrainingError, one_line
 
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (DataError, ValueError, FileNotFoundError, TrainingError) as exc:  # bad input or settings: one line, no traceback
-        print(f"rloss {args.command}: {exc}", file=sys.stderr)
+    # Bad input or settings, and files or folders that cannot be read or written (a file where
+    # a folder should be, no permission): one line, no traceback.
+    except (DataError, ValueError, OSError, TrainingError) as exc:
+        print(f"rloss {args.command}: {one_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

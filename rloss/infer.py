@@ -45,7 +45,7 @@ from PIL import Image
 
 from .config import TrainConfig, config_from_dict
 from .data.folder import IMAGE_SUFFIXES, SegmentationFolder
-from .data.io import DataError, atomic_path, read_rgb, save_label_png, save_rgb, voc_palette, write_text_atomic
+from .data.io import DataError, atomic_path, output_folder, read_rgb, save_label_png, save_rgb, voc_palette, write_text_atomic
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, choose_interpolation, network_size
 from .data.transforms import resize_logits as _resize_logits
 from .metrics import ConfusionMatrix, boundary_f_score
@@ -353,6 +353,7 @@ def infer_path(checkpoint, input_path, output_dir, interpolation: str = "auto", 
             seen[p] = rel
         jobs.append((rel, paths))
 
+    output_folder(out)
     records = []
     counts = Counter(written=0, skipped_existing=0, unreadable=0)
     t0 = time.perf_counter()

@@ -29,8 +29,9 @@ import numpy as np
 import torch
 
 from .data.folder import SegmentationFolder
-from .data.io import atomic_path, write_text_atomic
+from .data.io import DataError, atomic_path, write_text_atomic
 from .infer import DEFAULT_COMBOS, Predictor, _resize_input, _resize_logits, evaluate_interpolations, network_size
+from .runs import CHECKPOINT, METRICS, check_run_folder
 from .study import LOSS_LABELS, LOSSES, run_name
 
 __all__ = [
@@ -56,7 +57,6 @@ __all__ = [
 ROW_FIELDS = ("loss", "seed", "input_interpolation", "logit_interpolation", "miou", "boundary_f",
               "median_s_per_image", "n_images", "pixel_accuracy")
 METRIC_LABELS = {"miou": "mIoU", "boundary_f": "boundary F", "median_s_per_image": "s / image"}
-CHECKPOINT, METRICS = "checkpoint.pt", "metrics.json"  # as rloss.train writes them
 
 
 def combo_name(input_interpolation: str, logit_interpolation: str) -> str:
@@ -91,7 +91,7 @@ def checkpoint_paths(results_dir, study_name: str, losses=LOSSES, seeds=(0,)) ->
     bad_seeds = [s for s in seeds if isinstance(s, bool) or not isinstance(s, (int, np.integer))]
     if bad_seeds:
         raise ValueError(f"seeds must be integers, got {bad_seeds[0]!r}")
-    paths, missing, unfinished = {}, [], []
+    paths, missing, unfinished, mixed = {}, [], [], []
     for loss in losses:
         for seed in seeds:
             run_dir = Path(results_dir) / run_name(study_name, loss, int(seed))
@@ -105,7 +105,14 @@ def checkpoint_paths(results_dir, study_name: str, losses=LOSSES, seeds=(0,)) ->
                 final = None
             if final is None:
                 unfinished.append(str(run_dir))
+            else:
+                try:
+                    check_run_folder(run_dir)
+                except DataError as exc:
+                    mixed.append(str(exc))
             paths[(loss, int(seed))] = path
+    if mixed:
+        raise DataError("; ".join(mixed))
     if missing or unfinished:
         parts = []
         if missing:

@@ -11,8 +11,9 @@ the notebook's file name without ``.ipynb``::
 
 Each notebook gets the ``common`` values it declares in its ``parameters`` cell,
 then its own section. A key in a notebook's section that the notebook does not
-declare is an error naming the key, the section and the file, before anything
-runs (papermill itself would only warn and go on). ``--set 02_train_40px.wandb=true``
+declare, or a ``common`` key that no notebook declares, is an error naming the
+key, the section and the file, before anything runs (papermill itself would only
+warn and go on). ``--set 02_train_40px.wandb=true``
 changes one value on top of the file (the value is read as YAML), checked the same
 way. Executed copies go to ``results/notebooks/``; a failure names the notebook
 and the cell.
@@ -95,6 +96,12 @@ def plan(params_path: str | Path, notebooks: list[Path], rerun: bool = False,
         raise ValueError(f"{params_path}: section {stray[0]!r} names no notebook "
                          f"(notebooks: {', '.join(sorted(all_names))})")
     common = params.get("common", {})
+    if common:  # a key no notebook declares would be dropped silently: a typo
+        declared_anywhere = set().union(*(declared_parameters(nb) for nb in study_notebooks(notebooks[0].parent)))
+        unknown = [k for k in common if k not in declared_anywhere]
+        if unknown:
+            raise ValueError(f"{params_path}: common.{unknown[0]} is not a parameter of any notebook "
+                             f"(their parameters: {', '.join(sorted(declared_anywhere))})")
     out = []
     for nb in notebooks:
         declared = declared_parameters(nb)
@@ -140,7 +147,14 @@ def run_study(params_path: str | Path, only: list[str] | None = None, rerun: boo
             papermill.execute_notebook(
                 str(nb), str(out), parameters=values, cwd=str(nb.parent), kernel_name="python3",
                 progress_bar=True, request_save_on_cell_execute=False, log_output=False,
+                # Stop the kernel at once when done or interrupted: a graceful shutdown during a
+                # running cell (Ctrl-C) makes the kernel print a long zmq traceback.
+                shutdown_kernel="immediate",
             )
+        except KeyboardInterrupt:
+            print(f"study: interrupted during {nb}; notebooks done before it are complete, "
+                  "finished runs are kept and an interrupted run resumes on the next start", file=sys.stderr)
+            return 130
         except PapermillExecutionError as exc:
             print(f"study: {nb} failed in cell {exc.cell_index} (execution count {exc.exec_count}): "
                   f"{exc.ename}: {exc.evalue}\n       the executed copy, with the error, is {out}", file=sys.stderr)

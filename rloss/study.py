@@ -19,10 +19,11 @@ import statistics
 import sys
 from pathlib import Path
 
-
 from .config import TrainConfig, load_config
 from .crf_weight import relative_crf_weight
-from .train import CHECKPOINT, CONFIG, METRICS, train
+from .data.io import DataError
+from .runs import CHECKPOINT, CONFIG, METRICS, check_run_folder
+from .train import train
 
 LOSSES = ("pce", "pce_crf", "full")
 LOSS_LABELS = {"pce": "pCE", "pce_crf": "pCE + DenseCRF", "full": "full supervision"}
@@ -86,12 +87,20 @@ def study_grid(base: TrainConfig, name: str, losses=LOSSES, seeds=(0,), two_phas
 
 
 def finished_metrics(cfg: TrainConfig) -> dict | None:
-    """The final metrics of a finished run with exactly this config; None otherwise."""
+    """The final metrics of a finished run with exactly this config; None otherwise (also for a
+    folder whose files come from different runs: it is reported and trained again)."""
     try:
         metrics = json.loads((cfg.run_dir / METRICS).read_text())
     except (OSError, ValueError):
         return None
-    return metrics["final"] if metrics.get("final") is not None and _same_config(cfg) else None
+    if metrics.get("final") is None or not _same_config(cfg):
+        return None
+    try:
+        check_run_folder(cfg.run_dir)
+    except DataError as exc:
+        print(f"{exc}; training it again", file=sys.stderr)
+        return None
+    return metrics["final"]
 
 
 def train_runs(configs: list[TrainConfig], rerun: bool = False) -> list[dict]:
@@ -107,9 +116,18 @@ def train_runs(configs: list[TrainConfig], rerun: bool = False) -> list[dict]:
             finals.append(done)
             continue
         print(f"[{i}/{len(configs)}] {cfg.run.name}", file=sys.stderr)
-        resumable = not rerun and (cfg.run_dir / CHECKPOINT).is_file() and _same_config(cfg)
+        resumable = not rerun and (cfg.run_dir / CHECKPOINT).is_file() and _same_config(cfg) and _one_run(cfg)
         finals.append(train(cfg, resume=resumable))
     return finals
+
+
+def _one_run(cfg: TrainConfig) -> bool:
+    """Whether the run folder's config.yaml and checkpoint.pt were written by the same run."""
+    try:
+        check_run_folder(cfg.run_dir, (CONFIG, CHECKPOINT))
+        return True
+    except DataError:
+        return False
 
 
 def _same_config(cfg: TrainConfig) -> bool:
@@ -139,12 +157,13 @@ def load_runs(results_dir: str | Path) -> list[dict]:
         run_dir = metrics_path.parent
         try:
             metrics = json.loads(metrics_path.read_text())
+            if metrics.get("final") is None:
+                continue  # unfinished
             cfg = load_config(run_dir / CONFIG)
-        except (OSError, ValueError) as exc:
+            check_run_folder(run_dir)  # never one run's metrics under another's config
+        except (OSError, ValueError) as exc:  # DataError (a mixed folder, an unreadable file) is a ValueError
             print(f"load_runs: skipped {run_dir} ({exc})", file=sys.stderr)
             continue
-        if metrics.get("final") is None:
-            continue  # unfinished
         timings = metrics.get("timings", {})
         runs.append({
             "run": run_dir.name, "model": cfg.model.name, "data": Path(cfg.data.root).name,

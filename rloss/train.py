@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler, Subset
 
 from . import distributed as D
+from . import runs
 from .config import TrainConfig, config_from_dict
 from .data.folder import SegmentationFolder, read_split, split_holdout
 from .data.io import IGNORE_INDEX, atomic_path, write_text_atomic
@@ -37,8 +38,7 @@ from .errors import TrainingError
 from .losses import DenseCRFLoss, partial_cross_entropy
 from .metrics import ConfusionMatrix
 from .models import build_model
-
-CHECKPOINT, METRICS, CONFIG = "checkpoint.pt", "metrics.json", "config.yaml"
+from .runs import CHECKPOINT, CONFIG, METRICS
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,13 +137,33 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _load_model_state(path: str | Path) -> dict:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+def _first_line(exc: BaseException) -> str:
+    lines = [t.strip() for t in str(exc).splitlines() if t.strip()]
+    line = lines[1] if len(lines) > 1 and lines[0].endswith(":") else (lines[0] if lines else type(exc).__name__)
+    return line[:200]
+
+
+def _init_weights(net: torch.nn.Module, path: str | Path, num_classes: int) -> None:
+    """Loads ``loss.init_from`` (a checkpoint of rloss train or a bare state dict) into ``net``;
+    a missing, truncated, foreign or ill-fitting file is one ValueError naming it."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"loss.init_from {path}: checkpoint not found")
+    try:  # weights_only: a file that would run code when loaded is refused
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"loss.init_from {path}: not a checkpoint ({_first_line(exc)})") from None
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        if obj.get("num_classes", num_classes) != num_classes:
+            raise ValueError(f"loss.init_from {path}: the checkpoint has {obj['num_classes']} classes, "
+                             f"the data set {num_classes}")
         obj = obj["model"]
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: not a checkpoint or a state dict")
-    return obj
+        raise ValueError(f"loss.init_from {path}: not a checkpoint or a state dict")
+    try:
+        net.load_state_dict(obj)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ValueError(f"loss.init_from {path}: the weights do not fit this model with {num_classes} classes "
+                         f"({_first_line(exc)})") from None
 
 
 @torch.no_grad()
@@ -203,10 +223,11 @@ def _written(path: Path, write) -> None:
         raise TrainingError(f"cannot write {path}: {exc.strerror or exc}{kept}") from None
 
 
-def _write_metrics(run_dir: Path, cfg: TrainConfig, evals: list, final, timings: dict, data: dict) -> None:
+def _write_metrics(run_dir: Path, cfg: TrainConfig, run_id: str, evals: list, final, timings: dict,
+                   data: dict) -> None:
     crf_weight = cfg.absolute_crf_weight() if cfg.loss.type == "pce_crf" else None  # what the loss was given
-    doc = {"run": cfg.run.name, "data": data, "crf_weight": crf_weight, "evals": evals, "final": final,
-           "timings": timings}
+    doc = {"run": cfg.run.name, "run_id": run_id, "data": data, "crf_weight": crf_weight, "evals": evals,
+           "final": final, "timings": timings}
     path = run_dir / METRICS
     _written(path, lambda: write_text_atomic(path, json.dumps(doc, indent=1) + "\n"))
 
@@ -272,11 +293,27 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     owns_group = ctx.enabled and not torch.distributed.is_initialized()
     device = D.setup(ctx, resolve_device(cfg.run.device))
     try:
-        return _train(cfg, resume, ctx, device)
+        # One process writes the run folder: the main one holds its lock for the whole run.
+        with runs.lock_run_folder(cfg.run_dir) if ctx.is_main else nullcontext("") as stale:
+            if stale:
+                print(f"{cfg.run_dir}: took over the stale lock of a run that did not end ({stale})", file=sys.stderr)
+            return _train(cfg, resume, ctx, device)
     finally:
         if owns_group:
             D.teardown(ctx)
         torch.set_num_threads(threads_before)  # a notebook's later work keeps its own setting
+
+
+def _crf_term(crf, raw, probs, roi):
+    """The DenseCRF term. Non-finite probabilities (the network diverged) give NaN rather than
+    the loss's own input error, so the step's finiteness check stops the run with the same
+    advice as under pce."""
+    try:
+        return crf(raw, probs, roi)
+    except Exception:
+        if bool(torch.isfinite(probs).all()):
+            raise
+        return torch.full((), float("nan"), device=probs.device)
 
 
 def _read_resume_checkpoint(path: Path, cfg: TrainConfig, ctx: D.DistContext) -> dict:
@@ -354,9 +391,11 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.dev
     run_dir = cfg.run_dir
     ckpt_path = run_dir / CHECKPOINT
     checkpoint = _read_resume_checkpoint(ckpt_path, cfg, ctx) if resume else None
+    # A resumed run keeps its id; config.yaml, metrics.json and checkpoint.pt all carry it.
+    run_id = (checkpoint or {}).get("run_id") or runs.new_run_id()
     seed_everything(cfg.run.seed)
     if ctx.is_main:
-        _written(run_dir / CONFIG, lambda: write_text_atomic(run_dir / CONFIG, cfg.to_yaml()))
+        _written(run_dir / CONFIG, lambda: runs.write_config(run_dir, cfg.to_yaml(), run_id))
 
     # Data: data.batch_size is the global batch, shared out between the processes.
     d = cfg.data
@@ -395,7 +434,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.dev
     net = build_model(m.name, num_classes, pretrained=m.pretrained, output_stride=m.output_stride,
                       weights_path=m.weights_path, checkpoint_backbone=m.checkpoint_backbone)
     if L.init_from and checkpoint is None:
-        net.load_state_dict(_load_model_state(L.init_from))
+        _init_weights(net, L.init_from, num_classes)
     net.to(device)
     if m.channels_last:
         net.to(memory_format=torch.channels_last)
@@ -418,13 +457,21 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.dev
     iteration, epoch, position, evals, last_saved = 0, 0, 0, [], None
     wandb_id = None
     if checkpoint is not None:
-        net.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        iteration, epoch, position = checkpoint["iteration"], checkpoint["epoch"], checkpoint["position"]
-        evals = json.loads(checkpoint["evals"])
-        wandb_id = checkpoint.get("wandb_id")
-        _restore_rng(checkpoint["rng"], ctx)
+        saved_classes = checkpoint.get("num_classes", num_classes)
+        if saved_classes != num_classes:
+            raise ValueError(f"resume: {ckpt_path} has {saved_classes} classes, the data set {d.root} has "
+                             f"{num_classes}; resume with its own data, or train without --resume")
+        try:
+            net.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            scaler.load_state_dict(checkpoint["scaler"])
+            iteration, epoch, position = checkpoint["iteration"], checkpoint["epoch"], checkpoint["position"]
+            evals = json.loads(checkpoint["evals"])
+            wandb_id = checkpoint.get("wandb_id")
+            _restore_rng(checkpoint["rng"], ctx)
+        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+            raise ValueError(f"resume: {ckpt_path}: not a checkpoint of this model written by rloss train "
+                             f"({type(exc).__name__}: {_first_line(exc)})") from None
         last_saved = iteration
 
     model = net
@@ -446,7 +493,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.dev
             "model": net.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
             "iteration": iteration, "epoch": epoch, "position": position, "evals": json.dumps(evals),
             "rng": rngs, "config": json.dumps(cfg.to_dict()), "num_classes": num_classes,
-            "class_names": list(class_names), "model_name": m.name, "wandb_id": tracker.run_id,
+            "class_names": list(class_names), "model_name": m.name, "wandb_id": tracker.run_id, "run_id": run_id,
         }
 
     def save() -> None:
@@ -462,7 +509,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.dev
                                     m.channels_last, num_examples=want)
         evals.append({"epoch": epoch_number, "iteration": iteration, **scores})
         if ctx.is_main:
-            _write_metrics(run_dir, cfg, evals, None, _timings(iter_times, crf_times, device, ctx.world_size), data_facts)
+            _write_metrics(run_dir, cfg, run_id, evals, None, _timings(iter_times, crf_times, device, ctx.world_size), data_facts)
             tracker.log({"val/miou": scores["miou"], "val/pixel_accuracy": scores["pixel_accuracy"],
                          **{f"val/iou/{k}": v for k, v in scores["per_class_iou"].items() if v is not None}},
                         step=iteration)
@@ -503,7 +550,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.dev
                         raw, roi = data["image_raw"].to(device), data["roi"].to(device)
                         _sync(device)
                         tc = time.perf_counter()
-                        terms["crf"] = crf(raw, probs, roi)
+                        terms["crf"] = _crf_term(crf, raw, probs, roi)
                         _sync(device)
                         crf_times.append(time.perf_counter() - tc)
                     loss = sum(terms.values())
@@ -547,7 +594,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.dev
         final = evals[-1]
         save()
         if ctx.is_main:
-            _write_metrics(run_dir, cfg, evals, final, _timings(iter_times, crf_times, device, ctx.world_size), data_facts)
+            _write_metrics(run_dir, cfg, run_id, evals, final, _timings(iter_times, crf_times, device, ctx.world_size), data_facts)
             tracker.log({"final/miou": final["miou"]}, step=iteration)
     finally:
         if bar is not None:

@@ -24,6 +24,7 @@ is given.
 from __future__ import annotations
 
 import io
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,10 +33,10 @@ import yaml
 
 from .config import TrainConfig, config_from_dict
 from .data.folder import SegmentationFolder
-from .data.io import IGNORE_INDEX, voc_palette
+from .data.io import IGNORE_INDEX, DataError, voc_palette
 from .infer import Predictor, load_predictor
+from .runs import CHECKPOINT, CONFIG, check_run_folder
 from .study import in_studies
-from .train import CHECKPOINT, CONFIG
 
 __all__ = ["ResultBrowser", "image_iou", "error_map", "scribble_panel", "colorize", "resolve_data_root", "find_runs"]
 
@@ -117,6 +118,11 @@ def find_runs(results_dir, study_names=None) -> list[str]:
     for ckpt in sorted(root.glob(f"*/{CHECKPOINT}")):
         name = ckpt.parent.name
         if (ckpt.parent / CONFIG).is_file() and in_studies(name, study_names):
+            try:
+                check_run_folder(ckpt.parent)  # a folder mixing two runs' files would show one under the other's name
+            except DataError as exc:
+                print(f"result browser: left out {exc}", file=sys.stderr)
+                continue
             names.append(name)
     return names
 

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from .folder import IMAGE_DIR, LIST_DIR, MASK_DIR, SCRIBBLE_DIR, SegmentationFolder
-from .io import IGNORE_INDEX, DataError, save_label_png, save_rgb, write_text_atomic
+from .io import IGNORE_INDEX, DataError, output_folder, save_label_png, save_rgb, write_text_atomic
 
 IMAGE_FILTERS = {"area": Image.Resampling.BOX, "bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 MASK_MODES = ("nearest", "majority")
@@ -101,6 +101,7 @@ def downscale_dataset(
     splits = sorted(p.stem for p in (src / LIST_DIR).glob("*.txt"))
     if not splits:
         raise DataError(f"{src / LIST_DIR}: no split lists (*.txt)")
+    output_folder(out)
 
     before, after, summary = [], [], {"size": size, "image_filter": image_filter, "mask_mode": mask_mode}
     for split in splits:

@@ -52,11 +52,43 @@ def read_class_names(root: Path, class_names: list[str] | None = None) -> list[s
     return list(VOC_CLASSES)
 
 
+def check_sample_id(sample_id: str, where: str) -> str:
+    """``sample_id`` if it can only name a file inside the data set's folders, else a DataError:
+    ids become file names under ROOT, so a path separator, '..', a drive or a control
+    character could place or read files elsewhere."""
+    bad = next((c for c in sample_id if ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        reason = f"a control character (U+{ord(bad):04X})"
+    elif "/" in sample_id or "\\" in sample_id:
+        reason = "a path separator"
+    elif ".." in sample_id:
+        reason = "'..'"
+    elif ":" in sample_id:
+        reason = "':' (a drive or stream name)"
+    else:
+        return sample_id
+    raise DataError(f"{where}: id {sample_id!r} refused: it contains {reason}; an id is a file name without suffix")
+
+
 def read_id_list(path: Path, what: str = "the list") -> list[str]:
-    """The first word of every non-empty line; a missing or empty list is a DataError."""
+    """The first word of every non-empty line (a UTF-8 BOM is ignored); a missing or empty list,
+    an id that is not a plain file name (:func:`check_sample_id`) or an id listed twice is a DataError."""
     if not path.is_file():
         raise DataError(f"{path}: {what} not found")
-    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: {what} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    ids: list[str] = []
+    first_line: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        sample_id = check_sample_id(line.split()[0], f"{path}, line {number}")
+        if sample_id in first_line:
+            raise DataError(f"{path}, line {number}: id {sample_id!r} is listed twice (first on line {first_line[sample_id]})")
+        first_line[sample_id] = number
+        ids.append(sample_id)
     if not ids:
         raise DataError(f"{path}: {what} is empty")
     return ids

@@ -3,6 +3,7 @@ and images read with one clear error naming the file."""
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from contextlib import contextmanager
@@ -57,6 +58,16 @@ def atomic_path(path: str | os.PathLike):
         raise
 
 
+def output_folder(path: str | os.PathLike) -> Path:
+    """``path`` made a folder (with its parents) before any work starts, so a file in the way
+    or a missing permission is an OSError naming it up front, not after a progress bar."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "exists and is not a folder", str(path))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
@@ -80,26 +91,56 @@ def save_rgb(image: np.ndarray, path: str | os.PathLike) -> None:
         Image.fromarray(np.asarray(image, dtype=np.uint8), mode="RGB").save(tmp, format=fmt, quality=95)
 
 
-def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """An image file as RGB uint8 ``[H, W, 3]``; a missing, unreadable or truncated file is one DataError."""
+# Modes PIL converts to RGB without losing what the pixels mean (an alpha channel is dropped).
+_RGB_MODES = ("1", "L", "P", "RGB", "RGBA", "RGBX", "LA", "PA", "CMYK", "YCbCr")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")  # 16-bit greyscale (PNG, TIFF)
+
+
+def open_image(path: str | os.PathLike, what: str):
+    """``Image.open`` with a missing file, a bad file and a decompression bomb as one DataError."""
     try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
+        return Image.open(path)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except Image.DecompressionBombError as exc:  # a tiny file whose header claims a huge image
+        raise DataError(f"{path}: refused, {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:  # PIL raises these for bad or truncated files
+        raise DataError(f"{path}: unreadable {what} ({exc})") from None
+
+
+def _as_rgb(image: Image.Image, path) -> np.ndarray:
+    if image.mode in _RGB_MODES:
+        return np.asarray(image.convert("RGB"))
+    if image.mode in _SIXTEEN_BIT_MODES:
+        # PIL's own conversion clips 16-bit values at 255 (a white image): scale 0..65535 to 0..255.
+        grey = np.asarray(image).astype(np.uint32)
+        grey = ((grey * 255 + 32767) // 65535).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    raise DataError(f"{path}: image mode {image.mode} refused (its value range is unknown); "
+                    "save it as 8-bit RGB or greyscale, or as 16-bit greyscale")
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """An image file as RGB uint8 ``[H, W, 3]``; a missing, unreadable or truncated file,
+    a decompression bomb or a pixel mode without a faithful 8-bit reading is one DataError."""
+    image = open_image(path, "image")
+    try:
+        with image:
+            return _as_rgb(image, path)
+    except DataError:
+        raise
+    except (OSError, SyntaxError, ValueError) as exc:  # decoding happens here, after the header
         raise DataError(f"{path}: unreadable image ({exc})") from None
 
 
 def read_labels(path: str | os.PathLike) -> np.ndarray:
     """A label PNG as class indices uint8 ``[H, W]`` (palette indices, not colours)."""
+    image = open_image(path, "label image")
     try:
-        with Image.open(path) as image:
+        with image:
             if image.mode not in ("P", "L"):
                 raise DataError(f"{path}: a label PNG must be a palette or greyscale image of class ids, got mode {image.mode}")
             return np.asarray(image, dtype=np.uint8).copy()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
     except DataError:
         raise
     except (OSError, SyntaxError, ValueError) as exc:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .io import IGNORE_INDEX, DataError, save_label_png, save_rgb, write_text_atomic
+from .io import IGNORE_INDEX, DataError, output_folder, save_label_png, save_rgb, write_text_atomic
 
 __all__ = ["CLASS_NAMES", "MIN_SIZE", "MAX_SIZE", "generate_synthetic", "make_sample", "stroke_width"]
 
@@ -425,6 +425,7 @@ def generate_synthetic(
     root = Path(out)
     if root.exists() and not root.is_dir():
         raise DataError(f"{root}: exists and is not a folder")
+    output_folder(root)
 
     jobs = [(split, i) for split, n in zip(SPLITS, (n_train, n_val)) for i in range(n)]
     ids: dict[str, list[str]] = {split: [] for split in SPLITS}

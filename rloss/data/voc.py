@@ -32,10 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from PIL import Image
 
 from .folder import IMAGE_DIR, LIST_DIR, MASK_DIR, SCRIBBLE_DIR, VOC_CLASSES, read_id_list
-from .io import IGNORE_INDEX, DataError, atomic_path, read_labels, save_label_png, write_text_atomic
+from .io import (IGNORE_INDEX, DataError, atomic_path, open_image, output_folder, read_labels, save_label_png,
+                 write_text_atomic)
 
 __all__ = [
     "VOC_CLASSES", "Archive", "ARCHIVES", "download", "verify_and_extract", "class_index", "parse_scribble_xml",
@@ -449,7 +449,7 @@ def _image_size(image_dir: Path | None, sample_id: str) -> tuple[int | None, int
     for suffix in (".jpg", ".jpeg", ".png"):
         path = image_dir / f"{sample_id}{suffix}"
         if path.exists():
-            with Image.open(path) as image:
+            with open_image(path, "image") as image:
                 return image.size
     return None, None
 
@@ -660,7 +660,7 @@ def prepare_voc(
     list when available, else VOC's train.txt; val = VOC's val.txt. Every listed id
     must have an image, val ids a mask, train ids a scribble: a missing file raises a
     DataError (or with ``skip_bad`` the id is dropped and counted). Returns a summary."""
-    root = Path(root)
+    root = output_folder(root)
     wanted = archives_for(scribbles, archives)
     files = {name: _fetch(root, archive, download, progress) for name, archive in wanted.items()}
     trees = {name: _unpack(root, wanted[name], path) if path is not None else None for name, path in files.items()}
