@@ -20,6 +20,7 @@ from pathlib import Path
 
 
 from .config import TrainConfig, load_config
+from .progress import report_run
 from .train import CHECKPOINT, CONFIG, METRICS, train
 
 LOSSES = ("pce", "pce_crf", "full")
@@ -83,9 +84,11 @@ def train_runs(configs: list[TrainConfig], rerun: bool = False) -> list[dict]:
         if done is not None:
             print(f"[{i}/{len(configs)}] {cfg.run.name}: finished before (mIoU {done['miou']:.4f}), skipped",
                   file=sys.stderr)
+            report_run(i, len(configs), cfg.run.name, skipped=True)
             finals.append(done)
             continue
         print(f"[{i}/{len(configs)}] {cfg.run.name}", file=sys.stderr)
+        report_run(i, len(configs), cfg.run.name)  # to the study runner's terminal, when there is one
         resumable = not rerun and (cfg.run_dir / CHECKPOINT).is_file() and _same_config(cfg)
         finals.append(train(cfg, resume=resumable))
     return finals
