@@ -58,7 +58,8 @@ class _ReportingBar(tqdm):
 
     def _report(self) -> None:
         self._reported_at = time.monotonic()
-        _report({"event": "iterations", "name": self.desc, "n": self.n, "total": self.total})
+        _report({"event": "iterations", "name": self.desc, "n": self.n, "total": self.total,
+                 "initial": self.initial, "elapsed": round(self.format_dict["elapsed"], 3)})
 
     def update(self, n=1):
         shown = super().update(n)
@@ -76,7 +77,8 @@ def progress_bar(total: int, initial: int = 0, desc: str = "", unit: str = "it",
     """A progress bar for iterations: in a notebook a widget, in a terminal text on stderr;
     under ``python -m rloss study`` its count also reaches the runner's terminal."""
     bar_class = _ReportingBar if os.environ.get(PROGRESS_ENV) else tqdm
-    return bar_class(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, **kwargs)
+    options = {"file": sys.stderr, "dynamic_ncols": True, **kwargs}
+    return bar_class(total=total, initial=initial, desc=desc, unit=unit, **options)
 
 
 def clock(seconds: float) -> str:
@@ -161,9 +163,10 @@ class StudyDisplay:
     # -- drawing -------------------------------------------------------------------------------
     def _new_bar(self, total, desc: str, unit: str, initial: int = 0) -> None:
         self._close_bar()
+        # smoothing 0: the rate is iterations over elapsed time, and the elapsed time is the kernel's
         self._bar = tqdm(total=total, desc=desc, unit=unit, initial=initial, file=self.file, dynamic_ncols=True,
                          leave=True, bar_format=CELL_FORMAT if unit == "cell" else None,
-                         postfix=self._elapsed())
+                         postfix=self._elapsed(), smoothing=0)
 
     def _close_bar(self) -> None:
         if self._bar is not None:
@@ -194,10 +197,12 @@ class StudyDisplay:
                 desc = f"{self.prefix} {name}"
             if self._bar is None or self._bar.desc != desc:
                 # a resumed run starts part-way: its rate and time left count this session's iterations
-                self._new_bar(total=event["total"], desc=desc, unit="it", initial=event["n"])
+                self._new_bar(total=event["total"], desc=desc, unit="it", initial=event.get("initial", event["n"]))
             self._bar.total = event["total"]
-            self._bar.update(event["n"] - self._bar.n)
-            self._tick()
+            # the kernel's clock: events arrive in batches, twice a second
+            self._bar.start_t = self._bar._time() - event.get("elapsed", 0.0)
+            self._bar.n = event["n"]
+            self._bar.set_postfix_str(self._elapsed(), refresh=True)  # every count drawn: they come twice a second
 
     # -- papermill's hooks (nbclient's on_notebook_start, on_cell_start) --------------------------
     def notebook_started(self, notebook, **_) -> None:
