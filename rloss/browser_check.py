@@ -230,8 +230,8 @@ def check_notebook_in_lab(results_dir, screenshot_path, port: int | None = None,
     of the page with the widget in view to ``screenshot_path``.
 
     JupyterLab runs on 127.0.0.1 with a random token, on a parameterized copy of the notebook in a
-    temporary folder (``write_files=False``: ``results_dir`` is only read), its runtime files and
-    workspaces there too. Returns the widget's info line, the number of error outputs, the Lab
+    temporary folder (``write_files=False``: ``results_dir`` is only read), its runtime files,
+    settings and workspaces there too. Returns the widget's info line, the number of error outputs, the Lab
     version and the screenshot's path and size."""
     import secrets
 
@@ -255,7 +255,11 @@ def check_notebook_in_lab(results_dir, screenshot_path, port: int | None = None,
                    "--ServerApp.ip=127.0.0.1", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
                    f"--ServerApp.root_dir={served.parent}",
                    "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
-        env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"),
+        # No toast over the page (the news question): Lab's user settings, in the temporary folder too.
+        settings = tmp / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+        settings.parent.mkdir(parents=True)
+        settings.write_text('{"fetchNews": "false", "doNotDisturbMode": true}')
+        env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"), "JUPYTERLAB_SETTINGS_DIR": str(tmp / "settings"),
                "JUPYTERLAB_WORKSPACES_DIR": str(tmp / "workspaces"), "IPYTHONDIR": str(tmp / "ipython")}
         log_path = tmp / "lab.log"
         with _serve("JupyterLab", command, served.parent, port, log_path, timeout_s, env=env):
@@ -473,10 +477,10 @@ def _drive_lab(url: str, chromium_path: Path, timeout_s: float, log_path: Path) 
             page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: console.append(str(e)))
             page.goto(url, wait_until="domcontentloaded", timeout=timeout_ms)
-            try:  # the notebook open and its kernel started
+            try:  # the notebook open and its kernel started: the status bar says "Python 3 (ipykernel) | Idle"
                 page.locator(".jp-Notebook .jp-Cell").first.wait_for(state="visible", timeout=timeout_ms)
-                page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(
-                    state="attached", timeout=timeout_ms)
+                page.locator(".jp-StatusBar-TextItem", has_text=re.compile(r"\|\s*Idle")).first.wait_for(
+                    state="visible", timeout=timeout_ms)
             except PlaywrightError:
                 raise fail("the notebook did not open with an idle kernel") from None
             try:

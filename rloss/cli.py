@@ -94,6 +94,17 @@ def _cmd_browser_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_browser_setup(args: argparse.Namespace) -> int:
+    from .browser_check import BrowserCheckError, provision_browser
+
+    try:
+        provision_browser()
+    except BrowserCheckError as exc:  # CI=true and no browser to be had
+        print(f"rloss browser-setup: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _print_summary(summary: dict) -> None:
     import json
 
@@ -217,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--port", type=int, help="port for Voilà on 127.0.0.1 (default: a free one)")
     check.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the page and each change")
     check.set_defaults(run=_cmd_browser_check)
+
+    setup = commands.add_parser("browser-setup", help="headless Chromium for the browser tests: Debian's package "
+                                "(as root or with sudo), else Playwright's download (make browser)")
+    setup.set_defaults(run=_cmd_browser_setup)
 
     login = commands.add_parser("wandb-login", help="store your W&B API key (asked without echo) in ~/.netrc, mode 0600")
     login.add_argument("--host", default="api.wandb.ai", help="W&B server host (default: the W&B cloud)")

@@ -9,3 +9,20 @@ def lattice_available():
 
     load_extension()  # the extension must build here; a failure is a test failure
     return True
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """The headless Chromium of the browser tests (`make browser` installs one). Where there is none
+    the tests are skipped with one line; under CI=true that is a failure."""
+    import os
+
+    from rloss.browser_check import find_chromium
+
+    path = find_chromium()
+    if path is None:
+        reason = "no Chromium for the browser tests: `make browser` installs one"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason} (CI=true: required)", pytrace=False)
+        pytest.skip(reason)
+    return path
