@@ -76,7 +76,8 @@ def _cmd_wandb_login(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import bench_crf
 
-    bench_crf(repeats=args.repeats, threads=args.threads, crossover=args.crossover, json_path=args.json, device=args.device)
+    bench_crf(repeats=args.repeats, threads=args.threads, crossover=args.crossover, json_path=args.json, device=args.device,
+              checks=args.checks)
     return 0
 
 
@@ -245,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     crf.add_argument("--threads", type=int, help="torch/OpenMP threads (default: torch's)")
     crf.add_argument("--crossover", action="store_true", help="small sizes, to place auto's exact/lattice switch")
     crf.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: the GPU set, timed with CUDA events")
+    crf.add_argument("--checks", action="store_true",
+                     help="with the loss's default input checks, as users get it (default: off, the filter's own speed)")
     crf.add_argument("--json", help="also write the results to this JSON file")
     crf.set_defaults(run=_cmd_bench)
     return parser
