@@ -231,8 +231,8 @@ def check_notebook_in_lab(results_dir, screenshot_path, port: int | None = None,
 
     JupyterLab runs on 127.0.0.1 with a random token, on a parameterized copy of the notebook in a
     temporary folder (``write_files=False``: ``results_dir`` is only read), its runtime files,
-    settings and workspaces there too. Returns the widget's info line, the number of error outputs, the Lab
-    version and the screenshot's path and size."""
+    settings and workspaces there too. Returns the widget's info line, whether its picture loaded,
+    the number of error outputs, the picture's box in the screenshot and the screenshot's path and size."""
     import secrets
 
     results_dir = Path(results_dir).resolve()
