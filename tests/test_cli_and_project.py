@@ -58,6 +58,20 @@ def test_bench_case_runs_and_reports_its_fields(lattice_available):
     assert 0 < result["min_ms"] <= result["median_ms"] and result["peak_rss_mib"] > 0
 
 
+@pytest.mark.parametrize("checks", [False, True])
+def test_bench_checks_times_the_loss_with_its_default_input_checks(lattice_available, monkeypatch, checks):
+    """bench crf --checks: the loss as users get it, its value checks run on every timed call."""
+    from rloss import bench, losses
+
+    calls = []
+    real = losses._check_values
+    monkeypatch.setattr(losses, "_check_values", lambda *a: calls.append(1) or real(*a))
+    result = bench.run_case(bench.Case("permutohedral", 2, 3, 16, 3.0, checks=checks), repeats=2, warmup=1)
+    assert len(calls) == (3 if checks else 0)  # warm-up and repeats
+    assert result["label"] == "permutohedral N=2 K=3 16x16" + (" checks" if checks else "")
+    assert [c.checks for c in bench.default_cases(checks=checks)] == [checks] * len(bench.default_cases())
+
+
 @pytest.mark.parametrize("notebook", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)
 def test_notebooks_are_committed_without_outputs_and_with_a_parameters_cell(notebook):
     cells = json.loads(notebook.read_text())["cells"]
