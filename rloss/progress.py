@@ -127,7 +127,7 @@ class StudyDisplay:
         self._thread.join()
         self._read()  # the last events
         with self._lock:
-            if exc_type is None and self._bar is not None and self._bar.unit == "cell":
+            if exc_type is None and self._bar is not None and self._bar.unit == "cell" and self._bar.total:
                 self._bar.update(self._bar.total - self._bar.n)  # every cell ran
             self._close_bar()
         if self._previous is None:
@@ -199,8 +199,8 @@ class StudyDisplay:
                 # a resumed run starts part-way: its rate and time left count this session's iterations
                 self._new_bar(total=event["total"], desc=desc, unit="it", initial=event.get("initial", event["n"]))
             self._bar.total = event["total"]
-            # the kernel's clock: events arrive in batches, twice a second
-            self._bar.start_t = self._bar._time() - event.get("elapsed", 0.0)
+            # the kernel's clock (tqdm's is time.time): events arrive in batches, twice a second
+            self._bar.start_t = time.time() - event.get("elapsed", 0.0)
             self._bar.n = event["n"]
             self._bar.set_postfix_str(self._elapsed(), refresh=True)  # every count drawn: they come twice a second
 
