@@ -41,8 +41,8 @@ from pathlib import Path
 from .data.io import atomic_path
 from .widgets import find_runs
 
-__all__ = ["BrowserCheckError", "check_result_browser", "check_notebook_in_lab", "find_chromium", "provision_browser",
-           "lab_arguments", "CHROMIUM", "NOTEBOOK"]
+__all__ = ["BrowserCheckError", "check_result_browser", "check_notebook_in_lab", "find_chromium", "browser_starts",
+           "provision_browser", "lab_arguments", "CHROMIUM", "NOTEBOOK"]
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package, preferred: the system keeps it updated
 APT_INSTALL = (("apt-get", "update", "-qq"), ("apt-get", "install", "-y", "-qq", "chromium"))
@@ -116,22 +116,41 @@ def _executable(path: Path) -> bool:
     return path.is_file() and os.access(path, os.X_OK)
 
 
+def browser_starts(path: Path, run=subprocess.run) -> str | None:
+    """None when the Chromium at ``path`` renders a blank page headless; else why not, in one line
+    (a downloaded Chromium can lack the system's libraries)."""
+    with tempfile.TemporaryDirectory(prefix="rloss-chromium-") as profile:  # an empty profile
+        try:
+            done = run([str(path), *CHROMIUM_ARGS, f"--user-data-dir={profile}", "--dump-dom", "about:blank"],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"{path} does not start ({type(exc).__name__})"
+    if done.returncode == 0 and "<body" in done.stdout:
+        return None
+    errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
+    return f"{path} does not start (exit code {done.returncode}{': ' + errors[-1][:200] if errors else ''})"
+
+
 def provision_browser(run=subprocess.run, find=find_chromium, which=shutil.which, euid=os.geteuid,
-                      ci: bool | None = None, log=print) -> tuple[str, Path | None]:
+                      starts=browser_starts, ci: bool | None = None, log=print) -> tuple[str, Path | None]:
     """Makes a headless Chromium available for the browser tests and says in one line which.
 
     Returns ``(how, path)``: ``"present"`` (found, nothing installed), ``"apt"`` (Debian's package
     installed), ``"playwright"`` (Playwright's download) or ``"none"`` (path None). apt-get is
     used as root, or through ``sudo -n`` when sudo needs no password; Playwright's download is the
-    fallback. ``ci`` (default: ``CI=true`` in the environment): "none" raises BrowserCheckError.
-    ``run``, ``find``, ``which`` and ``euid`` are the commands it uses (replaceable in tests)."""
+    fallback. A browser counts only if it starts (``starts``). ``ci`` (default: ``CI=true`` in the
+    environment): "none" raises BrowserCheckError. ``run``, ``find``, ``which``, ``euid`` and
+    ``starts`` are the commands it uses (replaceable in tests)."""
     ci = os.environ.get("CI", "").lower() == "true" if ci is None else ci
+    tried = []
     found = find()
     if found is not None:
-        log(f"browser: {found} (already installed)")
-        return "present", found
+        problem = starts(found)
+        if problem is None:
+            log(f"browser: {found} (already installed)")
+            return "present", found
+        tried.append(problem)
 
-    tried = []
     prefix = _apt_prefix(run, which, euid)
     if prefix is None:
         tried.append("apt-get: not available" if which("apt-get") is None
@@ -139,20 +158,22 @@ def provision_browser(run=subprocess.run, find=find_chromium, which=shutil.which
     else:
         failed = next((c for c in APT_INSTALL if run([*prefix, *c], stdin=subprocess.DEVNULL).returncode != 0), None)
         found = find()
-        if failed is None and found is not None:
+        problem = None if found is None else starts(found)
+        if failed is None and found is not None and problem is None:
             log(f"browser: {found} (Debian's chromium, installed with {' '.join(prefix + ['apt-get'])})")
             return "apt", found
-        tried.append(f"{' '.join([*prefix, *failed])} failed" if failed else "apt-get installed no chromium")
+        tried.append(f"{' '.join([*prefix, *failed])} failed" if failed else problem or "apt-get installed no chromium")
 
     if importlib.util.find_spec("playwright") is None:
         tried.append("Playwright is not installed")
     else:
         done = run(list(PLAYWRIGHT_INSTALL), stdin=subprocess.DEVNULL).returncode == 0
         found = find()
-        if done and found is not None:
+        problem = None if found is None else starts(found)
+        if done and found is not None and problem is None:
             log(f"browser: {found} (downloaded by Playwright)")
             return "playwright", found
-        tried.append("playwright install chromium failed" if not done else "Playwright's download is not runnable")
+        tried.append("playwright install chromium failed" if not done else problem or "Playwright installed no chromium")
 
     reason = "; ".join(tried)
     if ci:

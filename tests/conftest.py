@@ -17,11 +17,12 @@ def chromium():
     the tests are skipped with one line; under CI=true that is a failure."""
     import os
 
-    from rloss.browser_check import find_chromium
+    from rloss.browser_check import browser_starts, find_chromium
 
     path = find_chromium()
-    if path is None:
-        reason = "no Chromium for the browser tests: `make browser` installs one"
+    problem = "no Chromium" if path is None else browser_starts(path)
+    if problem is not None:
+        reason = f"{problem}: the browser tests need one (`make browser`)"
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"{reason} (CI=true: required)", pytrace=False)
         pytest.skip(reason)

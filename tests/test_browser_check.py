@@ -147,8 +147,9 @@ class Machine:
     """Stubs of the commands provision_browser uses: which tools exist, who we are, which commands
     succeed, and the browser each successful install leaves behind."""
 
-    def __init__(self, tools=("apt-get",), euid=1000, failing=(), installed=None):
+    def __init__(self, tools=("apt-get",), euid=1000, failing=(), installed=None, broken=()):
         self.tools, self._euid, self.failing, self.browser = set(tools), euid, set(failing), installed
+        self.broken = set(broken)  # browsers that do not start (a download without its libraries)
         self.commands, self.lines = [], []
 
     def which(self, name):
@@ -170,9 +171,12 @@ class Machine:
     def find(self):
         return self.browser
 
+    def starts(self, path):
+        return f"{path} does not start (exit code 127)" if path in self.broken else None
+
     def provision(self, ci=False):
-        return provision_browser(run=self.run, find=self.find, which=self.which, euid=self.euid, ci=ci,
-                                 log=self.lines.append)
+        return provision_browser(run=self.run, find=self.find, which=self.which, euid=self.euid, starts=self.starts,
+                                 ci=ci, log=self.lines.append)
 
 
 CHROMIUM_PATH = Path("/usr/bin/chromium")
@@ -226,6 +230,30 @@ def test_provision_without_any_browser_skips_in_one_line_and_fails_under_ci():
                                                 r"playwright install chromium failed\)"):
         machine.provision(ci=True)
     assert machine.lines == []
+
+
+def test_provision_does_not_count_a_browser_that_does_not_start():
+    machine = Machine(euid=0, installed=PLAYWRIGHTS, broken={PLAYWRIGHTS})  # downloaded, system libraries missing
+    assert machine.provision() == ("apt", CHROMIUM_PATH)
+
+    machine = Machine(tools=(), installed=PLAYWRIGHTS, broken={PLAYWRIGHTS})
+    assert machine.provision(ci=False) == ("none", None)
+    [line] = machine.lines
+    assert line.startswith(f"browser: none installed ({PLAYWRIGHTS} does not start (exit code 127); apt-get: not available; ")
+
+
+def test_browser_starts_says_why_a_browser_does_not_start(tmp_path):
+    from rloss.browser_check import browser_starts
+
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.write_text("#!/bin/sh\necho '<html><head></head><body></body></html>'\n")
+    bad.write_text("#!/bin/sh\necho 'chrome: error while loading shared libraries: libnss3.so' >&2\nexit 127\n")
+    for script in (good, bad):
+        script.chmod(0o755)
+    assert browser_starts(good) is None
+    assert browser_starts(bad) == (f"{bad} does not start (exit code 127: "
+                                   "chrome: error while loading shared libraries: libnss3.so)")
+    assert browser_starts(tmp_path / "missing").endswith("does not start (FileNotFoundError)")
 
 
 def test_browser_setup_on_the_command_line_is_one_line(monkeypatch, capsys):
