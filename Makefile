@@ -1,12 +1,14 @@
 # rloss: `make study` runs the whole study, `make test` runs the tests.
-# Both create the environment (.venv) first when it is missing. Every other
-# target is a thin call of `python -m rloss ...`; `make help` lists them.
+# Both create the environment (.venv) first when it is missing; `make test` also
+# provisions the headless Chromium of the browser tests once (`make browser`).
+# Every other target is a thin call of `python -m rloss ...`; `make help` lists them.
 
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PARAMS ?= params/default.yaml
 STAMP  := $(VENV)/.installed
+BROWSER_STAMP := $(VENV)/.browser
 
 # make inference IMAGE_PATH=... [CHECKPOINT=...] [OUTPUT=...] [INTERPOLATION=auto|bicubic|bilinear|nearest]
 CHECKPOINT    ?= results/small_pce_crf_seed0/checkpoint.pt
@@ -23,12 +25,14 @@ PORT      ?= 8888
 # The image's user takes your uid, so files in the mounted folders stay yours; root gets 1000
 # (the image's user is never root).
 DOCKER_UID ?= $(shell u=$$(id -u); [ "$$u" = 0 ] && echo 1000 || echo $$u)
+# JupyterLab refuses to run as root without --allow-root (containers, cloud notebooks often are root).
+LAB_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 
 WANDB_SET = --set $(1).wandb=true --set $(1).wandb_mode=$(WANDB_MODE)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup test study test-env train-small train-standard train-small-wandb train-standard-wandb \
-        setup-wandb inference lab browser-check build run build-ext cuda-check bench clean
+        setup-wandb inference lab browser browser-check build run build-ext cuda-check bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
@@ -41,8 +45,17 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-test: $(STAMP)  ## run the test suite, notebooks included (nbval)
+test: $(STAMP) $(BROWSER_STAMP)  ## run the test suite, notebooks included (nbval)
 	$(PY) -m pytest
+
+# Once: the browser tests skip (or, under CI=true, fail) without one; `make browser` tries again.
+$(BROWSER_STAMP): $(STAMP)
+	$(PY) -m rloss browser-setup
+	touch $(BROWSER_STAMP)
+
+browser: $(STAMP)  ## headless Chromium for the browser tests: Debian's package (root or sudo), else Playwright's download
+	$(PY) -m rloss browser-setup
+	touch $(BROWSER_STAMP)
 
 study: $(STAMP)  ## run the notebooks in order (papermill, $(PARAMS)); RERUN=1 retrains finished runs
 	$(PY) -m rloss study --params $(PARAMS) $(if $(RERUN),--rerun)
@@ -70,8 +83,8 @@ inference: $(STAMP)  ## label maps for IMAGE_PATH (image or folder); bicubic bel
 	$(PY) -m rloss infer --checkpoint "$(CHECKPOINT)" --input "$(IMAGE_PATH)" --interpolation $(INTERPOLATION) \
 		$(if $(OUTPUT),--output "$(OUTPUT)")
 
-lab: $(STAMP)  ## JupyterLab on the notebooks (http://localhost:$(PORT))
-	$(PY) -m jupyter lab --notebook-dir=notebooks --port=$(PORT) --no-browser
+lab: $(STAMP)  ## JupyterLab on the notebooks (http://localhost:$(PORT)); as root too
+	$(PY) -m jupyter lab --notebook-dir=notebooks --port=$(PORT) --no-browser --KernelManager.transport_encryption=auto $(LAB_ROOT)
 
 browser-check: $(STAMP)  ## notebook 05's result browser in headless Chromium (Voilà); screenshot to $(SCREENSHOT)
 	$(PY) -m rloss browser-check --results "$(RESULTS)" --out "$(SCREENSHOT)"

@@ -35,22 +35,23 @@ class Case:
     size: int
     sigma_xy: float  # in pixels of the filtered image
     device: str = "cpu"
+    checks: bool = False  # the loss's default input checks on (validate=None), as users get it
 
     @property
     def label(self) -> str:
         where = "" if self.device == "cpu" else f" ({self.device})"
-        return f"{self.kernel}{where} N={self.n} K={self.k} {self.size}x{self.size}"
+        return f"{self.kernel}{where} N={self.n} K={self.k} {self.size}x{self.size}" + (" checks" if self.checks else "")
 
 
 # The published sigma_xy = 100 at 513 px, scaled to the filtered size
-# (256 px = a 513 crop at scale_factor 0.5; 64 px = the 40 px setting upscaled).
-def default_cases(include_exact_large: bool = False) -> list[Case]:
+# (256 px = a 513 crop at scale_factor 0.5; 64 px = the 40 px setting upscaled; 40 px = not upscaled).
+def default_cases(include_exact_large: bool = False, checks: bool = False) -> list[Case]:
     cases = []
     for kernel in ("permutohedral", "exact"):
-        for n, size in ((12, 256), (1, 256), (32, 64), (32, 32)):
+        for n, size in ((12, 256), (1, 256), (32, 64), (32, 40), (32, 32)):
             if kernel == "exact" and size * size > 64 * 64 and not include_exact_large:
                 continue  # quadratic: minutes per call
-            cases.append(Case(kernel, n, 21, size, 100.0 * size / 513))
+            cases.append(Case(kernel, n, 21, size, 100.0 * size / 513, checks=checks))
     return cases
 
 
@@ -113,7 +114,7 @@ def run_case(case: Case, repeats: int, warmup: int = 3) -> dict:
     images = photo_batch(case.n, case.size).to(device)
     probs = smooth_softmax(case.n, case.k, case.size, generator).to(device).requires_grad_(True)
     roi = torch.ones(case.n, case.size, case.size, device=device)
-    loss_fn = DenseCRFLoss(2e-9, 15.0, case.sigma_xy, 1.0, kernel=case.kernel, validate=False)
+    loss_fn = DenseCRFLoss(2e-9, 15.0, case.sigma_xy, 1.0, kernel=case.kernel, validate=None if case.checks else False)
     if case.kernel == "permutohedral":
         from .filtering import require_lattice
 
@@ -210,6 +211,7 @@ def bench_crf(
     crossover: bool = False,
     json_path: str | None = None,
     device: str = "cpu",
+    checks: bool = False,
 ) -> list[dict]:
     from tqdm import tqdm
 
@@ -218,7 +220,7 @@ def bench_crf(
             raise SystemExit("bench crf --device cuda: no CUDA GPU is available")
         cases = cuda_cases()
     else:
-        cases = crossover_cases() if crossover else default_cases()
+        cases = crossover_cases() if crossover else default_cases(checks=checks)
     if json_path and not Path(json_path).resolve().parent.is_dir():  # found out now, not after the benchmark
         raise NotADirectoryError(errno.ENOTDIR, "its folder does not exist or is not a folder", str(json_path))
     results = []

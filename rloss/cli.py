@@ -91,7 +91,8 @@ def _cmd_wandb_login(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import bench_crf
 
-    bench_crf(repeats=args.repeats, threads=args.threads, crossover=args.crossover, json_path=args.json, device=args.device)
+    bench_crf(repeats=args.repeats, threads=args.threads, crossover=args.crossover, json_path=args.json, device=args.device,
+              checks=args.checks)
     return 0
 
 
@@ -106,6 +107,17 @@ def _cmd_browser_check(args: argparse.Namespace) -> int:
         print(f"rloss browser-check: {exc}", file=sys.stderr)
         return 1
     _print_summary(summary)
+    return 0
+
+
+def _cmd_browser_setup(args: argparse.Namespace) -> int:
+    from .browser_check import BrowserCheckError, provision_browser
+
+    try:
+        provision_browser()
+    except BrowserCheckError as exc:  # CI=true and no browser to be had
+        print(f"rloss browser-setup: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -243,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the page and each change")
     check.set_defaults(run=_cmd_browser_check)
 
+    setup = commands.add_parser("browser-setup", help="headless Chromium for the browser tests: Debian's package "
+                                "(as root or with sudo), else Playwright's download (make browser)")
+    setup.set_defaults(run=_cmd_browser_setup)
+
     login = commands.add_parser("wandb-login", help="store your W&B API key (asked without echo) in ~/.netrc, mode 0600")
     login.add_argument("--host", default="api.wandb.ai", help="W&B server host (default: the W&B cloud)")
     login.set_defaults(run=_cmd_wandb_login)
@@ -255,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     crf.add_argument("--threads", type=int, help="torch/OpenMP threads (default: torch's)")
     crf.add_argument("--crossover", action="store_true", help="small sizes, to place auto's exact/lattice switch")
     crf.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: the GPU set, timed with CUDA events")
+    crf.add_argument("--checks", action="store_true",
+                     help="with the loss's default input checks, as users get it (default: off, the filter's own speed)")
     crf.add_argument("--json", help="also write the results to this JSON file")
     crf.set_defaults(run=_cmd_bench)
     return parser

@@ -32,7 +32,12 @@ from pathlib import Path
 
 import yaml
 
+from .progress import StudyDisplay, clock
+
 NOTEBOOKS_DIR = Path("notebooks")
+# The kernel's traffic encrypted (CurveZMQ, where its kernelspec supports it, as ipykernel's does):
+# no "running over TCP without encryption" warning at each notebook's start.
+KERNEL_CONFIG = {"KernelManager": {"transport_encryption": "auto"}}
 
 
 def study_notebooks(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Path]:
@@ -124,6 +129,7 @@ def run_study(params_path: str | Path, only: list[str] | None = None, rerun: boo
     """Executes the notebooks in order; returns 0, or 1 after the first failure (reported)."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
+    from traitlets.config import Config
 
     notebooks = study_notebooks(notebooks_dir)
     if not notebooks:
@@ -144,13 +150,16 @@ def run_study(params_path: str | Path, only: list[str] | None = None, rerun: boo
         print(f"== [{i}/{len(steps)}] {nb} ({len(values)} parameters from {params_path})", file=sys.stderr, flush=True)
         t0 = time.monotonic()
         try:
-            papermill.execute_notebook(
-                str(nb), str(out), parameters=values, cwd=str(nb.parent), kernel_name="python3",
-                progress_bar=True, request_save_on_cell_execute=False, log_output=False,
-                # Stop the kernel at once when done or interrupted: a graceful shutdown during a
-                # running cell (Ctrl-C) makes the kernel print a long zmq traceback.
-                shutdown_kernel="immediate",
-            )
+            with StudyDisplay(i, len(steps), nb.stem, start) as display:
+                papermill.execute_notebook(
+                    str(nb), str(out), parameters=values, cwd=str(nb.parent), kernel_name="python3",
+                    progress_bar=False, request_save_on_cell_execute=False, log_output=False,
+                    on_notebook_start=display.notebook_started, on_cell_start=display.cell_started,
+                    config=Config(KERNEL_CONFIG),
+                    # Stop the kernel at once when done or interrupted: a graceful shutdown during a
+                    # running cell (Ctrl-C) makes the kernel print a long zmq traceback.
+                    shutdown_kernel="immediate",
+                )
         except KeyboardInterrupt:
             print(f"study: interrupted during {nb}; notebooks done before it are complete, "
                   "finished runs are kept and an interrupted run resumes on the next start", file=sys.stderr)
@@ -159,7 +168,8 @@ def run_study(params_path: str | Path, only: list[str] | None = None, rerun: boo
             print(f"study: {nb} failed in cell {exc.cell_index} (execution count {exc.exec_count}): "
                   f"{exc.ename}: {exc.evalue}\n       the executed copy, with the error, is {out}", file=sys.stderr)
             return 1
-        print(f"   {nb.name} done in {time.monotonic() - t0:.0f} s", file=sys.stderr)
+        print(f"   {nb.name} done in {clock(time.monotonic() - t0)} (study {clock(time.monotonic() - start)})",
+              file=sys.stderr)
     print(f"study: {len(steps)} notebooks in {(time.monotonic() - start) / 60:.1f} min; executed copies in {output_dir}",
           file=sys.stderr)
     return 0

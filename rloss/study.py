@@ -22,6 +22,7 @@ from pathlib import Path
 from .config import TrainConfig, load_config
 from .crf_weight import relative_crf_weight
 from .data.io import DataError
+from .progress import report_run
 from .runs import CHECKPOINT, CONFIG, METRICS, check_run_folder
 from .train import train
 
@@ -113,9 +114,11 @@ def train_runs(configs: list[TrainConfig], rerun: bool = False) -> list[dict]:
         if done is not None:
             print(f"[{i}/{len(configs)}] {cfg.run.name}: finished before (mIoU {done['miou']:.4f}), skipped",
                   file=sys.stderr)
+            report_run(i, len(configs), cfg.run.name, skipped=True)
             finals.append(done)
             continue
         print(f"[{i}/{len(configs)}] {cfg.run.name}", file=sys.stderr)
+        report_run(i, len(configs), cfg.run.name)  # to the study runner's terminal, when there is one
         resumable = not rerun and (cfg.run_dir / CHECKPOINT).is_file() and _same_config(cfg) and _one_run(cfg)
         finals.append(train(cfg, resume=resumable))
     return finals

@@ -604,6 +604,6 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.dev
 
 
 def _progress(total: int, initial: int, name: str):
-    from tqdm import tqdm
+    from .progress import progress_bar  # a widget in a notebook; under `rloss study` also in its terminal
 
-    return tqdm(total=total, initial=initial, desc=name, unit="it", file=sys.stderr, dynamic_ncols=True)
+    return progress_bar(total=total, initial=initial, desc=name, unit="it")

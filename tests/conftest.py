@@ -9,3 +9,21 @@ def lattice_available():
 
     load_extension()  # the extension must build here; a failure is a test failure
     return True
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """The headless Chromium of the browser tests (`make browser` installs one). Where there is none
+    the tests are skipped with one line; under CI=true that is a failure."""
+    import os
+
+    from rloss.browser_check import browser_starts, find_chromium
+
+    path = find_chromium()
+    problem = "no Chromium" if path is None else browser_starts(path)
+    if problem is not None:
+        reason = f"{problem}: the browser tests need one (`make browser`)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason} (CI=true: required)", pytrace=False)
+        pytest.skip(reason)
+    return path

@@ -1,6 +1,6 @@
 """Rewrites notebooks/expected_outputs.json: runs the study's notebooks with their own
-defaults (the smoke parameters, as nbval does) and keeps the outputs of the cells tagged
-``nbval-check-output``. Run it after a deliberate change to one of those outputs, and
+defaults (the smoke parameters, their folders in a temporary folder, as nbval does) and keeps the
+outputs of the cells tagged ``nbval-check-output``. Run it after a deliberate change to one of those outputs, and
 review the diff:
 
     .venv/bin/python tests/update_notebook_expectations.py
@@ -15,9 +15,9 @@ import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "notebooks"))
-from conftest import EXPECTED, cell_key  # noqa: E402  (the notebooks' conftest: one key format)
+from conftest import EXPECTED, cell_key, temporary_paths  # noqa: E402  (the notebooks' conftest: one key format)
 
-from rloss.runner import run_study, study_notebooks  # noqa: E402
+from rloss.runner import plan, run_study, study_notebooks  # noqa: E402
 
 KEEP = ("output_type", "name", "text", "data")
 
@@ -32,8 +32,11 @@ def checked_outputs(executed: Path, stem: str) -> dict:
 
 
 def main() -> int:
+    smoke = ROOT / "params" / "smoke.yaml"
     with tempfile.TemporaryDirectory() as tmp:
-        if run_study(ROOT / "params" / "smoke.yaml", output_dir=tmp, notebooks_dir=ROOT / "notebooks") != 0:
+        moved = [f"{notebook.stem}.{name}={path}" for notebook, values in plan(smoke, study_notebooks(ROOT / "notebooks"))
+                 for name, path in temporary_paths(values, Path(tmp) / "project").items()]
+        if run_study(smoke, overrides=moved, output_dir=tmp, notebooks_dir=ROOT / "notebooks") != 0:
             return 1
         expected = {}
         for notebook in study_notebooks(ROOT / "notebooks"):
