@@ -1,7 +1,6 @@
 """Progress of long work: training bars reach the study runner's terminal with the run (i of N), its
 iterations, the time left and the study's elapsed time; without the runner nothing is written."""
 
-import importlib.util
 import io
 import json
 import re
@@ -114,10 +113,11 @@ def test_study_display_draws_cells_runs_iterations_and_elapsed_time(monkeypatch)
 
 
 def _moved_paths(values: dict, root: Path) -> dict:
-    spec = importlib.util.spec_from_file_location("notebooks_conftest", ROOT / "notebooks" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.temporary_paths(values, root)
+    """The folders a parameter file names (absolute, under the repository after ``plan``), moved under ``root``."""
+    from rloss.runner import is_path_parameter
+
+    return {name: str(root / Path(value).relative_to(ROOT)) for name, value in values.items()
+            if is_path_parameter(name) and isinstance(value, str) and Path(value).is_relative_to(ROOT)}
 
 
 def test_make_study_shows_each_run_its_iterations_and_no_kernel_warning(tmp_path, capfd):
@@ -128,6 +128,7 @@ def test_make_study_shows_each_run_its_iterations_and_no_kernel_warning(tmp_path
     notebooks = [nb for nb in study_notebooks(ROOT / "notebooks") if nb.stem[:2] in ("01", "02")]
     moved = [f"{nb.stem}.{name}={path}" for nb, values in plan(smoke, notebooks)
              for name, path in _moved_paths(values, tmp_path / "project").items()]
+    assert len(moved) == 4  # 01: data_root, low_res_root; 02: data_root, results_dir
     assert run_study(smoke, only=["01", "02"], overrides=moved, output_dir=tmp_path / "executed",
                      notebooks_dir=ROOT / "notebooks") == 0
     err = capfd.readouterr().err
