@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .filtering import KERNELS, bilateral_features, exact_filter, permutohedral_crf, resolve_kernel
+from .filtering import BACKENDS, KERNELS, bilateral_features, exact_filter, permutohedral_crf, resolve_kernel
 
 
 def partial_cross_entropy(
@@ -55,12 +55,12 @@ class _DenseCRFTerm(torch.autograd.Function):
     """``-scale * sum(S * A S)`` with ``S = probs * roi``; gradient ``-2 scale (A S) roi``."""
 
     @staticmethod
-    def forward(ctx, features, probs, roi, scale, kernel):
+    def forward(ctx, features, probs, roi, scale, kernel, backend):
         n, k, h, w = probs.shape
         grad_scale = -2.0 * scale
-        if resolve_kernel(kernel, h * w, probs.device) == "permutohedral":  # fused: one pass, no temporaries
+        if resolve_kernel(kernel) == "permutohedral":  # fused: one pass, no temporaries
             energy, gradient = permutohedral_crf(
-                features, probs.reshape(n, k, h * w), roi.reshape(n, h * w), out_scale=grad_scale
+                features, probs.reshape(n, k, h * w), roi.reshape(n, h * w), out_scale=grad_scale, backend=backend
             )
             energy, gradient = energy.to(probs.dtype), gradient.view(n, k, h, w).to(probs.dtype)
         else:
@@ -78,8 +78,8 @@ class _DenseCRFTerm(torch.autograd.Function):
         # tensor of probs' size would cost as much as the rest of the backward
         # pass. (Checked on the CPU only: reading a GPU value would synchronise.)
         if grad_output.device.type == "cpu" and grad_output.item() == 1.0:
-            return None, gradient, None, None, None
-        return None, gradient * grad_output, None, None, None
+            return None, gradient, None, None, None, None
+        return None, gradient * grad_output, None, None, None, None
 
 
 class DenseCRFLoss(nn.Module):
@@ -94,6 +94,11 @@ class DenseCRFLoss(nn.Module):
         kernel: ``"auto"``, ``"exact"`` or ``"permutohedral"`` (see ``rloss.filtering``).
             The exact kernel is the true Gaussian; the lattice is about 0.5-0.6x
             of it on photos, and the published weight is tuned to the lattice.
+            ``auto`` is the lattice at every size; ``permutohedral`` is always a lattice.
+        backend: the lattice's implementation: ``"extension"`` (compiled C++/CUDA),
+            ``"torch"`` (the portable lattice, torch operations on any device, same
+            values) or ``"auto"`` (the extension where it is built for the tensor's
+            device, else the portable lattice with a one-line notice).
         validate: check values (finite, ranges, probs summing to 1). ``None``
             checks CPU tensors only, since reading values back from a GPU would
             synchronise every step; shapes and dtypes are always checked.
@@ -112,11 +117,14 @@ class DenseCRFLoss(nn.Module):
         sigma_xy: float,
         scale_factor: float = 1.0,
         kernel: str = "auto",
+        backend: str = "auto",
         validate: bool | None = None,
     ):
         super().__init__()
         if kernel not in KERNELS:
             raise ValueError(f"DenseCRFLoss: kernel must be one of {KERNELS}, got {kernel!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"DenseCRFLoss: backend must be one of {BACKENDS}, got {backend!r}")
         for name, value in (("sigma_rgb", sigma_rgb), ("sigma_xy", sigma_xy), ("scale_factor", scale_factor)):
             if not value > 0:
                 raise ValueError(f"DenseCRFLoss: {name} must be > 0, got {value}")
@@ -125,12 +133,13 @@ class DenseCRFLoss(nn.Module):
         self.sigma_xy = float(sigma_xy)
         self.scale_factor = float(scale_factor)
         self.kernel = kernel
+        self.backend = backend
         self.validate = validate
 
     def extra_repr(self) -> str:
         return (
             f"weight={self.weight}, sigma_rgb={self.sigma_rgb}, sigma_xy={self.sigma_xy}, "
-            f"scale_factor={self.scale_factor}, kernel={self.kernel!r}"
+            f"scale_factor={self.scale_factor}, kernel={self.kernel!r}, backend={self.backend!r}"
         )
 
     def forward(self, images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor) -> torch.Tensor:
@@ -148,7 +157,7 @@ class DenseCRFLoss(nn.Module):
                 roi = F.interpolate(roi.unsqueeze(1), scale_factor=s, mode="nearest").squeeze(1)
                 sigma_xy = sigma_xy * s
             features = bilateral_features(images, self.sigma_rgb, sigma_xy)
-            return _DenseCRFTerm.apply(features, probs, roi, self.weight / probs.shape[0], self.kernel)
+            return _DenseCRFTerm.apply(features, probs, roi, self.weight / probs.shape[0], self.kernel, self.backend)
 
 
 def _check_shapes(images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor) -> None:
