@@ -127,3 +127,12 @@ def test_portable_filter_is_what_the_torch_backend_runs():
     features = filtering.bilateral_features(photo("rocket", 12), 15.0, 4.0)
     values = smooth_probs(1, 2, 12).flatten(2)
     assert torch.equal(filtering.permutohedral_filter(features, values, backend="torch"), portable_filter(features, values))
+
+
+def test_training_config_takes_the_backend_and_rejects_unknown_ones():
+    from rloss.config import load_config
+
+    assert load_config(None, ["loss.backend=torch"]).loss.backend == "torch"
+    assert load_config(None).loss.backend == "auto"
+    with pytest.raises(ValueError, match=r"loss.backend must be one of auto, extension, torch; got 'cuda'"):
+        load_config(None, ["loss.backend=cuda"])
