@@ -108,3 +108,22 @@ def test_portable_rejects_what_the_extension_rejects():
         portable_filter(torch.full((1, 4, 5), 1e6), torch.zeros(1, 2, 4))
     with pytest.raises(RuntimeError, match="roi must be"):
         portable_crf(torch.zeros(1, 4, 5), torch.zeros(1, 2, 4), torch.ones(1, 3))
+
+
+def test_fixed_point_splat_is_exact_whatever_the_order_of_additions(lattice_available, monkeypatch):
+    # The splat of CUDA and other devices, run here: its sums are exact integers, so
+    # splitting the cumulative sum into many chunks changes no bit of the result.
+    from rloss.filtering import portable
+
+    monkeypatch.setattr(portable, "fixed_point_splat", lambda device: True)
+    features = bilateral_features(photos(2, 33, 29), 15.0, 6.0)
+    probs = smooth_probs(2, 21, 40, seed=5)[:, :, :33, :29].flatten(2)
+    roi = banded_roi(2, 33, 29).flatten(1)
+    energy, gradient = portable_crf(features, probs, roi, -1.0)
+    expected_energy, expected_gradient = permutohedral_crf(features, probs, roi, -1.0, backend="extension")
+    assert float(((energy - expected_energy).abs() / expected_energy.abs()).max()) <= 1e-5
+    assert relative_max_error(gradient, expected_gradient) <= 1e-4
+    monkeypatch.setattr(portable, "SPLAT_CHUNK_BYTES", 12 * 21 * 97)  # 97 entries a chunk
+    chunked = portable_crf(features, probs, roi, -1.0)
+    assert torch.equal(chunked[0], energy) and torch.equal(chunked[1], gradient)
+    assert torch.equal(portable_filter(features, -probs), -portable_filter(features, probs))  # rounding to nearest is odd

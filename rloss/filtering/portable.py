@@ -11,8 +11,10 @@ oracle:
 2. sort: a stable sort by the low word, then a stable sort by the high word,
    orders the entries by lattice point, equal keys keeping entry order;
 3. number: a point starts where the key changes; a cumulative sum of the
-   starts numbers the points 0..M-1 (M is read back: one synchronisation);
-4. splat: each point sums its own contiguous run of entries;
+   starts numbers the points 0..M-1 (M is read back, with the maxima the range
+   check needs; ``nonzero`` and ``unique`` synchronise too);
+4. splat: each point sums its own contiguous run of entries (on the CPU:
+   ``index_add_`` in pixel order, which is faster there);
 5. blur: neighbours are found by binary search (``searchsorted``) of the
    stepped key among the sorted point keys; D+1 passes of
    ``v + (v[prev] + v[next]) / 2`` with a zero row for missing neighbours;
@@ -22,9 +24,9 @@ Determinism: identical results run to run on every device. The sorts are
 stable, so their permutation is unique; the point numbering is an integer
 scan; the splat's segment sums are differences of a cumulative sum taken in
 64-bit fixed point, which is exact, so its result does not depend on the order
-in which a device adds (no float atomics, no float scans); blur and slice are
-gathers and elementwise operations; the energy is a reduction (torch's
-reductions use no atomics).
+in which a device adds (no float atomics, no float scans), and on the CPU
+``index_add_`` adds in index order; blur and slice are gathers and elementwise
+operations; the energy is a reduction (torch's reductions use no atomics).
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ IMAGE_SHIFT = 2 * KEY_FIELD_BITS  # the image index sits above coordinates 3 and
 SLICE_ALPHA = 1.0 / (1.0 + 2.0**-D)
 
 # The splat's fixed-point products are formed this many bytes at a time
-# (entries x channels x 8), so memory stays bounded at any batch size.
-SPLAT_CHUNK_BYTES = 64 * 2**20
+# (entries x channels x 12), so memory stays bounded at any batch size.
+SPLAT_CHUNK_BYTES = 128 * 2**20
 
 
 def feature_scales(device: torch.device) -> torch.Tensor:
@@ -136,33 +138,65 @@ def pack_keys(coords: torch.Tensor, image: torch.Tensor | None = None) -> tuple[
     return lo, hi
 
 
+def fixed_point_splat(device: torch.device) -> bool:
+    """Whether the splat uses the fixed-point segment sums (everywhere but the CPU)."""
+    return device.type != "cpu"
+
+
+def _splat_in_pixel_order(
+    vertex_point: torch.Tensor, weight: torch.Tensor, signal: torch.Tensor, num_points: int
+) -> torch.Tensor:
+    """The CPU splat: ``values[point] += weight * signal[pixel]`` vertex by vertex, pixel
+    by pixel. On the CPU ``index_add_`` adds in index order (torch documents it as
+    deterministic there), so the sums have a fixed order; about 3x faster here than
+    the fixed-point segment sums."""
+    values = signal.new_zeros(num_points, signal.shape[1])
+    for vertex in range(VERTICES):
+        values.index_add_(0, vertex_point[:, vertex], signal * weight[:, vertex : vertex + 1])
+    return values
+
+
 def _splat(
     point_begin: torch.Tensor, sorted_entry: torch.Tensor, weight: torch.Tensor, signal: torch.Tensor, max_abs: float
 ) -> torch.Tensor:
     """``values[point] = sum of weight * signal[pixel]`` over each point's run of sorted
     entries, as a ``[M, K]`` float32 tensor; ``signal [pixels, K]``, ``max_abs`` = max |signal|.
 
-    The products are rounded to 64-bit fixed point with a power-of-two scale chosen so
+    Each product is rounded to 64-bit fixed point with a power-of-two scale chosen so
     that no partial sum can overflow (barycentric weights sum to 1 per pixel); a run's
-    sum is then a difference of an exact cumulative sum."""
+    sum is then a difference of an exact cumulative sum, taken in chunks of entries
+    with the running total carried from chunk to chunk."""
     num_entries, channels = sorted_entry.numel(), signal.shape[1]
     num_points = point_begin.numel() - 1
     if not math.isfinite(max_abs):  # non-finite inputs give a non-finite result
         return torch.full((num_points, channels), float("nan"), device=signal.device)
-    pixels = signal.shape[0]
-    bound = max(max_abs, 1e-30) * pixels * 1.001  # >= sum of |weight * signal| over all entries
-    scale = 2.0 ** math.floor(math.log2(2.0**62 / bound))
-    sorted_weight = weight[sorted_entry].double().unsqueeze(1)
+    if max_abs == 0.0:
+        return signal.new_zeros(num_points, channels)
+    bound = max_abs * signal.shape[0] * 1.001  # >= sum of |weight * signal| over all entries
+    scale = 2.0 ** min(126, math.floor(math.log2(2.0**62 / bound)))
+    # Float32 products are exact to 24 bits before rounding, as the extension's
+    # float32 sums are; the sums themselves are exact.
+    scaled_weight = weight[sorted_entry] * scale
     sorted_pixel = sorted_entry // VERTICES
     last_entry = point_begin[1:] - 1
-    values = torch.empty(num_points, channels, device=signal.device)
-    chunk = max(1, SPLAT_CHUNK_BYTES // max(1, 8 * num_entries))
-    for c0 in range(0, channels, chunk):
-        products = signal[sorted_pixel, c0 : c0 + chunk].double().mul_(sorted_weight).mul_(scale).round_()
-        running = products.to(torch.int64).cumsum_(dim=0)[last_entry]
-        sums = torch.diff(running, dim=0, prepend=torch.zeros_like(running[:1]))
-        values[:, c0 : c0 + chunk] = (sums.double() / scale).float()
-    return values
+    running_at_end = torch.empty(num_points, channels, dtype=torch.int64, device=signal.device)
+    carry = torch.zeros(channels, dtype=torch.int64, device=signal.device)
+    chunk = max(1, SPLAT_CHUNK_BYTES // (12 * channels))
+    begins = list(range(0, num_entries, chunk))
+    # The points whose run ends in each chunk (one read-back for all chunks).
+    chunk_ends = torch.tensor([b + chunk for b in begins[:-1]], dtype=torch.int64, device=signal.device)
+    point_splits = torch.searchsorted(last_entry, chunk_ends).tolist() + [num_points]
+    first_point = 0
+    for begin, last_point in zip(begins, point_splits):
+        end = min(begin + chunk, num_entries)
+        fixed = signal[sorted_pixel[begin:end]].mul_(scaled_weight[begin:end, None]).round_().to(torch.int64)
+        fixed[0] += carry
+        running = fixed.cumsum_(dim=0)
+        carry = running[-1]
+        running_at_end[first_point:last_point] = running[last_entry[first_point:last_point] - begin]
+        first_point = last_point
+    sums = torch.diff(running_at_end, dim=0, prepend=torch.zeros_like(running_at_end[:1]))
+    return (sums.double() / scale).float()
 
 
 def _filter(
@@ -185,7 +219,8 @@ def _filter(
     coords, weight = locate(safe.reshape(n * p, D))  # [NP, V, D], [NP, V]
     image = torch.arange(n, device=device).repeat_interleave(p).unsqueeze(1)  # [NP, 1]
     key_lo, key_hi = pack_keys(coords, image)
-    key_lo, key_hi, weight = key_lo.reshape(-1), key_hi.reshape(-1), weight.reshape(-1)  # entry = pixel * V + vertex
+    del coords
+    key_lo, key_hi, weight = key_lo.view(-1), key_hi.view(-1), weight.view(-1)  # entry = pixel * V + vertex
 
     # 2. Sort by (hi, lo): stably by lo, then stably by hi.
     _, by_lo = torch.sort(key_lo, stable=True)
@@ -204,13 +239,17 @@ def _filter(
     num_points, max_feature, max_signal = summary.tolist()
     check_feature_range(op, max_feature)
     num_points = int(num_points)
-    vertex_point = torch.empty_like(sorted_entry).scatter_(0, sorted_entry, points_so_far - 1)
+    vertex_point = torch.empty_like(sorted_entry).scatter_(0, sorted_entry, points_so_far - 1).view(n * p, VERTICES)
     starts = torch.nonzero(is_start).squeeze(1)
-    point_begin = torch.cat([starts, torch.tensor([sorted_entry.numel()], device=device)])
     point_lo, point_hi = sorted_lo[starts], sorted_hi[starts]
 
     # 4. Splat, plus a zero row (index M) standing in for missing blur neighbours.
-    lattice = torch.cat([_splat(point_begin, sorted_entry, weight, signal, max_signal), signal.new_zeros(1, k)])
+    if not fixed_point_splat(device):
+        splatted = _splat_in_pixel_order(vertex_point, weight.view(n * p, VERTICES), signal, num_points)
+    else:
+        point_begin = torch.cat([starts, torch.tensor([sorted_entry.numel()], device=device)])
+        splatted = _splat(point_begin, sorted_entry, weight, signal, max_signal)
+    lattice = torch.cat([splatted, signal.new_zeros(1, k)])
 
     # 5. Blur along the D+1 directions.
     neighbours = _blur_neighbours(point_lo, point_hi)
@@ -220,11 +259,10 @@ def _filter(
         lattice = torch.cat([blurred, lattice[num_points:]])  # the zero row stays zero
 
     # 6. Slice: acc = sum_k (alpha * weight_k) * lattice[vertex_k], vertex by vertex.
-    vertex_point = vertex_point.view(n * p, VERTICES)
     alpha_weight = weight.view(n * p, VERTICES) * torch.tensor(SLICE_ALPHA, dtype=torch.float32)
     acc = torch.zeros(n * p, k, device=device)
     for vertex in range(VERTICES):
-        acc = acc + alpha_weight[:, vertex : vertex + 1] * lattice[vertex_point[:, vertex]]
+        acc.addcmul_(alpha_weight[:, vertex : vertex + 1], lattice[vertex_point[:, vertex]])
     filtered = acc.view(n, p, k).transpose(1, 2)  # [N, K, P]
     if roi is None:
         return filtered.contiguous(), None
