@@ -121,6 +121,7 @@ def test_loss_on_cuda_uses_the_cuda_lattice_and_matches_cpu(lattice_available):
 
 def test_cpu_only_build_refuses_cuda_tensors_with_a_clear_message(lattice_available, monkeypatch):
     monkeypatch.setattr(_extension, "build_with_cuda", lambda: False)
+    monkeypatch.setattr(_extension, "_state", {"cpu": True})
     with pytest.raises(_extension.ExtensionUnavailable, match="built without CUDA"):
         _extension.require_lattice("cuda")
     _extension.require_lattice("cpu")  # the CPU lattice stays available

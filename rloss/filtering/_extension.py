@@ -249,19 +249,18 @@ def load_extension() -> None:
 
 def load_cuda_extension() -> None:
     """Loads the CPU part (it declares the ops), then builds, loads and (on a GPU)
-    launch-checks the CUDA part. Raises ExtensionUnavailable with a one-line reason."""
+    launch-checks the CUDA part, once per process. Raises ExtensionUnavailable with a
+    one-line reason."""
     load_extension()
+    _load_part("cuda", _build_and_check_cuda)
+
+
+def _build_and_check_cuda() -> None:
     if not build_with_cuda():
-        raise ExtensionUnavailable(
-            "the lattice extension was built without CUDA (no CUDA toolkit found: set CUDA_HOME)"
-        )
-
-    def build_and_check() -> None:
-        _build_cuda()
-        if torch.cuda.is_available():
-            _check_cuda_launch()
-
-    _load_part("cuda", build_and_check)
+        raise ExtensionUnavailable("the lattice extension was built without CUDA (no CUDA toolkit found: set CUDA_HOME)")
+    _build_cuda()
+    if torch.cuda.is_available():
+        _check_cuda_launch()
 
 
 def require_lattice(device: torch.device | str) -> None:

@@ -234,21 +234,23 @@ def _filter(
     points_so_far = torch.cumsum(is_start, dim=0)
     signal = values * roi.unsqueeze(1) if roi is not None else values
     signal = signal.float().transpose(1, 2).reshape(n * p, k)  # pixel-major
-    # The one synchronisation: the number of points, and the maxima for the checks.
-    summary = torch.stack([points_so_far[-1].double(), max_abs_feature.double(), signal.abs().max().double()])
-    num_points, max_feature, max_signal = summary.tolist()
-    check_feature_range(op, max_feature)
-    num_points = int(num_points)
+    # Read back together: the number of points, max |feature| for the range check and,
+    # for the fixed-point splat, max |signal| for its scale.
+    fixed_point = fixed_point_splat(device)
+    summary = [points_so_far[-1].double(), max_abs_feature.double()]
+    summary = torch.stack(summary + ([signal.abs().max().double()] if fixed_point else [])).tolist()
+    check_feature_range(op, summary[1])
+    num_points = int(summary[0])
     vertex_point = torch.empty_like(sorted_entry).scatter_(0, sorted_entry, points_so_far - 1).view(n * p, VERTICES)
     starts = torch.nonzero(is_start).squeeze(1)
     point_lo, point_hi = sorted_lo[starts], sorted_hi[starts]
 
     # 4. Splat, plus a zero row (index M) standing in for missing blur neighbours.
-    if not fixed_point_splat(device):
-        splatted = _splat_in_pixel_order(vertex_point, weight.view(n * p, VERTICES), signal, num_points)
-    else:
+    if fixed_point:
         point_begin = torch.cat([starts, torch.tensor([sorted_entry.numel()], device=device)])
-        splatted = _splat(point_begin, sorted_entry, weight, signal, max_signal)
+        splatted = _splat(point_begin, sorted_entry, weight, signal, summary[2])
+    else:
+        splatted = _splat_in_pixel_order(vertex_point, weight.view(n * p, VERTICES), signal, num_points)
     lattice = torch.cat([splatted, signal.new_zeros(1, k)])
 
     # 5. Blur along the D+1 directions.
@@ -263,12 +265,11 @@ def _filter(
     acc = torch.zeros(n * p, k, device=device)
     for vertex in range(VERTICES):
         acc.addcmul_(alpha_weight[:, vertex : vertex + 1], lattice[vertex_point[:, vertex]])
-    filtered = acc.view(n, p, k).transpose(1, 2)  # [N, K, P]
     if roi is None:
-        return filtered.contiguous(), None
-    r = roi.float().unsqueeze(1)
-    energy = (values.float() * r * filtered).double().sum(dim=(1, 2)).float()
-    return (filtered * (out_scale * r)).contiguous(), energy
+        return acc.view(n, p, k).transpose(1, 2).contiguous(), None
+    energy = (signal * acc).reshape(n, p * k).sum(dim=1, dtype=torch.float64).float()  # sum(S * A S)
+    acc.mul_(roi.float().reshape(n * p, 1) * out_scale)
+    return acc.view(n, p, k).transpose(1, 2).contiguous(), energy
 
 
 def _blur_neighbours(point_lo: torch.Tensor, point_hi: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -298,17 +299,13 @@ def _blur_neighbours(point_lo: torch.Tensor, point_hi: torch.Tensor) -> list[tup
         dim=1,
     )  # biased fields
     image_bits = (point_hi >> IMAGE_SHIFT) << IMAGE_SHIFT
-    result = []
-    for direction in range(D + 1):
-        step = torch.full((D,), -1, dtype=torch.int64, device=point_lo.device)
-        if direction < D:
-            step[direction] = D
-        keys = []
-        for stepped in (coords + step, coords - step):
-            lo, hi = pack_keys(stepped - KEY_FIELD_BIAS)
-            keys.append(find(lo, hi | image_bits))
-        result.append((keys[0], keys[1]))
-    return result
+    # All 2(D+1) stepped keys at once: [direction, sign, point, coordinate].
+    steps = torch.full((D + 1, D), -1, dtype=torch.int64, device=point_lo.device)
+    steps[:D].fill_diagonal_(D)
+    stepped = coords + torch.stack([steps, -steps], dim=1).unsqueeze(2)
+    lo, hi = pack_keys(stepped - KEY_FIELD_BIAS)
+    found = find(lo, hi | image_bits)  # [D+1, 2, M]
+    return [(found[direction, 0], found[direction, 1]) for direction in range(D + 1)]
 
 
 def portable_filter(features: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
