@@ -38,7 +38,7 @@ class Case:
     @property
     def label(self) -> str:
         where = "" if self.device == "cpu" else f" ({self.device})"
-        kernel = self.kernel if self.kernel == "exact" else f"{self.kernel} [{self.backend}]"
+        kernel = self.kernel if self.kernel == "exact" or self.backend == "auto" else f"{self.kernel} [{self.backend}]"
         return f"{kernel}{where} N={self.n} K={self.k} {self.size}x{self.size}"
 
 
