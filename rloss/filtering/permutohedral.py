@@ -13,7 +13,7 @@ from .portable import portable_crf, portable_filter
 BACKENDS = ("auto", "extension", "torch")
 
 # What falling back costs, for the one-line notice (benchmarks/README.md, "Portable lattice").
-PORTABLE_COST = "same values; on the CPU about 40x slower than the extension"
+PORTABLE_COST = "same values; on the CPU 15-35x slower than the extension"
 
 _warned: set[tuple[str, str]] = set()
 
