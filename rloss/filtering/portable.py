@@ -43,6 +43,7 @@ KEY_FIELD_BITS = 21
 KEY_FIELD_BIAS = 1 << (KEY_FIELD_BITS - 1)  # coordinates must lie in [-bias, bias)
 IMAGE_SHIFT = 2 * KEY_FIELD_BITS  # the image index sits above coordinates 3 and 4 in the high word
 SLICE_ALPHA = 1.0 / (1.0 + 2.0**-D)
+INV_STD = 0.81649658092772603 * (D + 1)  # sqrt(2/3) (D+1), the lattice blur's scale
 
 # The splat's fixed-point products are formed this many bytes at a time
 # (entries x channels x 12), so memory stays bounded at any batch size.
@@ -56,19 +57,18 @@ def wide_float(device: torch.device) -> torch.dtype:
 
 def feature_scales(device: torch.device) -> torch.Tensor:
     """sqrt(2/3) (D+1) / sqrt((i+1)(i+2)) in float32, as ``feature_scale`` computes it."""
-    inv_std = torch.tensor(0.81649658092772603, dtype=torch.float32) * float(D + 1)
+    inv_std = torch.tensor(INV_STD / (D + 1), dtype=torch.float32) * float(D + 1)  # in float32, as in C++
     roots = torch.sqrt(torch.tensor([float((i + 1) * (i + 2)) for i in range(D)], dtype=torch.float32))
     return (inv_std / roots).to(device)
 
 
 def max_lattice_coord(max_abs_feature: float) -> float:
     """Largest |coordinate| of a lattice point or blur neighbour (``max_lattice_coord``)."""
-    scale0 = 0.81649658092772603 * (D + 1) / math.sqrt(2.0)
-    return 2.0 * D * scale0 * max_abs_feature + 4.0 * (D + 1)
+    return 2.0 * D * (INV_STD / math.sqrt(2.0)) * max_abs_feature + 4.0 * (D + 1)
 
 
 # Features beyond this cannot be placed in 21-bit key fields (check_feature_range).
-MAX_ABS_FEATURE = (KEY_FIELD_BIAS - 4.0 * (D + 1)) / (2.0 * D * 0.81649658092772603 * (D + 1) / math.sqrt(2.0))
+MAX_ABS_FEATURE = (KEY_FIELD_BIAS - 4.0 * (D + 1)) / (2.0 * D * INV_STD / math.sqrt(2.0))
 
 
 def check_feature_range(op: str, max_abs_feature: float) -> None:
