@@ -184,7 +184,10 @@ def _splat(
     scaled_weight = weight[sorted_entry] * scale
     sorted_pixel = sorted_entry // VERTICES
     last_entry = point_begin[1:] - 1
-    running_at_end = torch.empty(num_points, channels, dtype=torch.int64, device=signal.device)
+    # Channel-major, so that each scan runs along contiguous memory (a CUDA scan
+    # across rows would take one thread per channel).
+    channel_major = signal.t().contiguous()
+    running_at_end = torch.empty(channels, num_points, dtype=torch.int64, device=signal.device)
     carry = torch.zeros(channels, dtype=torch.int64, device=signal.device)
     chunk = max(1, SPLAT_CHUNK_BYTES // (12 * channels))
     begins = list(range(0, num_entries, chunk))
@@ -194,14 +197,14 @@ def _splat(
     first_point = 0
     for begin, last_point in zip(begins, point_splits):
         end = min(begin + chunk, num_entries)
-        fixed = signal[sorted_pixel[begin:end]].mul_(scaled_weight[begin:end, None]).round_().to(torch.int64)
-        fixed[0] += carry
-        running = fixed.cumsum_(dim=0)
-        carry = running[-1]
-        running_at_end[first_point:last_point] = running[last_entry[first_point:last_point] - begin]
+        fixed = channel_major[:, sorted_pixel[begin:end]].mul_(scaled_weight[begin:end]).round_().to(torch.int64)
+        fixed[:, 0] += carry
+        running = fixed.cumsum_(dim=1)
+        carry = running[:, -1]
+        running_at_end[:, first_point:last_point] = running[:, last_entry[first_point:last_point] - begin]
         first_point = last_point
-    sums = torch.diff(running_at_end, dim=0, prepend=torch.zeros_like(running_at_end[:1]))
-    return (sums.to(wide_float(signal.device)) / scale).float()
+    sums = torch.diff(running_at_end, dim=1, prepend=torch.zeros_like(running_at_end[:, :1]))
+    return (sums.to(wide_float(signal.device)) / scale).float().t()
 
 
 def _filter(
