@@ -46,8 +46,8 @@ SLICE_ALPHA = 1.0 / (1.0 + 2.0**-D)
 INV_STD = 0.81649658092772603 * (D + 1)  # sqrt(2/3) (D+1), the lattice blur's scale
 
 # The splat's fixed-point products are formed this many bytes at a time
-# (entries x channels x 12), so memory stays bounded at any batch size.
-SPLAT_CHUNK_BYTES = 128 * 2**20
+# (entries x 12, channel by channel), so memory stays bounded at any batch size.
+SPLAT_CHUNK_BYTES = 256 * 2**20
 
 
 def wide_float(device: torch.device) -> torch.dtype:
@@ -184,25 +184,26 @@ def _splat(
     scaled_weight = weight[sorted_entry] * scale
     sorted_pixel = sorted_entry // VERTICES
     last_entry = point_begin[1:] - 1
-    # Channel-major, so that each scan runs along contiguous memory (a CUDA scan
-    # across rows would take one thread per channel).
+    # One channel at a time, as 1-D scans: CUDA scans a 1-D tensor with a device-wide
+    # parallel scan, but the rows of a 2-D one with one thread block for all rows.
     channel_major = signal.t().contiguous()
     running_at_end = torch.empty(channels, num_points, dtype=torch.int64, device=signal.device)
-    carry = torch.zeros(channels, dtype=torch.int64, device=signal.device)
-    chunk = max(1, SPLAT_CHUNK_BYTES // (12 * channels))
+    chunk = max(1, SPLAT_CHUNK_BYTES // 12)  # entries: a float32 product and its int64
     begins = list(range(0, num_entries, chunk))
     # The points whose run ends in each chunk (one read-back for all chunks).
     chunk_ends = torch.tensor([b + chunk for b in begins[:-1]], dtype=torch.int64, device=signal.device)
     point_splits = torch.searchsorted(last_entry, chunk_ends).tolist() + [num_points]
-    first_point = 0
-    for begin, last_point in zip(begins, point_splits):
-        end = min(begin + chunk, num_entries)
-        fixed = channel_major[:, sorted_pixel[begin:end]].mul_(scaled_weight[begin:end]).round_().to(torch.int64)
-        fixed[:, 0] += carry
-        running = fixed.cumsum_(dim=1)
-        carry = running[:, -1]
-        running_at_end[:, first_point:last_point] = running[:, last_entry[first_point:last_point] - begin]
-        first_point = last_point
+    for c in range(channels):
+        carry, first_point = None, 0
+        for begin, last_point in zip(begins, point_splits):
+            end = min(begin + chunk, num_entries)
+            fixed = channel_major[c, sorted_pixel[begin:end]].mul_(scaled_weight[begin:end]).round_().to(torch.int64)
+            if carry is not None:
+                fixed[0] += carry
+            running = fixed.cumsum_(dim=0)
+            carry = running[-1]
+            running_at_end[c, first_point:last_point] = running[last_entry[first_point:last_point] - begin]
+            first_point = last_point
     sums = torch.diff(running_at_end, dim=1, prepend=torch.zeros_like(running_at_end[:, :1]))
     return (sums.to(wide_float(signal.device)) / scale).float().t()
 
