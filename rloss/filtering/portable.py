@@ -153,7 +153,7 @@ def _splat_in_pixel_order(
 ) -> torch.Tensor:
     """The CPU splat: ``values[point] += weight * signal[pixel]`` vertex by vertex, pixel
     by pixel. On the CPU ``index_add_`` adds in index order (torch documents it as
-    deterministic there), so the sums have a fixed order; about 3x faster here than
+    deterministic there), so the sums have a fixed order, and it is faster there than
     the fixed-point segment sums."""
     values = signal.new_zeros(num_points, signal.shape[1])
     for vertex in range(VERTICES):
