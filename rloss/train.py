@@ -46,6 +46,11 @@ from .runs import CHECKPOINT, CONFIG, METRICS
 # --------------------------------------------------------------------------------------------
 
 
+# Decoded samples kept in memory per data set (and per DataLoader worker): the built-in sets
+# fit whole, VOC's first few hundred images do.
+SAMPLE_CACHE_BYTES = 256 * 2**20
+
+
 def epoch_permutation(n: int, seed: int, epoch: int) -> list[int]:
     """The shuffled order of epoch ``epoch``: a function of ``(seed, epoch)`` alone."""
     state = int(np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0] >> 1)
@@ -406,14 +411,15 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.dev
     per_process = batch // ctx.world_size
     train_tf = TrainTransform(d.crop_size, tuple(d.scale_range), d.interpolation, flip=True, seed=cfg.run.seed)
     eval_tf = EvalTransform(d.crop_size, d.interpolation)
+    cache = {"cache_bytes": SAMPLE_CACHE_BYTES}
     if d.holdout_fraction > 0:  # evaluate on a share of train: the val split is never read
         kept, held_out = split_holdout(read_split(Path(d.root), d.train_split), d.holdout_fraction)
-        train_set = SegmentationFolder(d.root, d.train_split, transform=train_tf, ids=kept)
+        train_set = SegmentationFolder(d.root, d.train_split, transform=train_tf, ids=kept, **cache)
         val_set = SegmentationFolder(d.root, d.train_split, transform=eval_tf, require_scribbles=False, ids=held_out,
-                                     require_masks=True)
+                                     require_masks=True, **cache)
     else:
-        train_set = SegmentationFolder(d.root, d.train_split, transform=train_tf)
-        val_set = SegmentationFolder(d.root, d.val_split, transform=eval_tf, require_scribbles=False)
+        train_set = SegmentationFolder(d.root, d.train_split, transform=train_tf, **cache)
+        val_set = SegmentationFolder(d.root, d.val_split, transform=eval_tf, require_scribbles=False, **cache)
     num_classes, class_names = train_set.num_classes, train_set.class_names
     # What the results tables need to know about the data (its resolution: the first val image's shorter side).
     evaluated_on = f"held-out share of {d.train_split}" if d.holdout_fraction > 0 else d.val_split

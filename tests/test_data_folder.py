@@ -175,3 +175,22 @@ def test_eval_transform_resizes_the_network_input_and_keeps_the_labels_at_the_im
     colours = torch.from_numpy(CLASS_COLOURS).float()[torch.from_numpy(np.kron(blocks(40, 48), np.ones((2, 2), np.int64)))]
     error = (rgb[inside] - colours[inside]).abs().max(dim=1).values
     assert (error < 40).float().mean() > 0.97
+
+
+def test_cache_keeps_decoded_samples_read_only_within_its_budget(tmp_path):
+    root = make_dataset(tmp_path, ids=("a", "b", "c"))
+    plain = SegmentationFolder(root, "train")
+    one = plain.load("a")
+    size = one.image.nbytes + one.scribble.nbytes + one.mask.nbytes
+    cached = SegmentationFolder(root, "train", cache_bytes=2 * size)  # room for two samples
+    first = [cached.load(i) for i in ("a", "b", "c")]
+    again = [cached.load(i) for i in ("a", "b", "c")]
+    assert again[0] is first[0] and again[1] is first[1] and again[2] is not first[2]  # "c" did not fit
+    assert not any(a.flags.writeable for a in (first[0].image, first[0].scribble, first[0].mask))
+    # Transforms copy what they change: the same tensors with and without the cache, and the cache intact.
+    for transform in (TrainTransform(64, (0.9, 1.2), seed=3), EvalTransform(48)):
+        plain.transform = cached.transform = transform
+        for i in range(3):
+            for key, value in plain[i].items():
+                assert torch.equal(value, cached[i][key]) if isinstance(value, torch.Tensor) else value == cached[i][key]
+    np.testing.assert_array_equal(cached.load("a").image, one.image)

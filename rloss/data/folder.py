@@ -119,7 +119,8 @@ class SegmentationFolder(Dataset):
     """The images, scribbles and (where present) full masks of one split.
 
     ``ids`` restricts the split to those ids (a held-out share, say); ``require_masks``
-    makes a missing full mask an error (evaluation needs them).
+    makes a missing full mask an error (evaluation needs them); ``cache_bytes`` keeps
+    decoded samples in memory up to that size (see :meth:`load`).
     ``dataset[i]`` is a :class:`Sample`, or ``transform(sample, index)``'s output
     when a transform is given. Bad data (missing or unreadable files, sizes that
     differ, class ids >= K other than 255, images without a scribble pixel)
@@ -137,6 +138,7 @@ class SegmentationFolder(Dataset):
         skip_bad: bool = False,
         ids: list[str] | None = None,
         require_masks: bool = False,
+        cache_bytes: int = 0,
     ):
         self.root = Path(root)
         self.split = split
@@ -148,6 +150,9 @@ class SegmentationFolder(Dataset):
         self.require_scribbles = require_scribbles
         self.skip_bad = skip_bad
         self.skipped: dict[str, str] = {}  # id -> reason, filled by check()
+        self.cache_bytes = cache_bytes
+        self._cache: dict[str, Sample] = {}
+        self._cached_bytes = 0
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -160,7 +165,23 @@ class SegmentationFolder(Dataset):
         raise DataError(f"{self.root / IMAGE_DIR / sample_id}.jpg|png: image not found (listed in {self.split}.txt)")
 
     def load(self, sample_id: str) -> Sample:
-        """Reads and validates one sample."""
+        """Reads and validates one sample. With ``cache_bytes``, decoded samples are kept (read-only) until
+        they fill that many bytes: a small data set is decoded once, not every epoch (decoding is a
+        third of a training step of the tiny network at 64 px)."""
+        cached = self._cache.get(sample_id)
+        if cached is not None:
+            return cached
+        sample = self._read(sample_id)
+        arrays = [a for a in (sample.image, sample.scribble, sample.mask) if a is not None]
+        size = sum(a.nbytes for a in arrays)
+        if self._cached_bytes + size <= self.cache_bytes:
+            for array in arrays:
+                array.setflags(write=False)  # shared by every epoch: a transform must copy, never write
+            self._cache[sample_id] = sample
+            self._cached_bytes += size
+        return sample
+
+    def _read(self, sample_id: str) -> Sample:
         image = read_rgb(self.image_path(sample_id))
         scribble_path = self.root / SCRIBBLE_DIR / f"{sample_id}.png"
         mask_path = self.root / MASK_DIR / f"{sample_id}.png"
