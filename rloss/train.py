@@ -404,17 +404,21 @@ def largest_fitting(fits, limit: int, start: int = MIN_AUTO_PER_PROCESS) -> int:
 
 def auto_batch_size(cfg: TrainConfig, ctx: D.DistContext, device: torch.device, num_classes: int,
                     num_train: int) -> int:
-    """The global batch for ``data.batch_size: auto``, at most the training set.
-
-    On a GPU: the largest per-process share whose trial step (``_preflight``: forward and
-    backward of a full-size batch with room for the momentum buffers) fits in memory, times
-    the processes (the smallest share any process found). On the CPU: ``CPU_AUTO_BATCH``.
-    """
-    per_limit = num_train // ctx.world_size
+    """The global batch for ``data.batch_size: auto``, at most the training set: on a GPU the
+    largest that fits (``probe_batch_size``), on the CPU ``CPU_AUTO_BATCH``."""
     if device.type != "cuda":
-        return max(1, min(CPU_AUTO_BATCH // ctx.world_size, per_limit)) * ctx.world_size
+        return max(1, min(CPU_AUTO_BATCH // ctx.world_size, num_train // ctx.world_size)) * ctx.world_size
+    return probe_batch_size(cfg, ctx, device, num_classes, num_train)
+
+
+def probe_batch_size(cfg: TrainConfig, ctx: D.DistContext, device: torch.device, num_classes: int,
+                     num_train: int) -> int:
+    """The largest per-process share whose trial step (``_preflight``: forward and backward of a
+    full-size batch with room for the momentum buffers) fits on ``device``, times the processes
+    (the smallest share any process found), at most the training set. The RNG states are kept."""
     m, L = cfg.model, cfg.loss
-    cpu_rng, cuda_rng = torch.get_rng_state(), torch.cuda.get_rng_state(device)
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
     # Random weights: only the memory matters. The trials use a copy of it, as _preflight does.
     probe = build_model(m.name, num_classes, pretrained=False, output_stride=m.output_stride,
                         checkpoint_backbone=m.checkpoint_backbone).to(device)
@@ -430,12 +434,13 @@ def auto_batch_size(cfg: TrainConfig, ctx: D.DistContext, device: torch.device, 
         return True
 
     try:
-        per_process = largest_fitting(fits, per_limit)
+        per_process = largest_fitting(fits, num_train // ctx.world_size)
     finally:
         probe = None
-        torch.cuda.empty_cache()
         torch.set_rng_state(cpu_rng)
-        torch.cuda.set_rng_state(cuda_rng, device)
+        if cuda_rng is not None:
+            torch.cuda.empty_cache()
+            torch.cuda.set_rng_state(cuda_rng, device)
     if ctx.enabled:
         found = torch.tensor([per_process], device=device)
         torch.distributed.all_reduce(found, op=torch.distributed.ReduceOp.MIN)
