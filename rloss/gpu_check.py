@@ -16,6 +16,7 @@ cannot rot); its figures say nothing about speed.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -445,7 +446,7 @@ def train_step_settings(dry_run: bool) -> dict:
 
 def _training_batch(batch: int, crop: int, device):
     """Photos at crop size (normalised for the network, raw for the loss) and scribbles on
-    about 3% of the pixels (thick strokes of a random class), as ScribbleSup has."""
+    about 3% of the pixels (six strokes of a random class), as ScribbleSup has."""
     import torch
 
     from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -456,9 +457,9 @@ def _training_batch(batch: int, crop: int, device):
     g = torch.Generator().manual_seed(2)
     scribbles = torch.full((batch, crop, crop), 255, dtype=torch.long)
     for i in range(batch):
-        for _ in range(3):
-            row, col = torch.randint(0, crop - crop // 8, (2,), generator=g).tolist()
-            scribbles[i, row : row + max(1, crop // 100), col : col + crop // 8] = int(torch.randint(0, NUM_CLASSES, (1,), generator=g))
+        for _ in range(6):
+            row, col = torch.randint(0, crop - crop // 4, (2,), generator=g).tolist()
+            scribbles[i, row : row + max(1, crop // 50), col : col + crop // 4] = int(torch.randint(0, NUM_CLASSES, (1,), generator=g))
     mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     normalised = (images / 255.0 - mean) / std
     return normalised.to(device), images.to(device), scribbles.to(device), torch.ones(batch, crop, crop, device=device)
@@ -520,7 +521,25 @@ def step_train_step(ctx: StepContext) -> None:
     crf = DenseCRFLoss(**PUBLISHED_CRF, kernel="permutohedral")
     torch.manual_seed(0)
 
-    def measure(name: str, model_name: str, with_crf: bool, channels_last: bool = False, compiled: bool = False):
+    failures = []
+
+    def attempt(name: str, work):
+        """One figure; a failure is recorded under its name and the next figure is still measured."""
+        try:
+            row = work()
+        except Exception as exc:
+            traceback.print_exc()
+            text = str(exc).strip().splitlines()
+            row = {"error": f"{type(exc).__name__}: {text[0][:300] if text else ''}"}
+            failures.append(name)
+        finally:
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        ctx.record(**{name: row})
+        return row
+
+    def training(model_name: str, with_crf: bool, channels_last: bool = False, compiled: bool = False):
         net = build_model(model_name, NUM_CLASSES, pretrained=False).to(device)
         if channels_last:
             net.to(memory_format=torch.channels_last)
@@ -530,27 +549,32 @@ def step_train_step(ctx: StepContext) -> None:
         row = time_training(forward, optimizer, batch_data, crf if with_crf else None, torch.bfloat16, channels_last,
                             s["warmup"], s["timed"], device)
         row["wall_s"] = round(time.monotonic() - start, 1)
-        ctx.record(**{name: row})
         return row
 
-    rows = {}
     for model_name in s["models"]:
         short = model_name.removeprefix("deeplabv3plus_")
-        rows[short] = (measure(f"{short}_pce", model_name, False), measure(f"{short}_pce_crf", model_name, True))
-        pce, pce_crf = rows[short]
-        ctx.record(**{f"{short}_crf_over_pce": round(pce_crf["s_per_iteration"] / pce["s_per_iteration"], 4)})
+        pce = attempt(f"{short}_pce", lambda: training(model_name, False))
+        pce_crf = attempt(f"{short}_pce_crf", lambda: training(model_name, True))
+        if "error" not in pce and "error" not in pce_crf:
+            ctx.record(**{f"{short}_crf_over_pce": round(pce_crf["s_per_iteration"] / pce["s_per_iteration"], 4)})
     main = s["models"][0]
     short = main.removeprefix("deeplabv3plus_")
-    if ctx.left_s() > (5 if ctx.dry_run else 30):
-        measure(f"{short}_pce_crf_channels_last", main, True, channels_last=True)
-    if ctx.left_s() > (10 if ctx.dry_run else 45):
-        ctx.record(**{f"{short}_auto_batch_size": auto_batch_figure(main, s["crop"], device)})
-    if ctx.dry_run:  # compiling takes a minute of a small CPU and proves nothing about a GPU
+
+    def if_time_allows(name: str, needed_s: float, work) -> None:
+        if ctx.left_s() > needed_s:
+            attempt(name, work)
+        else:
+            ctx.record(**{name: f"skipped: {ctx.left_s():.0f} s left of the step's budget, {needed_s} s needed"})
+
+    dry = ctx.dry_run
+    if_time_allows(f"{short}_pce_crf_channels_last", 5 if dry else 30, lambda: training(main, True, channels_last=True))
+    if_time_allows(f"{short}_auto_batch_size", 10 if dry else 45, lambda: auto_batch_figure(main, s["crop"], device))
+    if dry:  # compiling takes a minute of a small CPU and proves nothing about a GPU
         ctx.record(**{f"{short}_pce_crf_compiled": "skipped in a dry run"})
-    elif ctx.left_s() > 100:  # compiling a ResNet-101 takes a minute or more
-        measure(f"{short}_pce_crf_compiled", main, True, compiled=True)
-    else:
-        ctx.record(**{f"{short}_pce_crf_compiled": f"skipped: {ctx.left_s():.0f} s left of the step's budget"})
+    else:  # compiling a ResNet-101 takes a minute or more
+        if_time_allows(f"{short}_pce_crf_compiled", 100, lambda: training(main, True, compiled=True))
+    if failures:
+        raise StepFailed(f"failed: {', '.join(failures)} (see the log)")
 
 
 def auto_batch_figure(model_name: str, crop: int, device) -> dict:
@@ -651,12 +675,14 @@ def step_roundtrip(ctx: StepContext) -> None:
 
     val = SegmentationFolder(data, "val", require_scribbles=False)
     images = [val.load(i).image for i in val.ids]
+    # Plain float32 on both sides: the comparison is of the code paths, not of TF32's rounding.
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     here = load_predictor(checkpoint, device).predict(images, return_probs=True)
     on_cpu = load_predictor(checkpoint, "cpu").predict(images, return_probs=True)
     agree = sum(int((a.labels == b.labels).sum()) for a, b in zip(here, on_cpu)) / sum(a.labels.size for a in here)
     probs_difference = max(float(abs(a.probs - b.probs).max()) for a, b in zip(here, on_cpu))
     ctx.record(inference_device=device, labels_agreeing_with_cpu=agree, probs_max_difference_to_cpu=probs_difference)
-    if agree < 0.999 or probs_difference > 1e-2:
+    if agree < 0.999 or probs_difference > 1e-3:
         raise StepFailed(f"{device} and CPU predictions of one checkpoint differ: {agree:.4%} of labels agree, "
                          f"probabilities up to {probs_difference:.3g} apart")
 
