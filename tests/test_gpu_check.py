@@ -204,3 +204,16 @@ def test_builtin_checks_run_the_comparisons(lattice_available):
     G.builtin_cuda_checks(torch.device("cpu"), lambda **f: figures.update(f))
     assert figures["checks"] == 5 and figures["deterministic"] is True
     assert figures["max_relative_difference_to_cpu"] == 0.0  # the CPU against itself: the plumbing only
+
+
+def test_make_gpu_check_is_a_thin_call_that_needs_no_environment():
+    def dry(*args):
+        out = subprocess.run(["make", "-n", "--no-print-directory", "gpu-check", *args], cwd=ROOT, capture_output=True,
+                             text=True)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    bare = dry("PY=/no/venv/python", "GPU_CHECK_OUT=/tmp/out dir")
+    assert bare.startswith("PYTHONPATH=.") and 'python3 -m rloss gpu-check --out "/tmp/out dir"' in bare
+    assert "pip" not in bare and "venv" not in bare  # nothing to install on a machine without internet
+    assert dry(f"PY={sys.executable}").endswith(f'{sys.executable} -m rloss gpu-check --out "results/gpu_check"')
