@@ -615,6 +615,28 @@ T.train(load_config(sys.argv[1]))
 ROUNDTRIP_ITERATIONS, KILL_AT = 12, 8
 
 
+def count_host_syncs(run, device: str):
+    """``run()`` and, on a GPU, where it made the host wait for the device: torch's sync debug
+    mode warns at each synchronising call, attributed to the Python line that made it. For a
+    training run of I iterations, a line with about I waits is a per-step synchronisation."""
+    if device != "cuda":
+        return run(), None
+    import warnings
+    from collections import Counter
+
+    import torch
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            result = run()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    lines = Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message).lower())
+    return result, dict(lines.most_common(20))
+
+
 def step_roundtrip(ctx: StepContext) -> None:
     import torch
 
@@ -638,8 +660,10 @@ def step_roundtrip(ctx: StepContext) -> None:
 
     uninterrupted = config("uninterrupted")
     start = time.monotonic()
-    final_a = train(uninterrupted)
+    final_a, syncs = count_host_syncs(lambda: train(uninterrupted), device)
     ctx.record(uninterrupted_s=round(time.monotonic() - start, 1), uninterrupted_miou=final_a["miou"])
+    if syncs is not None:
+        ctx.record(host_syncs_total=sum(syncs.values()), host_syncs_by_line=syncs)
 
     killed = config("killed")
     config_path = work / "killed.yaml"

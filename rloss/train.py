@@ -629,11 +629,13 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.dev
                         image = image.contiguous(memory_format=torch.channels_last)
                     with _autocast(device, cfg.run.amp):
                         logits = forward(image)
-                    target = data["mask"] if L.type == "full" else data["scribble"]
-                    terms = {"ce" if L.type == "full" else "pce": _scribble_loss(logits, target.to(device), device, ctx)}
+                    # non_blocking: from pinned memory a blocking copy would wait for the GPU to catch up
+                    target = (data["mask"] if L.type == "full" else data["scribble"]).to(device, non_blocking=True)
+                    terms = {"ce" if L.type == "full" else "pce": _scribble_loss(logits, target, device, ctx)}
                     if crf is not None:
                         probs = torch.softmax(logits.float(), dim=1)
-                        raw, roi = data["image_raw"].to(device), data["roi"].to(device)
+                        raw = data["image_raw"].to(device, non_blocking=True)
+                        roi = data["roi"].to(device, non_blocking=True)
                         crf_start = pending.mark()
                         terms["crf"] = crf(raw, probs, roi)
                         crf_end = pending.mark()
