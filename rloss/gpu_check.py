@@ -212,8 +212,14 @@ def step_extension(ctx: StepContext) -> None:
         major, minor = torch.cuda.get_device_capability()
         arch = f"sm_{major}{minor}"
     # Unset, torch builds for the visible GPU's architecture.
+    nvcc = nvcc_release()
     ctx.record(arch_list=os.environ.get("TORCH_CUDA_ARCH_LIST") or (f"the visible GPU ({arch})" if arch else None),
-               toolkit=_extension.cuda_toolkit_home(), with_cuda=_extension.build_with_cuda())
+               toolkit=_extension.cuda_toolkit_home(), nvcc=nvcc, torch_cuda=torch.version.cuda,
+               with_cuda=_extension.build_with_cuda())
+    if not ctx.dry_run and nvcc and torch.version.cuda and nvcc.split(".")[0] != torch.version.cuda.split(".")[0]:
+        # torch.utils.cpp_extension refuses this pairing; say so before a minute of building
+        raise StepFailed(f"nvcc {nvcc} (CUDA_HOME={_extension.cuda_toolkit_home()}) does not match torch's CUDA "
+                         f"{torch.version.cuda}: point CUDA_HOME at a CUDA {torch.version.cuda.split('.')[0]}.x toolkit")
     start = time.monotonic()
     status = _extension.extension_status()
     ctx.record(status=status, build_or_load_s=round(time.monotonic() - start, 1))
