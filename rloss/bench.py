@@ -33,22 +33,24 @@ class Case:
     size: int
     sigma_xy: float  # in pixels of the filtered image
     device: str = "cpu"
+    backend: str = "auto"  # the lattice's: extension | torch (portable)
 
     @property
     def label(self) -> str:
         where = "" if self.device == "cpu" else f" ({self.device})"
-        return f"{self.kernel}{where} N={self.n} K={self.k} {self.size}x{self.size}"
+        kernel = self.kernel if self.kernel == "exact" else f"{self.kernel} [{self.backend}]"
+        return f"{kernel}{where} N={self.n} K={self.k} {self.size}x{self.size}"
 
 
 # The published sigma_xy = 100 at 513 px, scaled to the filtered size
 # (256 px = a 513 crop at scale_factor 0.5; 64 px = the 40 px setting upscaled).
 def default_cases(include_exact_large: bool = False) -> list[Case]:
     cases = []
-    for kernel in ("permutohedral", "exact"):
+    for kernel, backend in (("permutohedral", "extension"), ("permutohedral", "torch"), ("exact", "auto")):
         for n, size in ((12, 256), (1, 256), (32, 64), (32, 32)):
             if kernel == "exact" and size * size > 64 * 64 and not include_exact_large:
                 continue  # quadratic: minutes per call
-            cases.append(Case(kernel, n, 21, size, 100.0 * size / 513))
+            cases.append(Case(kernel, n, 21, size, 100.0 * size / 513, backend=backend))
     return cases
 
 
@@ -56,11 +58,11 @@ def cuda_cases() -> list[Case]:
     """The GPU set: N=12 at 256 and 513 px (scale 1.0), N=32 at 64 px, both kernels
     (the exact kernel is left out at 513 px: about 10^12 affinities per batch)."""
     cases = []
-    for kernel in ("permutohedral", "exact"):
+    for kernel, backend in (("permutohedral", "extension"), ("permutohedral", "torch"), ("exact", "auto")):
         for n, size in ((12, 256), (12, 513), (32, 64)):
             if kernel == "exact" and size > 256:
                 continue
-            cases.append(Case(kernel, n, 21, size, 100.0 * size / 513, "cuda"))
+            cases.append(Case(kernel, n, 21, size, 100.0 * size / 513, "cuda", backend))
     return cases
 
 
@@ -75,7 +77,8 @@ def lattice_traffic_bytes(case: Case, dim: int = 5) -> int:
 
 def crossover_cases() -> list[Case]:
     """Small sizes where the exact kernel may beat the lattice (for `auto`)."""
-    return [Case(kernel, 32, 21, size, 100.0 * size / 513) for size in (8, 12, 16, 24) for kernel in ("exact", "permutohedral")]
+    sizes = (8, 12, 16, 24)
+    return [Case(kernel, 32, 21, s, 100.0 * s / 513, backend="extension") for s in sizes for kernel in ("exact", "permutohedral")]
 
 
 def photo_batch(n: int, size: int) -> torch.Tensor:
@@ -111,8 +114,8 @@ def run_case(case: Case, repeats: int, warmup: int = 3) -> dict:
     images = photo_batch(case.n, case.size).to(device)
     probs = smooth_softmax(case.n, case.k, case.size, generator).to(device).requires_grad_(True)
     roi = torch.ones(case.n, case.size, case.size, device=device)
-    loss_fn = DenseCRFLoss(2e-9, 15.0, case.sigma_xy, 1.0, kernel=case.kernel, validate=False)
-    if case.kernel == "permutohedral":
+    loss_fn = DenseCRFLoss(2e-9, 15.0, case.sigma_xy, 1.0, kernel=case.kernel, backend=case.backend, validate=False)
+    if case.kernel == "permutohedral" and case.backend != "torch":
         from .filtering import require_lattice
 
         require_lattice(device)  # the first-use build is not timed
@@ -156,7 +159,7 @@ def run_case(case: Case, repeats: int, warmup: int = 3) -> dict:
     if device.type == "cuda":
         result["device_name"] = torch.cuda.get_device_name(device)
         result["peak_gpu_mib_above_inputs"] = (torch.cuda.max_memory_allocated() - memory_before) / 2**20
-        if case.kernel == "permutohedral":
+        if case.kernel == "permutohedral" and case.backend != "torch":
             result["traffic_gb_per_s"] = lattice_traffic_bytes(case) / statistics.median(times) / 1e9
     return result
 
@@ -227,6 +230,46 @@ def bench_crf(
         with open(json_path, "w") as f:
             json.dump({"machine": machine_description(), "date": time.strftime("%Y-%m-%d"), "results": results}, f, indent=1)
     return results
+
+
+def bench_checks(repeats: int = 20, threads: int | None = None, n: int = 12, k: int = 21, size: int = 256) -> dict:
+    """The cost of DenseCRFLoss's input checks on the CPU, side by side in one process:
+    forward + backward with the default checks, with validate=False and with
+    validate=True (every check on every call), interleaved call by call."""
+    from .losses import SUM_CHECK_EVERY, DenseCRFLoss
+
+    if threads:
+        torch.set_num_threads(threads)
+    generator = torch.Generator().manual_seed(0)
+    images = photo_batch(n, size)
+    probs = smooth_softmax(n, k, size, generator).requires_grad_(True)
+    roi = torch.ones(n, size, size)
+    variants = {name: DenseCRFLoss(2e-9, 15.0, 100.0 * size / 513, 1.0, kernel="permutohedral", validate=v)
+                for name, v in (("default", None), ("validate=False", False), ("validate=True", True))}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(3):  # warm-up
+        for loss_fn in variants.values():
+            torch.autograd.grad(loss_fn(images, probs, roi), probs)
+    # Whole cycles of SUM_CHECK_EVERY calls, so the mean includes the scheduled sum checks.
+    calls = max(repeats, SUM_CHECK_EVERY) // SUM_CHECK_EVERY * SUM_CHECK_EVERY
+    for _ in range(calls):
+        for name, loss_fn in variants.items():
+            start = time.perf_counter()
+            torch.autograd.grad(loss_fn(images, probs, roi), probs)
+            times[name].append(time.perf_counter() - start)
+    base = times["validate=False"]
+    print(f"DenseCRFLoss input checks, N={n} K={k} {size}x{size}, {torch.get_num_threads()} threads, "
+          f"{calls} interleaved calls each, {machine_description()}, {time.strftime('%Y-%m-%d')}")
+    print("| checks | median ms | mean ms | overhead (median) | overhead (mean) |\n|---|---:|---:|---:|---:|")
+    result = {}
+    for name, t in times.items():
+        median, mean = statistics.median(t), statistics.fmean(t)
+        over_median = median / statistics.median(base) - 1
+        over_mean = mean / statistics.fmean(base) - 1
+        print(f"| {name} | {1e3 * median:.1f} | {1e3 * mean:.1f} | {100 * over_median:+.1f}% | {100 * over_mean:+.1f}% |")
+        result[name] = {"median_ms": 1e3 * median, "mean_ms": 1e3 * mean, "overhead_median": over_median,
+                        "overhead_mean": over_mean}
+    return result
 
 
 def _main() -> None:  # one case, in a subprocess of bench_crf

@@ -76,6 +76,11 @@ def _cmd_wandb_login(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import bench_crf
 
+    if args.checks:
+        from .bench import bench_checks
+
+        bench_checks(repeats=args.repeats, threads=args.threads)
+        return 0
     bench_crf(repeats=args.repeats, threads=args.threads, crossover=args.crossover, json_path=args.json, device=args.device)
     return 0
 
@@ -248,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     crf = what.add_parser("crf", help="DenseCRF loss forward+backward per kernel")
     crf.add_argument("--repeats", type=int, default=10, help="timed repeats per case (median reported)")
     crf.add_argument("--threads", type=int, help="torch/OpenMP threads (default: torch's)")
-    crf.add_argument("--crossover", action="store_true", help="small sizes, to place auto's exact/lattice switch")
+    crf.add_argument("--crossover", action="store_true", help="small sizes: the exact kernel vs the lattice")
+    crf.add_argument("--checks", action="store_true", help="the cost of the loss's input checks (CPU, side by side)")
     crf.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: the GPU set, timed with CUDA events")
     crf.add_argument("--json", help="also write the results to this JSON file")
     crf.set_defaults(run=_cmd_bench)

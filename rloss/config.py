@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from .data.transforms import INTERPOLATIONS
-from .filtering import KERNELS
+from .filtering import BACKENDS, KERNELS
 from .models import MODEL_NAMES
 
 LOSS_TYPES = ("pce", "pce_crf", "full")
@@ -69,6 +69,7 @@ class LossConfig:
     sigma_xy: float = 12.5
     scale_factor: float = 1.0
     kernel: str = "auto"  # auto | exact | permutohedral
+    backend: str = "auto"  # the lattice's: auto | extension | torch (portable)
     init_from: str | None = None  # checkpoint to start from (the paper's pCE-then-pCE+CRF schedule)
 
 
@@ -134,6 +135,7 @@ class TrainConfig:
         _choice("model.output_stride", self.model.output_stride, (8, 16))
         _choice("data.interpolation", self.data.interpolation, INTERPOLATIONS)
         _choice("loss.kernel", self.loss.kernel, KERNELS)
+        _choice("loss.backend", self.loss.backend, BACKENDS)
         _choice("wandb.mode", self.wandb.mode, WANDB_MODES)
         if isinstance(self.data.batch_size, str) and self.data.batch_size != AUTO:
             raise ValueError(f"config: data.batch_size must be an integer or {AUTO!r}, got {self.data.batch_size!r}")

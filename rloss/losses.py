@@ -8,11 +8,13 @@ backward pass (``A`` is symmetric), so each step filters once.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .filtering import KERNELS, bilateral_features, exact_filter, permutohedral_crf, resolve_kernel
+from .filtering import BACKENDS, KERNELS, bilateral_features, exact_filter, permutohedral_crf, resolve_kernel
 
 
 def partial_cross_entropy(
@@ -55,12 +57,12 @@ class _DenseCRFTerm(torch.autograd.Function):
     """``-scale * sum(S * A S)`` with ``S = probs * roi``; gradient ``-2 scale (A S) roi``."""
 
     @staticmethod
-    def forward(ctx, features, probs, roi, scale, kernel):
+    def forward(ctx, features, probs, roi, scale, kernel, backend):
         n, k, h, w = probs.shape
         grad_scale = -2.0 * scale
-        if resolve_kernel(kernel, h * w, probs.device) == "permutohedral":  # fused: one pass, no temporaries
+        if resolve_kernel(kernel) == "permutohedral":  # fused: one pass, no temporaries
             energy, gradient = permutohedral_crf(
-                features, probs.reshape(n, k, h * w), roi.reshape(n, h * w), out_scale=grad_scale
+                features, probs.reshape(n, k, h * w), roi.reshape(n, h * w), out_scale=grad_scale, backend=backend
             )
             energy, gradient = energy.to(probs.dtype), gradient.view(n, k, h, w).to(probs.dtype)
         else:
@@ -78,8 +80,8 @@ class _DenseCRFTerm(torch.autograd.Function):
         # tensor of probs' size would cost as much as the rest of the backward
         # pass. (Checked on the CPU only: reading a GPU value would synchronise.)
         if grad_output.device.type == "cpu" and grad_output.item() == 1.0:
-            return None, gradient, None, None, None
-        return None, gradient * grad_output, None, None, None
+            return None, gradient, None, None, None, None
+        return None, gradient * grad_output, None, None, None, None
 
 
 class DenseCRFLoss(nn.Module):
@@ -94,9 +96,16 @@ class DenseCRFLoss(nn.Module):
         kernel: ``"auto"``, ``"exact"`` or ``"permutohedral"`` (see ``rloss.filtering``).
             The exact kernel is the true Gaussian; the lattice is about 0.5-0.6x
             of it on photos, and the published weight is tuned to the lattice.
-        validate: check values (finite, ranges, probs summing to 1). ``None``
-            checks CPU tensors only, since reading values back from a GPU would
-            synchronise every step; shapes and dtypes are always checked.
+            ``auto`` is the lattice at every size; ``permutohedral`` is always a lattice.
+        backend: the lattice's implementation: ``"extension"`` (compiled C++/CUDA),
+            ``"torch"`` (the portable lattice, torch operations on any device, same
+            values) or ``"auto"`` (the extension where it is built for the tensor's
+            device, else the portable lattice with a one-line notice).
+        validate: check values (finite, ranges, probs summing to 1) on every call.
+            ``None`` checks CPU tensors only, since reading values back from a GPU
+            would synchronise every step, and checks the sums over classes on the
+            first 10 calls and every 50th after (the checks then cost under 10% of
+            the loss); ``False`` checks nothing. Shapes and dtypes are always checked.
 
     Inputs: ``images [N, 3, H, W]`` RGB in 0..255 (not normalised), ``probs
     [N, K, H, W]`` softmax output, ``roi [N, H, W]`` 1 where the loss applies
@@ -112,11 +121,14 @@ class DenseCRFLoss(nn.Module):
         sigma_xy: float,
         scale_factor: float = 1.0,
         kernel: str = "auto",
+        backend: str = "auto",
         validate: bool | None = None,
     ):
         super().__init__()
         if kernel not in KERNELS:
             raise ValueError(f"DenseCRFLoss: kernel must be one of {KERNELS}, got {kernel!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"DenseCRFLoss: backend must be one of {BACKENDS}, got {backend!r}")
         for name, value in (("sigma_rgb", sigma_rgb), ("sigma_xy", sigma_xy), ("scale_factor", scale_factor)):
             if not value > 0:
                 raise ValueError(f"DenseCRFLoss: {name} must be > 0, got {value}")
@@ -125,18 +137,23 @@ class DenseCRFLoss(nn.Module):
         self.sigma_xy = float(sigma_xy)
         self.scale_factor = float(scale_factor)
         self.kernel = kernel
+        self.backend = backend
         self.validate = validate
+        self._calls = 0  # forward calls so far, for the scheduled checks
 
     def extra_repr(self) -> str:
         return (
             f"weight={self.weight}, sigma_rgb={self.sigma_rgb}, sigma_xy={self.sigma_xy}, "
-            f"scale_factor={self.scale_factor}, kernel={self.kernel!r}"
+            f"scale_factor={self.scale_factor}, kernel={self.kernel!r}, backend={self.backend!r}"
         )
 
     def forward(self, images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor) -> torch.Tensor:
         _check_shapes(images, probs, roi)
-        if self.validate or (self.validate is None and not probs.is_cuda):
+        if self.validate:
             _check_values(images, probs, roi)
+        elif self.validate is None and not probs.is_cuda:
+            _check_values(images, probs, roi, check_sums=_scheduled_sum_check(self._calls))
+        self._calls += 1
         dtype = torch.float64 if probs.dtype == torch.float64 else torch.float32
         with torch.autocast(device_type=probs.device.type, enabled=False):
             images, probs, roi = images.to(dtype), probs.to(dtype), roi.to(dtype)
@@ -148,7 +165,7 @@ class DenseCRFLoss(nn.Module):
                 roi = F.interpolate(roi.unsqueeze(1), scale_factor=s, mode="nearest").squeeze(1)
                 sigma_xy = sigma_xy * s
             features = bilateral_features(images, self.sigma_rgb, sigma_xy)
-            return _DenseCRFTerm.apply(features, probs, roi, self.weight / probs.shape[0], self.kernel)
+            return _DenseCRFTerm.apply(features, probs, roi, self.weight / probs.shape[0], self.kernel, self.backend)
 
 
 def _check_shapes(images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor) -> None:
@@ -170,26 +187,52 @@ def _check_shapes(images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor) 
         )
 
 
+# Default checks (validate=None, CPU tensors): ranges, NaN and infinity on every call,
+# one pass over each input; the per-pixel sum over classes (a second pass over probs)
+# on the first calls and then every SUM_CHECK_EVERY-th, where a softmax left out or
+# applied twice shows at once. This keeps the checks under 10% of the loss
+# (benchmarks/README.md, "Input checks").
+SUM_CHECK_FIRST_CALLS = 10
+SUM_CHECK_EVERY = 50
+
+
+def _scheduled_sum_check(call: int) -> bool:
+    return call < SUM_CHECK_FIRST_CALLS or call % SUM_CHECK_EVERY == 0
+
+
 @torch.no_grad()
-def _check_values(images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor) -> None:
-    for name, t in (("images", images), ("probs", probs), ("roi", roi)):
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise ValueError(f"DenseCRFLoss: {name} contains NaN or infinite values")
-    lo, hi = float(images.min()), float(images.max())
+def _check_values(images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor, check_sums: bool = True) -> None:
+    """Raises ValueError naming the first input out of its range. One aminmax per input
+    (NaN propagates into it; infinity fails the range), then, if ``check_sums``, the
+    per-pixel sum of probs over classes."""
+    lo, hi = (float(v) for v in torch.aminmax(images))
+    _check_finite("images", lo, hi)
     if lo < -1e-3 or hi > 255.0 + 1e-3:
         raise ValueError(
             f"DenseCRFLoss: images must be RGB in 0..255 (not normalised), got values in [{lo:.3g}, {hi:.3g}]"
         )
     tol = 1e-3 if probs.dtype in (torch.float32, torch.float64) else 3e-2
-    lo, hi = float(probs.min()), float(probs.max())
+    lo, hi = (float(v) for v in torch.aminmax(probs))
+    _check_finite("probs", lo, hi)
     if lo < -tol or hi > 1.0 + tol:
         raise ValueError(f"DenseCRFLoss: probs must be probabilities (softmax output), got values in [{lo:.3g}, {hi:.3g}]")
-    error = float((probs.float().sum(dim=1) - 1.0).abs().max())
-    if error > tol:
-        raise ValueError(
-            f"DenseCRFLoss: probs must sum to 1 over the class dimension (softmax output); "
-            f"the largest deviation is {error:.3g}"
-        )
-    lo, hi = float(roi.min()), float(roi.max())
+    if check_sums:
+        sum_lo, sum_hi = (float(v) for v in torch.aminmax(probs.sum(dim=1, dtype=torch.float32)))
+        error = max(abs(sum_lo - 1.0), abs(sum_hi - 1.0))
+        if error > tol:
+            raise ValueError(
+                f"DenseCRFLoss: probs must sum to 1 over the class dimension (softmax output); "
+                f"the largest deviation is {error:.3g}"
+            )
+    if roi.is_floating_point():
+        lo, hi = (float(v) for v in torch.aminmax(roi))
+        _check_finite("roi", lo, hi)
+    else:
+        lo, hi = int(roi.min()), int(roi.max())
     if lo < 0.0 or hi > 1.0:
         raise ValueError(f"DenseCRFLoss: roi must be in 0..1 (1 where the loss applies), got values in [{lo:.3g}, {hi:.3g}]")
+
+
+def _check_finite(name: str, lo: float, hi: float) -> None:
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"DenseCRFLoss: {name} contains NaN or infinite values")

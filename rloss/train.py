@@ -509,7 +509,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.dev
     net.to(device)
     if m.channels_last:
         net.to(memory_format=torch.channels_last)
-    crf = DenseCRFLoss(L.crf_weight, L.sigma_rgb, L.sigma_xy, L.scale_factor, L.kernel) if L.type == "pce_crf" else None
+    crf = DenseCRFLoss(L.crf_weight, L.sigma_rgb, L.sigma_xy, L.scale_factor, L.kernel, L.backend) if L.type == "pce_crf" else None
     _preflight(net, cfg, per_process, crf, device)
     if ctx.enabled:
         net = D.convert_sync_batchnorm(net, device)

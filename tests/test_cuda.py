@@ -1,4 +1,5 @@
-"""The CUDA lattice: built everywhere a CUDA toolkit exists; run where a GPU is."""
+"""The CUDA lattice: built everywhere a CUDA toolkit exists; run where a GPU is, against the
+portable lattice on the same GPU and the C++ lattice on the CPU."""
 
 import os
 import subprocess
@@ -9,19 +10,28 @@ import torch
 
 from inputs import photo, smooth_probs
 from rloss import DenseCRFLoss
-from rloss.filtering import _extension, bilateral_features, permutohedral_crf, permutohedral_filter, resolve_kernel
+from rloss.filtering import (
+    _extension,
+    bilateral_features,
+    permutohedral_crf,
+    permutohedral_filter,
+    portable_crf,
+    portable_filter,
+    resolve_backend,
+    resolve_kernel,
+)
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
 
 
 @pytest.mark.skipif(_extension.cuda_toolkit_home() is None, reason="needs nvcc (no CUDA toolkit found)")
 def test_extension_builds_with_cuda_for_a100_and_h100_and_registers_both_ops(tmp_path):
-    # No GPU is needed to compile, link and load the CUDA build: a syntax,
-    # template or link error in the CUDA sources fails here.
+    # No GPU is needed to compile, link and load the CUDA part (a library of its
+    # own): a syntax, template or link error in the CUDA sources fails here.
     script = (
         "import torch\n"
         "from rloss.filtering import _extension\n"
-        "_extension.load_extension()\n"
+        "_extension.load_cuda_extension()\n"
         "for op in ('permutohedral_filter', 'permutohedral_crf'):\n"
         "    for key in ('CPU', 'CUDA'):\n"
         "        assert torch._C._dispatch_has_kernel_for_dispatch_key(f'rloss::{op}', key), (op, key)\n"
@@ -56,6 +66,33 @@ def test_cuda_lattice_equals_cpu_lattice(lattice_available, n, k, size):
 
 
 @needs_gpu
+@pytest.mark.parametrize("n, k, size", [(1, 1, 24), (2, 21, 64), (3, 5, 97)])
+def test_cuda_op_equals_portable_lattice_on_the_same_gpu_and_both_the_cpu_op(lattice_available, n, k, size):
+    features, probs, roi = _inputs(n, k, size, "cuda")
+    cuda_energy, cuda_out = permutohedral_crf(features, probs, roi, -0.5, backend="extension")
+    portable_energy, portable_out = portable_crf(features, probs, roi, -0.5)
+    cpu_energy, cpu_out = permutohedral_crf(features.cpu(), probs.cpu(), roi.cpu(), -0.5, backend="extension")
+    scale = cpu_out.abs().max()
+    # Elementwise on the same GPU: the portable lattice is the CUDA op's step-by-step oracle.
+    assert (cuda_out - portable_out).abs().max().cpu() <= 1e-4 * scale
+    assert (((cuda_energy - portable_energy).abs() / portable_energy.abs()).max()).cpu() <= 1e-5
+    for energy, out in ((cuda_energy, cuda_out), (portable_energy, portable_out)):
+        assert (out.cpu() - cpu_out).abs().max() <= 1e-4 * scale
+        assert ((energy.cpu() - cpu_energy).abs() / cpu_energy.abs()).max() <= 1e-5
+    filtered = portable_filter(features, probs)
+    assert (filtered - permutohedral_filter(features, probs, backend="extension")).abs().max().cpu() <= 1e-4 * scale
+
+
+@needs_gpu
+def test_portable_lattice_on_cuda_is_deterministic():
+    features, probs, roi = _inputs(2, 21, 96, "cuda")
+    first = portable_crf(features, probs, roi, 1.0)
+    for _ in range(3):
+        again = portable_crf(features, probs, roi, 1.0)
+        assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+
+
+@needs_gpu
 def test_cuda_lattice_is_deterministic(lattice_available):
     features, probs, roi = _inputs(2, 21, 96, "cuda")
     first = permutohedral_crf(features, probs, roi, 1.0)
@@ -66,8 +103,8 @@ def test_cuda_lattice_is_deterministic(lattice_available):
 
 @needs_gpu
 def test_loss_on_cuda_uses_the_cuda_lattice_and_matches_cpu(lattice_available):
-    assert resolve_kernel("auto", 64 * 64, "cuda") == "permutohedral"
-    assert resolve_kernel("auto", 4 * 4, "cuda") == "exact"
+    assert resolve_kernel("auto", 64 * 64, "cuda") == resolve_kernel("auto", 4 * 4, "cuda") == "permutohedral"
+    assert resolve_backend("auto", "cuda") == "extension"
     images = torch.cat([photo("coffee", 64), photo("rocket", 64)])
     probs = smooth_probs(2, 21, 64)
     roi = torch.ones(2, 64, 64)
@@ -84,6 +121,7 @@ def test_loss_on_cuda_uses_the_cuda_lattice_and_matches_cpu(lattice_available):
 
 def test_cpu_only_build_refuses_cuda_tensors_with_a_clear_message(lattice_available, monkeypatch):
     monkeypatch.setattr(_extension, "build_with_cuda", lambda: False)
+    monkeypatch.setattr(_extension, "_state", {"cpu": True})
     with pytest.raises(_extension.ExtensionUnavailable, match="built without CUDA"):
         _extension.require_lattice("cuda")
     _extension.require_lattice("cpu")  # the CPU lattice stays available

@@ -175,3 +175,37 @@ def test_bad_settings_raise_clear_errors(kwargs, message):
     settings = dict(weight=1.0, sigma_rgb=15, sigma_xy=3, scale_factor=1.0) | kwargs
     with pytest.raises(ValueError, match=message):
         DenseCRFLoss(**settings)
+
+
+def test_default_checks_catch_ranges_every_call_and_sums_on_the_scheduled_calls():
+    from rloss import losses
+
+    images, probs, roi = _inputs()
+    halved = probs * 0.5  # in range, but sums to 0.5: only the sum check sees it
+    loss_fn = DenseCRFLoss(1.0, 15, 3, 1.0, kernel="exact")
+    for _ in range(losses.SUM_CHECK_FIRST_CALLS):
+        loss_fn(images, probs, roi)
+    loss_fn(images, halved, roi)  # call SUM_CHECK_FIRST_CALLS: not a scheduled sum check
+    nan_probs = probs.index_fill(2, torch.tensor([1]), float("nan"))
+    with pytest.raises(ValueError, match="probs contains NaN"):  # ranges and NaN: every call
+        loss_fn(images, nan_probs, roi)
+    with pytest.raises(ValueError, match=r"images must be RGB in 0..255"):
+        loss_fn(images * 2, probs, roi)
+    while loss_fn._calls % losses.SUM_CHECK_EVERY != 0:
+        loss_fn(images, probs, roi)
+    with pytest.raises(ValueError, match="probs must sum to 1"):
+        loss_fn(images, halved, roi)
+    # validate=True checks everything on every call; validate=False nothing.
+    always = DenseCRFLoss(1.0, 15, 3, 1.0, kernel="exact", validate=True)
+    always._calls = losses.SUM_CHECK_FIRST_CALLS + 1
+    with pytest.raises(ValueError, match="probs must sum to 1"):
+        always(images, halved, roi)
+    DenseCRFLoss(1.0, 15, 3, 1.0, kernel="exact", validate=False)(images, nan_probs, roi)
+
+
+def test_infinite_values_are_reported_as_such():
+    images, probs, roi = _inputs()
+    with pytest.raises(ValueError, match="roi contains NaN or infinite"):
+        DenseCRFLoss(1.0, 15, 3, 1.0, kernel="exact")(images, probs, roi.index_fill(1, torch.tensor([0]), float("inf")))
+    with pytest.raises(ValueError, match="images contains NaN or infinite"):
+        DenseCRFLoss(1.0, 15, 3, 1.0, kernel="exact")(images.index_fill(2, torch.tensor([0]), float("-inf")), probs, roi)

@@ -1,5 +1,11 @@
 """Builds the C++ (and, where CUDA is present, CUDA) lattice extension on first use.
 
+Two shared libraries, built and loaded separately: the CPU part (it declares the
+ops) and the CUDA part. A failed nvcc step, a missing libcudart or a GPU the
+build has no code for (found by a tiny launch at load) makes only the CUDA part
+unavailable, with a one-line reason; the C++ lattice keeps working.
+``RLOSS_EXTENSION=off`` means: never build or load either part.
+
 The build is cached by torch in ``TORCH_EXTENSIONS_DIR`` (default
 ``~/.cache/torch_extensions``) under a name that hashes the sources and flags,
 so a changed source never loads a stale binary. Torch before 2.14 guarded
@@ -38,8 +44,17 @@ class ExtensionUnavailable(RuntimeError):
 
 
 _lock = threading.Lock()
-_loaded: bool | None = None
-_error: str | None = None
+# Per part ("cpu", "cuda"): True once loaded, else the one-line reason it is unavailable.
+_state: dict[str, bool | str] = {}
+
+# Architectures of a CUDA build when TORCH_CUDA_ARCH_LIST is unset and no GPU is visible
+# (A100, H100/H200); PTX for the newest is added so that newer GPUs can JIT-compile it.
+DEFAULT_CUDA_ARCHS = ("8.0", "9.0")
+
+
+def extension_disabled() -> bool:
+    """RLOSS_EXTENSION=off: never build or load the extension (no compiler; tests)."""
+    return os.environ.get("RLOSS_EXTENSION", "").strip().lower() in ("off", "0", "false", "no")
 
 
 def cuda_toolkit_home() -> str | None:
@@ -56,6 +71,30 @@ def cuda_include_paths() -> list[str]:
     return [str(p) for p in sorted(site.glob("nvidia/cu*/include")) if p.is_dir()]
 
 
+def cuda_archs() -> list[str]:
+    """Compute capabilities to build for: TORCH_CUDA_ARCH_LIST (e.g. "8.0;9.0"), else the
+    visible GPUs', else DEFAULT_CUDA_ARCHS."""
+    listed = os.environ.get("TORCH_CUDA_ARCH_LIST", "").replace(",", ";").replace(" ", ";")
+    tokens = [t.replace("+PTX", "") for t in listed.split(";") if t and t != "native"]
+    if tokens:
+        bad = [t for t in tokens if not re.fullmatch(r"\d+\.\d+a?", t)]
+        if bad:
+            raise ExtensionUnavailable(f"TORCH_CUDA_ARCH_LIST: use compute capabilities like 8.0;9.0, got {bad[0]!r}")
+        return sorted(set(tokens), key=lambda t: float(t.rstrip("a")))
+    if torch.cuda.is_available():
+        found = {"{}.{}".format(*torch.cuda.get_device_capability(i)) for i in range(torch.cuda.device_count())}
+        return sorted(found, key=float)
+    return list(DEFAULT_CUDA_ARCHS)
+
+
+def cuda_arch_flags(archs: list[str]) -> list[str]:
+    """Machine code for each architecture, plus PTX for the newest (run on newer GPUs by the
+    driver's JIT). Passing these keeps torch from adding its own."""
+    numbers = [a.replace(".", "") for a in archs]
+    flags = [f"-gencode=arch=compute_{n},code=sm_{n}" for n in numbers]
+    return flags + [f"-gencode=arch=compute_{numbers[-1]},code=compute_{numbers[-1]}"]
+
+
 def cuda_flags() -> list[str]:
     return ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"]
 
@@ -68,7 +107,7 @@ def build_with_cuda() -> bool:
     return wanted and cuda_toolkit_home() is not None and all((CSRC / s).exists() for s in CUDA_SOURCES)
 
 
-def nvcc_compile_command(source: Path, output: Path, archs: tuple[str, ...] = ("80", "90")) -> list[str]:
+def nvcc_compile_command(source: Path, output: Path, archs: tuple[str, ...] = DEFAULT_CUDA_ARCHS) -> list[str]:
     """An nvcc command that compiles one CUDA source of the extension to an object
     file, with torch's flags: a check that needs no GPU (used by the tests)."""
     cpp_extension = _cpp_extension()
@@ -79,9 +118,7 @@ def nvcc_compile_command(source: Path, output: Path, archs: tuple[str, ...] = ("
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     command = [str(Path(toolkit) / "bin" / "nvcc"), "-c", str(source), "-o", str(output), *cuda_flags(), "-DWITH_CUDA"]
     command += ["-Xcompiler", "-fPIC", "-DTORCH_API_INCLUDE_EXTENSION_H", "-DTORCH_EXTENSION_NAME=rloss_nvcc_check"]
-    command += [f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-Werror", "all-warnings"]
-    for arch in archs:
-        command += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
+    command += [f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-Werror", "all-warnings", *cuda_arch_flags(list(archs))]
     return command + [f"-I{path}" for path in includes]
 
 
@@ -98,12 +135,12 @@ def _cpp_extension():
     return cpp_extension
 
 
-def _build_name(with_cuda: bool) -> str:
+def _build_name(part: str, sources: tuple[str, ...], flags: list[str]) -> str:
     digest = hashlib.sha256()
-    for name in CPU_SOURCES + HEADERS + (CUDA_SOURCES if with_cuda else ()):
+    for name in sources + HEADERS:
         digest.update((CSRC / name).read_bytes())
-    digest.update(repr((CPU_FLAGS, LINK_FLAGS, cuda_flags() if with_cuda else None, torch.__version__)).encode())
-    return f"rloss_lattice_{'cuda' if with_cuda else 'cpu'}_{digest.hexdigest()[:12]}"
+    digest.update(repr((flags, torch.__version__)).encode())
+    return f"rloss_lattice_{part}_{digest.hexdigest()[:12]}"
 
 
 def _extensions_root() -> Path:
@@ -111,20 +148,11 @@ def _extensions_root() -> Path:
     return Path(root) if root else Path.home() / ".cache" / "torch_extensions"
 
 
-def _build_and_load() -> None:
+def _build_and_load(name: str, sources: tuple[str, ...], **kwargs) -> None:
+    """Builds (cached on disk under ``name``) and loads one shared library of the extension."""
     cpp_extension = _cpp_extension()
-    with_cuda = build_with_cuda()
-    name = _build_name(with_cuda)
     build_dir = _extensions_root() / name
     build_dir.mkdir(parents=True, exist_ok=True)
-    sources = [str(CSRC / s) for s in CPU_SOURCES]
-    kwargs = dict(with_cuda=False)
-    if with_cuda:
-        sources += [str(CSRC / s) for s in CUDA_SOURCES]
-        kwargs = dict(
-            with_cuda=True, extra_cuda_cflags=cuda_flags() + ["-DWITH_CUDA"], extra_include_paths=cuda_include_paths()
-        )
-
     with open(build_dir.parent / f"{name}.rloss-build-lock", "w") as guard:
         fcntl.flock(guard, fcntl.LOCK_EX)  # one builder at a time, across processes
         stale = build_dir / "lock"
@@ -135,14 +163,54 @@ def _build_and_load() -> None:
             print(f"rloss: building the lattice extension {name} (first use, about a minute)...", file=sys.stderr)
         cpp_extension.load(
             name=name,
-            sources=sources,
-            extra_cflags=CPU_FLAGS + (["-DWITH_CUDA"] if with_cuda else []),
+            sources=[str(CSRC / s) for s in sources],
             extra_ldflags=LINK_FLAGS,
             build_directory=str(build_dir),
             is_python_module=False,
             verbose=os.environ.get("RLOSS_VERBOSE_BUILD") == "1",
             **kwargs,
         )
+
+
+def _build_cpu() -> None:
+    """The CPU library: it declares the ops and holds the C++ lattice."""
+    _build_and_load(_build_name("cpu", CPU_SOURCES, CPU_FLAGS), CPU_SOURCES, extra_cflags=CPU_FLAGS, with_cuda=False)
+
+
+def _build_cuda() -> None:
+    """The CUDA library, separate from the CPU one, so that a failed nvcc step or a
+    missing libcudart leaves the C++ lattice working."""
+    flags = cuda_flags() + cuda_arch_flags(cuda_archs())
+    _build_and_load(
+        _build_name("cuda", CUDA_SOURCES, flags),
+        CUDA_SOURCES,
+        extra_cuda_cflags=flags,
+        extra_include_paths=cuda_include_paths(),
+        with_cuda=True,
+    )
+
+
+def _launch_two_pixels(device: torch.device) -> torch.Tensor:
+    features = torch.zeros(1, 2, 5, device=device)
+    values = torch.ones(1, 1, 2, device=device)
+    return torch.ops.rloss.permutohedral_filter(features, values).cpu()
+
+
+def _check_cuda_launch() -> None:
+    """Runs the CUDA lattice on two pixels of the current GPU: a build without code for
+    this GPU fails here, once, rather than in the first training step."""
+    device = torch.device("cuda", torch.cuda.current_device())
+    try:
+        filtered = _launch_two_pixels(device)
+    except RuntimeError as exc:
+        capability = "{}.{}".format(*torch.cuda.get_device_capability(device))
+        reason = _one_line(exc).replace(" (set RLOSS_VERBOSE_BUILD=1 for the full build log)", "")
+        raise ExtensionUnavailable(
+            f"the CUDA lattice does not run on this GPU (compute capability {capability}; built for "
+            f"{';'.join(cuda_archs())}): {reason}; rebuild with TORCH_CUDA_ARCH_LIST={capability}"
+        ) from None
+    if not torch.isfinite(filtered).all():
+        raise ExtensionUnavailable("the CUDA lattice gave a non-finite result on a two-pixel check")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -154,30 +222,55 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text} (set RLOSS_VERBOSE_BUILD=1 for the full build log)"
 
 
-def load_extension() -> None:
-    """Builds (once per process, cached on disk) and loads the extension.
-
-    Raises ExtensionUnavailable with a one-line reason when it cannot be built.
-    """
-    global _loaded, _error
+def _load_part(part: str, build) -> None:
+    """Builds and loads one part once per process; raises ExtensionUnavailable with the reason."""
     with _lock:
-        if _loaded is None:
+        if part not in _state:
             try:
-                _build_and_load()
-                _loaded = True
-            except Exception as exc:  # compiler missing, build error, bad toolchain...
-                _loaded, _error = False, _one_line(exc)
-    if not _loaded:
-        raise ExtensionUnavailable(f"the permutohedral lattice extension is unavailable: {_error}")
+                build()
+                _state[part] = True
+            except ExtensionUnavailable as exc:
+                _state[part] = str(exc)
+            except Exception as exc:  # compiler missing, build error, bad toolchain, missing libcudart...
+                _state[part] = _one_line(exc)
+    if _state[part] is not True:
+        raise ExtensionUnavailable(f"the permutohedral lattice extension is unavailable{' for CUDA' if part == 'cuda' else ''}: {_state[part]}")
+
+
+def load_extension() -> None:
+    """Builds (once per process, cached on disk) and loads the extension's CPU part.
+
+    Raises ExtensionUnavailable with a one-line reason when it cannot be used.
+    """
+    if extension_disabled():
+        raise ExtensionUnavailable("the permutohedral lattice extension is off (RLOSS_EXTENSION=off)")
+    _load_part("cpu", _build_cpu)
+
+
+def load_cuda_extension() -> None:
+    """Loads the CPU part (it declares the ops), then builds, loads and (on a GPU)
+    launch-checks the CUDA part, once per process. Raises ExtensionUnavailable with a
+    one-line reason."""
+    load_extension()
+    _load_part("cuda", _build_and_check_cuda)
+
+
+def _build_and_check_cuda() -> None:
+    if not build_with_cuda():
+        raise ExtensionUnavailable("the lattice extension was built without CUDA (no CUDA toolkit found: set CUDA_HOME)")
+    _build_cuda()
+    if torch.cuda.is_available():
+        _check_cuda_launch()
 
 
 def require_lattice(device: torch.device | str) -> None:
-    """Raises ExtensionUnavailable unless the lattice runs on ``device``."""
-    load_extension()
-    if torch.device(device).type == "cuda" and not build_with_cuda():
-        raise ExtensionUnavailable(
-            "the lattice extension was built without CUDA (no CUDA toolkit found: set CUDA_HOME)"
-        )
+    """Raises ExtensionUnavailable unless the extension's lattice runs on ``device``."""
+    if torch.device(device).type == "cuda":
+        load_cuda_extension()
+    elif torch.device(device).type == "cpu":
+        load_extension()
+    else:
+        raise ExtensionUnavailable(f"the lattice extension has no {torch.device(device).type} kernels")
 
 
 def extension_status() -> str:
@@ -186,4 +279,10 @@ def extension_status() -> str:
         load_extension()
     except ExtensionUnavailable as exc:
         return str(exc)
-    return "ok (cpu+cuda)" if build_with_cuda() else "ok (cpu)"
+    if not build_with_cuda():
+        return "ok (cpu)"
+    try:
+        load_cuda_extension()
+    except ExtensionUnavailable as exc:
+        return f"ok (cpu); CUDA: {exc}"
+    return "ok (cpu+cuda)"

@@ -98,9 +98,11 @@ __device__ unsigned block_max(unsigned x) {
 // word), the entry numbers to be sorted along, and the barycentric weights.
 // Also folds max |feature| into *max_abs_feature_bits (the bits of a
 // non-negative float order like the float; NaN orders above infinity), so the
-// range check needs no pass of its own.
+// range check needs no pass of its own. The features are clamped to
+// `clamp_to` = feature_limit (NaN to 0) before locate: the host raises the range error
+// before any key is read, but locate's int32 arithmetic must not overflow first.
 __global__ void locate_vertices(const float* __restrict__ features, int64_t num_pixels, int64_t pixels_per_image,
-                                FeatureScales<kDim> scales, uint64_t* __restrict__ key_lo,
+                                FeatureScales<kDim> scales, float clamp_to, uint64_t* __restrict__ key_lo,
                                 uint64_t* __restrict__ key_hi, int32_t* __restrict__ entry,
                                 float* __restrict__ weight, int32_t* __restrict__ max_abs_feature_bits) {
   const int64_t pixel = thread_index();
@@ -108,8 +110,9 @@ __global__ void locate_vertices(const float* __restrict__ features, int64_t num_
   if (pixel < num_pixels) {
     float f[kDim];
     for (int i = 0; i < kDim; ++i) {
-      f[i] = features[pixel * kDim + i];
-      max_bits = max(max_bits, __float_as_uint(fabsf(f[i])));
+      const float raw = features[pixel * kDim + i];
+      max_bits = max(max_bits, __float_as_uint(fabsf(raw)));
+      f[i] = raw == raw ? fminf(fmaxf(raw, -clamp_to), clamp_to) : 0.0f;
     }
     Simplex<kDim> s;
     locate<kDim>(f, scales, s);
@@ -384,7 +387,7 @@ void filter_batch(const char* op, const at::Tensor& feat, const at::Tensor& in, 
     at::Tensor key_lo = scratch(num_entries, feat, at::kLong), key_hi = scratch(num_entries, feat, at::kLong);
     at::Tensor entry = scratch(num_entries, feat, at::kInt);
     locate_vertices<<<blocks_for(num_pixels), kBlock, 0, stream>>>(
-        feat.data_ptr<float>(), num_pixels, P, feature_scales<kDim>(), u64_ptr(key_lo), u64_ptr(key_hi),
+        feat.data_ptr<float>(), num_pixels, P, feature_scales<kDim>(), feature_limit<kDim>(), u64_ptr(key_lo), u64_ptr(key_hi),
         entry.data_ptr<int32_t>(), weight.data_ptr<float>(), summary.data_ptr<int32_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 

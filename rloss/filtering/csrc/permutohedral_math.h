@@ -174,4 +174,12 @@ RLOSS_HD float max_lattice_coord(float max_abs_feature) {
   return 2.0f * D * feature_scale<D>(0) * max_abs_feature + 4.0f * (D + 1);
 }
 
+// Largest |feature| that max_lattice_coord keeps inside the key fields. Kernels
+// that locate before the range check clamp their features to it, so that the
+// int32 arithmetic of locate cannot overflow on features the check rejects.
+template <int D>
+RLOSS_HD float feature_limit() {
+  return (static_cast<float>(kKeyFieldBias) - 4.0f * (D + 1)) / (2.0f * D * feature_scale<D>(0));
+}
+
 }  // namespace rloss
