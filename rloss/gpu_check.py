@@ -231,7 +231,7 @@ def step_extension(ctx: StepContext) -> None:
     images, probs, _ = _lattice_inputs(2, 5, 48)
     features = bilateral_features(images, 15.0, 100.0 * 48 / 513)
     values = probs.flatten(2)
-    cpu = permutohedral_filter(features, values)
+    cpu = permutohedral_filter(features, values, backend="extension")
     if ctx.dry_run:  # the CPU op against the exact Gaussian: the lattice is a scaled approximation of it
         exact = exact_filter(features.double(), values.double()).float()
         ratio = float((cpu * exact).sum() / (exact * exact).sum())
@@ -239,11 +239,16 @@ def step_extension(ctx: StepContext) -> None:
         if not 0.3 < ratio < 0.9:
             raise StepFailed(f"the CPU lattice is {ratio:.3f}x the exact Gaussian (expected about 0.5-0.6)")
         return
-    gpu = permutohedral_filter(features.cuda(), values.cuda()).cpu()
+    gpu = permutohedral_filter(features.cuda(), values.cuda(), backend="extension").cpu()
     difference = float((gpu - cpu).abs().max() / cpu.abs().max())
-    ctx.record(op_device=torch.cuda.get_device_name(), max_relative_difference_to_cpu=difference)
+    portable = permutohedral_filter(features.cuda(), values.cuda(), backend="torch").cpu()
+    portable_difference = float((portable - gpu).abs().max() / gpu.abs().max())
+    ctx.record(op_device=torch.cuda.get_device_name(), max_relative_difference_to_cpu=difference,
+               portable_max_relative_difference_to_cuda_op=portable_difference)
     if not difference <= 1e-3:
         raise StepFailed(f"the CUDA op differs from the CPU op by {difference:.3g} (relative; limit 1e-3)")
+    if not portable_difference <= 1e-3:
+        raise StepFailed(f"the portable lattice on the GPU differs from the CUDA op by {portable_difference:.3g}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,21 +303,22 @@ def builtin_cuda_checks(device, record: Callable[..., None]) -> None:
     for n, k, size in ((1, 1, 24), (2, 21, 64), (3, 5, 97)):
         images, probs, roi = _lattice_inputs(n, k, size)
         features, values, roi = bilateral_features(images, 15.0, 100.0 * size / 513), probs.flatten(2), roi.flatten(1)
-        cpu = permutohedral_filter(features, values)
-        cpu_energy, cpu_out = permutohedral_crf(features, values, roi, -0.5)
-        dev = permutohedral_filter(features.to(device), values.to(device)).cpu()
-        dev_energy, dev_out = (t.cpu() for t in permutohedral_crf(features.to(device), values.to(device), roi.to(device), -0.5))
+        cpu = permutohedral_filter(features, values, "extension")
+        cpu_energy, cpu_out = permutohedral_crf(features, values, roi, -0.5, "extension")
+        dev = permutohedral_filter(features.to(device), values.to(device), "extension").cpu()
+        dev_energy, dev_out = (t.cpu() for t in permutohedral_crf(features.to(device), values.to(device), roi.to(device),
+                                                                   -0.5, "extension"))
         errors = (float((dev - cpu).abs().max() / cpu.abs().max()), float((dev_out - cpu_out).abs().max() / cpu_out.abs().max()),
                   float(((dev_energy - cpu_energy).abs() / cpu_energy.abs()).max()))
         worst = max(worst, *errors)
         if not (errors[0] <= 1e-3 and errors[1] <= 1e-3 and errors[2] <= 1e-4):
             raise StepFailed(f"lattice on {device} vs CPU at N={n} K={k} {size}px differs by {errors}")
     features, values, roi = (t.to(device) for t in (features, values, roi))
-    first = permutohedral_crf(features, values, roi, 1.0)
-    deterministic = all(torch.equal(first[i], again[i]) for again in (permutohedral_crf(features, values, roi, 1.0)
+    first = permutohedral_crf(features, values, roi, 1.0, "extension")
+    deterministic = all(torch.equal(first[i], again[i]) for again in (permutohedral_crf(features, values, roi, 1.0, "extension")
                                                                        for _ in range(3)) for i in (0, 1))
     images, probs, roi = _lattice_inputs(2, 21, 64)
-    loss_fn = DenseCRFLoss(**PUBLISHED_CRF, kernel="permutohedral")
+    loss_fn = DenseCRFLoss(**PUBLISHED_CRF, kernel="permutohedral", backend="extension")
     p_cpu, p_dev = probs.clone().requires_grad_(True), probs.to(device).requires_grad_(True)
     l_cpu, l_dev = loss_fn(images, p_cpu, roi), loss_fn(images.to(device), p_dev, roi.to(device))
     l_cpu.backward()
@@ -337,15 +343,6 @@ def bench_crf_cases(dry_run: bool) -> list[tuple[int, int, int]]:
     return [(2, 5, 24), (2, 5, 32), (4, 5, 16)] if dry_run else [(12, 21, 256), (12, 21, 513), (32, 21, 64)]
 
 
-def portable_backend_available() -> bool:
-    """Whether this tree's DenseCRFLoss can be told to use the portable (torch-ops) lattice."""
-    import inspect
-
-    from .losses import DenseCRFLoss
-
-    return "backend" in inspect.signature(DenseCRFLoss.__init__).parameters
-
-
 def device_bandwidth_gb_s(device, dry_run: bool) -> float:
     """Device-to-device copy bandwidth (bytes read + written per second), the traffic estimate's yardstick."""
     import torch
@@ -368,14 +365,7 @@ def step_bench_crf(ctx: StepContext) -> None:
     bandwidth = device_bandwidth_gb_s(device, dry)
     ctx.record(device_bandwidth_gb_s=round(bandwidth, 1), repeats=repeats, timing="CUDA events" if not dry else "perf_counter",
                measures="DenseCRF loss forward + backward (published settings, kernel permutohedral, validate=False)")
-    backends = {"extension": {}}
-    if portable_backend_available():
-        backends["torch"] = {"backend": "torch"}
-        backends["extension"] = {"backend": "extension"}
-    else:
-        ctx.record(portable="not available in this tree (DenseCRFLoss has no backend argument)")
-
-    for name, kwargs in backends.items():
+    for name in ("extension", "torch"):  # the compiled lattice, then the portable one
         rows = {}
         for n, k, size in bench_crf_cases(dry):
             if ctx.left_s() < 10:  # leave the rest to the budget: what is measured is kept
@@ -384,7 +374,8 @@ def step_bench_crf(ctx: StepContext) -> None:
                 continue
             images, probs, roi = (t.to(device) for t in _lattice_inputs(n, k, size))
             probs.requires_grad_(True)
-            loss_fn = DenseCRFLoss(2e-9, 15.0, 100.0 * size / 513, 1.0, kernel="permutohedral", validate=False, **kwargs)
+            loss_fn = DenseCRFLoss(2e-9, 15.0, 100.0 * size / 513, 1.0, kernel="permutohedral", backend=name,
+                                   validate=False)
 
             def step():
                 torch.autograd.grad(loss_fn(images, probs, roi), probs)
@@ -404,10 +395,13 @@ def step_bench_crf(ctx: StepContext) -> None:
             if name == "extension":  # the fused op alone, and whether a call blocks the host
                 features = bilateral_features(images, 15.0, 100.0 * size / 513)
                 values, flat_roi = probs.detach().flatten(2), roi.flatten(1)
-                row["op_median_ms"] = round(_median_ms(lambda: permutohedral_crf(features, values, flat_roi, 1.0),
-                                                       device, repeats, warmup)[0], 3)
+
+                def op():
+                    return permutohedral_crf(features, values, flat_roi, 1.0, "extension")
+
+                row["op_median_ms"] = round(_median_ms(op, device, repeats, warmup)[0], 3)
                 if device.type == "cuda":
-                    row.update(host_wait_probe(lambda: permutohedral_crf(features, values, flat_roi, 1.0)))
+                    row.update(host_wait_probe(op))
             rows[f"N={n} K={k} {size}x{size}"] = row
             ctx.record(**{name: rows})
             del images, probs, roi, loss_fn
@@ -521,6 +515,7 @@ def time_training(model, optimizer, batch_data, crf, amp_dtype, channels_last: b
 def step_train_step(ctx: StepContext) -> None:
     import torch
 
+    from .filtering import resolve_backend
     from .losses import DenseCRFLoss
     from .models import build_model
 
@@ -529,6 +524,7 @@ def step_train_step(ctx: StepContext) -> None:
                crf=dict(PUBLISHED_CRF, kernel="permutohedral"))
     batch_data = _training_batch(s["batch"], s["crop"], device)
     crf = DenseCRFLoss(**PUBLISHED_CRF, kernel="permutohedral")
+    ctx.record(crf_backend=resolve_backend("auto", device))  # the extension where it is built, else the portable lattice
     torch.manual_seed(0)
 
     failures = []

@@ -424,7 +424,8 @@ def probe_batch_size(cfg: TrainConfig, ctx: D.DistContext, device: torch.device,
                         checkpoint_backbone=m.checkpoint_backbone).to(device)
     if m.channels_last:
         probe.to(memory_format=torch.channels_last)
-    crf = DenseCRFLoss(L.crf_weight, L.sigma_rgb, L.sigma_xy, L.scale_factor, L.kernel) if L.type == "pce_crf" else None
+    crf = DenseCRFLoss(L.crf_weight, L.sigma_rgb, L.sigma_xy, L.scale_factor, L.kernel, L.backend) \
+        if L.type == "pce_crf" else None
 
     def fits(per_process: int) -> bool:
         try:

@@ -79,9 +79,12 @@ def test_dry_run_passes_every_step_without_the_study_packages(bare_env, tmp_path
     assert steps["environment"]["torch"] == torch.__version__ and steps["environment"]["cuda_available"] is False
     assert steps["extension"]["status"] == "ok" and 0.3 < steps["extension"]["lattice_to_exact_scale"] < 0.9
     assert steps["tests"]["runner"] == "pytest" and steps["tests"]["passed"] >= 1 and "failed" not in steps["tests"]
-    bench = steps["bench_crf"]["extension"]
-    assert set(bench) == {f"N={n} K={k} {s}x{s}" for n, k, s in G.bench_crf_cases(True)}
-    assert all(row["median_ms"] > 0 and row["bandwidth_bound_ms"] > 0 for row in bench.values())
+    for backend in ("extension", "torch"):  # the compiled and the portable lattice
+        bench = steps["bench_crf"][backend]
+        assert set(bench) == {f"N={n} K={k} {s}x{s}" for n, k, s in G.bench_crf_cases(True)}
+        assert all(row["median_ms"] > 0 and row["bandwidth_bound_ms"] > 0 for row in bench.values())
+    assert all(row["op_median_ms"] > 0 for row in steps["bench_crf"]["extension"].values())
+    assert steps["train_step"]["crf_backend"] == "extension"
     train = steps["train_step"]
     assert train["tiny_pce"]["s_per_iteration"] > 0 and 0 < train["tiny_pce_crf"]["crf_share"] < 1
     assert train["tiny_auto_batch_size"]["batch_size"] >= 2
