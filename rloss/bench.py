@@ -38,7 +38,7 @@ class Case:
     @property
     def label(self) -> str:
         where = "" if self.device == "cpu" else f" ({self.device})"
-        kernel = self.kernel if self.kernel == "exact" else f"{self.kernel} [{self.backend}]"
+        kernel = self.kernel if self.kernel == "exact" or self.backend == "auto" else f"{self.kernel} [{self.backend}]"
         return f"{kernel}{where} N={self.n} K={self.k} {self.size}x{self.size}"
 
 
@@ -235,8 +235,9 @@ def bench_crf(
 def bench_checks(repeats: int = 20, threads: int | None = None, n: int = 12, k: int = 21, size: int = 256) -> dict:
     """The cost of DenseCRFLoss's input checks on the CPU, side by side in one process:
     forward + backward with the default checks, with validate=False and with
-    validate=True (every check on every call), interleaved call by call."""
-    from .losses import SUM_CHECK_EVERY, DenseCRFLoss
+    validate=True (every check on every call, as the default does on its first calls),
+    interleaved call by call."""
+    from .losses import CHECK_EVERY, CHECK_FIRST_CALLS, DenseCRFLoss
 
     if threads:
         torch.set_num_threads(threads)
@@ -247,11 +248,11 @@ def bench_checks(repeats: int = 20, threads: int | None = None, n: int = 12, k: 
     variants = {name: DenseCRFLoss(2e-9, 15.0, 100.0 * size / 513, 1.0, kernel="permutohedral", validate=v)
                 for name, v in (("default", None), ("validate=False", False), ("validate=True", True))}
     times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(3):  # warm-up
+    for _ in range(CHECK_FIRST_CALLS):  # warm-up, past the default's first fully checked calls
         for loss_fn in variants.values():
             torch.autograd.grad(loss_fn(images, probs, roi), probs)
-    # Whole cycles of SUM_CHECK_EVERY calls, so the mean includes the scheduled sum checks.
-    calls = max(repeats, SUM_CHECK_EVERY) // SUM_CHECK_EVERY * SUM_CHECK_EVERY
+    # Whole cycles of CHECK_EVERY calls, so the mean includes the scheduled full checks.
+    calls = max(repeats, CHECK_EVERY) // CHECK_EVERY * CHECK_EVERY
     for _ in range(calls):
         for name, loss_fn in variants.items():
             start = time.perf_counter()

@@ -101,11 +101,12 @@ class DenseCRFLoss(nn.Module):
             ``"torch"`` (the portable lattice, torch operations on any device, same
             values) or ``"auto"`` (the extension where it is built for the tensor's
             device, else the portable lattice with a one-line notice).
-        validate: check values (finite, ranges, probs summing to 1) on every call.
-            ``None`` checks CPU tensors only, since reading values back from a GPU
-            would synchronise every step, and checks the sums over classes on the
-            first 10 calls and every 50th after (the checks then cost under 10% of
-            the loss); ``False`` checks nothing. Shapes and dtypes are always checked.
+        validate: ``True`` checks values (finite, ranges, probs summing to 1) on every
+            call. ``None`` checks CPU tensors only, since reading values back from a
+            GPU would synchronise every step: all values on the first 10 calls and
+            every 50th after, NaN and infinity on every call (through the loss
+            value), so the checks cost under 10% of the loss. ``False`` checks no
+            values. Shapes and dtypes are always checked.
 
     Inputs: ``images [N, 3, H, W]`` RGB in 0..255 (not normalised), ``probs
     [N, K, H, W]`` softmax output, ``roi [N, H, W]`` 1 where the loss applies
@@ -149,11 +150,25 @@ class DenseCRFLoss(nn.Module):
 
     def forward(self, images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor) -> torch.Tensor:
         _check_shapes(images, probs, roi)
-        if self.validate:
+        # Default (validate=None) on CPU tensors: every check on scheduled calls; on the
+        # others a non-finite result or an error of the op (both free to see) brings the
+        # checks in, so that they name the input at fault.
+        watch = self.validate is None and not probs.is_cuda
+        call, self._calls = self._calls, self._calls + 1
+        if self.validate or (watch and _scheduled_check(call)):
             _check_values(images, probs, roi)
-        elif self.validate is None and not probs.is_cuda:
-            _check_values(images, probs, roi, check_sums=_scheduled_sum_check(self._calls))
-        self._calls += 1
+        try:
+            loss = self._loss(images, probs, roi)
+        except RuntimeError:
+            if watch:
+                _check_values(images, probs, roi)
+            raise
+        if watch and not torch.isfinite(loss):
+            _check_values(images, probs, roi)
+            raise ValueError("DenseCRFLoss: the loss is not finite although the inputs are in range")
+        return loss
+
+    def _loss(self, images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor) -> torch.Tensor:
         dtype = torch.float64 if probs.dtype == torch.float64 else torch.float32
         with torch.autocast(device_type=probs.device.type, enabled=False):
             images, probs, roi = images.to(dtype), probs.to(dtype), roi.to(dtype)
@@ -187,24 +202,23 @@ def _check_shapes(images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor) 
         )
 
 
-# Default checks (validate=None, CPU tensors): ranges, NaN and infinity on every call,
-# one pass over each input; the per-pixel sum over classes (a second pass over probs)
-# on the first calls and then every SUM_CHECK_EVERY-th, where a softmax left out or
-# applied twice shows at once. This keeps the checks under 10% of the loss
-# (benchmarks/README.md, "Input checks").
-SUM_CHECK_FIRST_CALLS = 10
-SUM_CHECK_EVERY = 50
+# Default checks (validate=None, CPU tensors): every check on the first calls and then
+# on every CHECK_EVERY-th (inputs out of range, a softmax left out or applied twice,
+# show from the first step); NaN and infinity on every call, through the loss value.
+# Checking every call cost +70% of the loss, this under 10% (benchmarks/README.md,
+# "Input checks").
+CHECK_FIRST_CALLS = 10
+CHECK_EVERY = 50
 
 
-def _scheduled_sum_check(call: int) -> bool:
-    return call < SUM_CHECK_FIRST_CALLS or call % SUM_CHECK_EVERY == 0
+def _scheduled_check(call: int) -> bool:
+    return call < CHECK_FIRST_CALLS or call % CHECK_EVERY == 0
 
 
 @torch.no_grad()
-def _check_values(images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor, check_sums: bool = True) -> None:
-    """Raises ValueError naming the first input out of its range. One aminmax per input
-    (NaN propagates into it; infinity fails the range), then, if ``check_sums``, the
-    per-pixel sum of probs over classes."""
+def _check_values(images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor) -> None:
+    """Raises ValueError naming the first input out of its range: one aminmax per input
+    (NaN propagates into it; infinity fails the range) and the per-pixel sums of probs."""
     lo, hi = (float(v) for v in torch.aminmax(images))
     _check_finite("images", lo, hi)
     if lo < -1e-3 or hi > 255.0 + 1e-3:
@@ -216,14 +230,13 @@ def _check_values(images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor, 
     _check_finite("probs", lo, hi)
     if lo < -tol or hi > 1.0 + tol:
         raise ValueError(f"DenseCRFLoss: probs must be probabilities (softmax output), got values in [{lo:.3g}, {hi:.3g}]")
-    if check_sums:
-        sum_lo, sum_hi = (float(v) for v in torch.aminmax(probs.sum(dim=1, dtype=torch.float32)))
-        error = max(abs(sum_lo - 1.0), abs(sum_hi - 1.0))
-        if error > tol:
-            raise ValueError(
-                f"DenseCRFLoss: probs must sum to 1 over the class dimension (softmax output); "
-                f"the largest deviation is {error:.3g}"
-            )
+    sum_lo, sum_hi = (float(v) for v in torch.aminmax(probs.sum(dim=1, dtype=torch.float32)))
+    error = max(abs(sum_lo - 1.0), abs(sum_hi - 1.0))
+    if error > tol:
+        raise ValueError(
+            f"DenseCRFLoss: probs must sum to 1 over the class dimension (softmax output); "
+            f"the largest deviation is {error:.3g}"
+        )
     if roi.is_floating_point():
         lo, hi = (float(v) for v in torch.aminmax(roi))
         _check_finite("roi", lo, hi)

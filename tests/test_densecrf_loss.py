@@ -177,30 +177,38 @@ def test_bad_settings_raise_clear_errors(kwargs, message):
         DenseCRFLoss(**settings)
 
 
-def test_default_checks_catch_ranges_every_call_and_sums_on_the_scheduled_calls():
+@pytest.mark.parametrize("kernel", ["exact", "permutohedral"])
+def test_default_checks_run_on_scheduled_calls_and_catch_nan_on_every_call(lattice_available, kernel):
     from rloss import losses
 
     images, probs, roi = _inputs()
-    halved = probs * 0.5  # in range, but sums to 0.5: only the sum check sees it
-    loss_fn = DenseCRFLoss(1.0, 15, 3, 1.0, kernel="exact")
-    for _ in range(losses.SUM_CHECK_FIRST_CALLS):
-        loss_fn(images, probs, roi)
-    loss_fn(images, halved, roi)  # call SUM_CHECK_FIRST_CALLS: not a scheduled sum check
+    halved = probs * 0.5  # in range, but sums to 0.5: only a full check sees it
+    loss_fn = DenseCRFLoss(1.0, 15, 3, 1.0, kernel=kernel)
+    for _ in range(losses.CHECK_FIRST_CALLS):
+        with pytest.raises(ValueError, match="probs must sum to 1"):  # the first calls: full checks
+            loss_fn(images, halved, roi)
+    loss_fn(images, halved, roi)  # call CHECK_FIRST_CALLS: not a scheduled check
+    # NaN and infinity: on every call, through the loss value or the op's own error,
+    # then named by the full checks.
     nan_probs = probs.index_fill(2, torch.tensor([1]), float("nan"))
-    with pytest.raises(ValueError, match="probs contains NaN"):  # ranges and NaN: every call
+    with pytest.raises(ValueError, match="probs contains NaN"):
         loss_fn(images, nan_probs, roi)
-    with pytest.raises(ValueError, match=r"images must be RGB in 0..255"):
-        loss_fn(images * 2, probs, roi)
-    while loss_fn._calls % losses.SUM_CHECK_EVERY != 0:
+    with pytest.raises(ValueError, match="images contains NaN"):
+        loss_fn(images.index_fill(3, torch.tensor([2]), float("nan")), probs, roi)
+    outside_roi = roi.clone()
+    outside_roi[:, 0] = 0
+    with pytest.raises(ValueError, match="probs contains NaN"):  # outside the ROI too
+        loss_fn(images, probs.index_fill(2, torch.tensor([0]), float("inf")), outside_roi)
+    while loss_fn._calls % losses.CHECK_EVERY != 0:
         loss_fn(images, probs, roi)
     with pytest.raises(ValueError, match="probs must sum to 1"):
         loss_fn(images, halved, roi)
-    # validate=True checks everything on every call; validate=False nothing.
-    always = DenseCRFLoss(1.0, 15, 3, 1.0, kernel="exact", validate=True)
-    always._calls = losses.SUM_CHECK_FIRST_CALLS + 1
+    # validate=True checks everything on every call; validate=False no values.
+    always = DenseCRFLoss(1.0, 15, 3, 1.0, kernel=kernel, validate=True)
+    always._calls = losses.CHECK_FIRST_CALLS + 1
     with pytest.raises(ValueError, match="probs must sum to 1"):
         always(images, halved, roi)
-    DenseCRFLoss(1.0, 15, 3, 1.0, kernel="exact", validate=False)(images, nan_probs, roi)
+    assert not torch.isfinite(DenseCRFLoss(1.0, 15, 3, 1.0, kernel=kernel, validate=False)(images, nan_probs, roi))
 
 
 def test_infinite_values_are_reported_as_such():

@@ -40,8 +40,17 @@ def test_extension_off_gives_lattice_values_from_the_portable_lattice(monkeypatc
     assert abs(lattice / exact - 0.55) < 0.2  # the two scales differ: the test can tell them apart
 
     monkeypatch.setenv("RLOSS_EXTENSION", "off")
+    monkeypatch.setattr(_extension, "_state", {})  # as in a fresh process: nothing loaded yet
+
+    def no_build():
+        raise AssertionError("RLOSS_EXTENSION=off must not build the extension")
+
+    monkeypatch.setattr(_extension, "_build_cpu", no_build)
+    monkeypatch.setattr(_extension, "_build_cuda", no_build)
     with pytest.raises(_extension.ExtensionUnavailable, match="RLOSS_EXTENSION=off"):
         _extension.load_extension()
+    with pytest.raises(_extension.ExtensionUnavailable, match="RLOSS_EXTENSION=off"):
+        _extension.require_lattice("cuda")
     for kernel in ("auto", "permutohedral"):
         value = DenseCRFLoss(1.0, 15, 3, kernel=kernel)(images, probs, roi).item()
         assert value == pytest.approx(lattice, rel=1e-6), kernel

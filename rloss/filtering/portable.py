@@ -49,6 +49,11 @@ SLICE_ALPHA = 1.0 / (1.0 + 2.0**-D)
 SPLAT_CHUNK_BYTES = 128 * 2**20
 
 
+def wide_float(device: torch.device) -> torch.dtype:
+    """float64 for sums and read-backs, float32 on Apple MPS (which has no float64)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def feature_scales(device: torch.device) -> torch.Tensor:
     """sqrt(2/3) (D+1) / sqrt((i+1)(i+2)) in float32, as ``feature_scale`` computes it."""
     inv_std = torch.tensor(0.81649658092772603, dtype=torch.float32) * float(D + 1)
@@ -196,7 +201,7 @@ def _splat(
         running_at_end[first_point:last_point] = running[last_entry[first_point:last_point] - begin]
         first_point = last_point
     sums = torch.diff(running_at_end, dim=0, prepend=torch.zeros_like(running_at_end[:1]))
-    return (sums.double() / scale).float()
+    return (sums.to(wide_float(signal.device)) / scale).float()
 
 
 def _filter(
@@ -237,8 +242,9 @@ def _filter(
     # Read back together: the number of points, max |feature| for the range check and,
     # for the fixed-point splat, max |signal| for its scale.
     fixed_point = fixed_point_splat(device)
-    summary = [points_so_far[-1].double(), max_abs_feature.double()]
-    summary = torch.stack(summary + ([signal.abs().max().double()] if fixed_point else [])).tolist()
+    wide = wide_float(device)
+    summary = [points_so_far[-1].to(wide), max_abs_feature.to(wide)]
+    summary = torch.stack(summary + ([signal.abs().max().to(wide)] if fixed_point else [])).tolist()
     check_feature_range(op, summary[1])
     num_points = int(summary[0])
     vertex_point = torch.empty_like(sorted_entry).scatter_(0, sorted_entry, points_so_far - 1).view(n * p, VERTICES)
@@ -267,7 +273,7 @@ def _filter(
         acc.addcmul_(alpha_weight[:, vertex : vertex + 1], lattice[vertex_point[:, vertex]])
     if roi is None:
         return acc.view(n, p, k).transpose(1, 2).contiguous(), None
-    energy = (signal * acc).reshape(n, p * k).sum(dim=1, dtype=torch.float64).float()  # sum(S * A S)
+    energy = (signal * acc).reshape(n, p * k).sum(dim=1, dtype=wide).float()  # sum(S * A S)
     acc.mul_(roi.float().reshape(n * p, 1) * out_scale)
     return acc.view(n, p, k).transpose(1, 2).contiguous(), energy
 
