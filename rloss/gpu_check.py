@@ -356,55 +356,74 @@ def device_bandwidth_gb_s(device, dry_run: bool) -> float:
 def step_bench_crf(ctx: StepContext) -> None:
     import torch
 
-    from .bench import Case, lattice_traffic_bytes
-    from .filtering import bilateral_features, permutohedral_crf
-    from .losses import DenseCRFLoss
-
     device, dry = ctx.device, ctx.dry_run
     repeats, warmup = (3, 1) if dry else (10, 3)
     bandwidth = device_bandwidth_gb_s(device, dry)
     ctx.record(device_bandwidth_gb_s=round(bandwidth, 1), repeats=repeats, timing="CUDA events" if not dry else "perf_counter",
-               measures="DenseCRF loss forward + backward (published settings, kernel permutohedral, validate=False)")
+               measures="DenseCRF loss forward + backward: sigma_rgb 15, sigma_xy 100 x side / 513, "
+                        "scale 1, kernel permutohedral, validate=False")
+    failures = []
     for name in ("extension", "torch"):  # the compiled lattice, then the portable one
         rows = {}
         for n, k, size in bench_crf_cases(dry):
+            label = f"N={n} K={k} {size}x{size}"
             if ctx.left_s() < 10:  # leave the rest to the budget: what is measured is kept
-                rows[f"N={n} K={k} {size}x{size}"] = f"skipped: {ctx.left_s():.0f} s left of the step's budget"
-                ctx.record(**{name: rows})
-                continue
-            images, probs, roi = (t.to(device) for t in _lattice_inputs(n, k, size))
-            probs.requires_grad_(True)
-            loss_fn = DenseCRFLoss(2e-9, 15.0, 100.0 * size / 513, 1.0, kernel="permutohedral", backend=name,
-                                   validate=False)
-
-            def step():
-                torch.autograd.grad(loss_fn(images, probs, roi), probs)
-
-            step()  # a first-use build or compile is not timed
-            _peak_mib_reset(device)
-            before = torch.cuda.memory_allocated() / 2**20 if device.type == "cuda" else None
-            median_ms, min_ms = _median_ms(step, device, repeats, warmup)
-            traffic = lattice_traffic_bytes(Case("permutohedral", n, k, size, 100.0 * size / 513))
-            row = {"median_ms": round(median_ms, 3), "min_ms": round(min_ms, 3),
-                   "traffic_estimate_gb": float(f"{traffic / 1e9:.4g}"),
-                   "bandwidth_bound_ms": round(traffic / (bandwidth * 1e9) * 1e3, 3),
-                   "share_of_bandwidth": round(traffic / (median_ms / 1e3) / (bandwidth * 1e9), 3)}
-            peak = _peak_mib(device)
-            if peak is not None:
-                row["peak_mib_above_inputs"] = round(peak - before, 1)
-            if name == "extension":  # the fused op alone, and whether a call blocks the host
-                features = bilateral_features(images, 15.0, 100.0 * size / 513)
-                values, flat_roi = probs.detach().flatten(2), roi.flatten(1)
-
-                def op():
-                    return permutohedral_crf(features, values, flat_roi, 1.0, "extension")
-
-                row["op_median_ms"] = round(_median_ms(op, device, repeats, warmup)[0], 3)
-                if device.type == "cuda":
-                    row.update(host_wait_probe(op))
-            rows[f"N={n} K={k} {size}x{size}"] = row
+                rows[label] = f"skipped: {ctx.left_s():.0f} s left of the step's budget"
+            else:
+                try:
+                    rows[label] = bench_case(name, n, k, size, device, bandwidth, repeats, warmup)
+                except Exception as exc:  # e.g. out of memory: recorded, the next case still runs
+                    traceback.print_exc()
+                    rows[label] = {"error": f"{type(exc).__name__}: {str(exc).strip()[:300]}"}
+                    failures.append(f"{name} {label}")
+                finally:
+                    gc.collect()
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
             ctx.record(**{name: rows})
-            del images, probs, roi, loss_fn
+    if failures:
+        raise StepFailed(f"failed: {', '.join(failures)} (see the log)")
+
+
+def bench_case(backend: str, n: int, k: int, size: int, device, bandwidth: float, repeats: int, warmup: int) -> dict:
+    """The loss's forward + backward with one lattice backend: times, memory, traffic; for the
+    extension also the fused op alone and whether it makes the host wait."""
+    import torch
+
+    from .bench import Case, lattice_traffic_bytes
+    from .filtering import bilateral_features, permutohedral_crf
+    from .losses import DenseCRFLoss
+
+    images, probs, roi = (t.to(device) for t in _lattice_inputs(n, k, size))
+    probs.requires_grad_(True)
+    loss_fn = DenseCRFLoss(2e-9, 15.0, 100.0 * size / 513, 1.0, kernel="permutohedral", backend=backend, validate=False)
+
+    def step():
+        torch.autograd.grad(loss_fn(images, probs, roi), probs)
+
+    step()  # a first-use build or compile is not timed
+    _peak_mib_reset(device)
+    before = torch.cuda.memory_allocated() / 2**20 if device.type == "cuda" else None
+    median_ms, min_ms = _median_ms(step, device, repeats, warmup)
+    traffic = lattice_traffic_bytes(Case("permutohedral", n, k, size, 100.0 * size / 513))
+    row = {"median_ms": round(median_ms, 3), "min_ms": round(min_ms, 3),
+           "traffic_estimate_gb": float(f"{traffic / 1e9:.4g}"),
+           "bandwidth_bound_ms": round(traffic / (bandwidth * 1e9) * 1e3, 3),
+           "share_of_bandwidth": round(traffic / (median_ms / 1e3) / (bandwidth * 1e9), 3)}
+    peak = _peak_mib(device)
+    if peak is not None:
+        row["peak_mib_above_inputs"] = round(peak - before, 1)
+    if backend == "extension":
+        features = bilateral_features(images, 15.0, 100.0 * size / 513)
+        values, flat_roi = probs.detach().flatten(2), roi.flatten(1)
+
+        def op():
+            return permutohedral_crf(features, values, flat_roi, 1.0, "extension")
+
+        row["op_median_ms"] = round(_median_ms(op, device, repeats, warmup)[0], 3)
+        if device.type == "cuda":
+            row.update(host_wait_probe(op))
+    return row
 
 
 def host_wait_probe(call) -> dict:

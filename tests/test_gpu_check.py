@@ -220,3 +220,21 @@ def test_make_gpu_check_is_a_thin_call_that_needs_no_environment():
     assert bare.startswith("PYTHONPATH=.") and 'python3 -m rloss gpu-check --out "/tmp/out dir"' in bare
     assert "pip" not in bare and "venv" not in bare  # nothing to install on a machine without internet
     assert dry(f"PY={sys.executable}").endswith(f'{sys.executable} -m rloss gpu-check --out "results/gpu_check"')
+
+
+def test_a_failing_bench_case_is_recorded_and_the_others_still_run(tmp_path, monkeypatch):
+    def bench_case(backend, n, k, size, *rest):
+        if backend == "torch" and size == 24:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 80.00 GiB")
+        return {"median_ms": float(size)}
+
+    monkeypatch.setattr(G, "bench_case", bench_case)
+    result = tmp_path / "bench_crf.json"
+    ctx = G.StepContext(tmp_path, True, time.monotonic() + 60, result)
+    with pytest.raises(G.StepFailed, match=r"failed: torch N=2 K=5 24x24"):
+        G.step_bench_crf(ctx)
+    doc = json.loads(result.read_text())
+    assert doc["extension"] == {"N=2 K=5 24x24": {"median_ms": 24.0}, "N=2 K=5 32x32": {"median_ms": 32.0},
+                                "N=4 K=5 16x16": {"median_ms": 16.0}}
+    assert "out of memory" in doc["torch"]["N=2 K=5 24x24"]["error"]
+    assert doc["torch"]["N=4 K=5 16x16"] == {"median_ms": 16.0}  # the case after the failure ran
