@@ -38,7 +38,8 @@ class Case:
     @property
     def label(self) -> str:
         where = "" if self.device == "cpu" else f" ({self.device})"
-        kernel = self.kernel if self.kernel == "exact" or self.backend == "auto" else f"{self.kernel} [{self.backend}]"
+        plain = self.kernel == "exact" or self.backend == "auto"
+        kernel = self.kernel if plain else f"{self.kernel} [{self.backend}]"
         return f"{kernel}{where} N={self.n} K={self.k} {self.size}x{self.size}"
 
 
@@ -245,8 +246,10 @@ def bench_checks(repeats: int = 20, threads: int | None = None, n: int = 12, k: 
     images = photo_batch(n, size)
     probs = smooth_softmax(n, k, size, generator).requires_grad_(True)
     roi = torch.ones(n, size, size)
-    variants = {name: DenseCRFLoss(2e-9, 15.0, 100.0 * size / 513, 1.0, kernel="permutohedral", validate=v)
-                for name, v in (("default", None), ("validate=False", False), ("validate=True", True))}
+    variants = {
+        name: DenseCRFLoss(2e-9, 15.0, 100.0 * size / 513, 1.0, kernel="permutohedral", validate=validate)
+        for name, validate in (("default", None), ("validate=False", False), ("validate=True", True))
+    }
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(CHECK_FIRST_CALLS):  # warm-up, past the default's first fully checked calls
         for loss_fn in variants.values():
@@ -267,7 +270,9 @@ def bench_checks(repeats: int = 20, threads: int | None = None, n: int = 12, k: 
         median, mean = statistics.median(t), statistics.fmean(t)
         over_median = median / statistics.median(base) - 1
         over_mean = mean / statistics.fmean(base) - 1
-        print(f"| {name} | {1e3 * median:.1f} | {1e3 * mean:.1f} | {100 * over_median:+.1f}% | {100 * over_mean:+.1f}% |")
+        print(
+            f"| {name} | {1e3 * median:.1f} | {1e3 * mean:.1f} | {100 * over_median:+.1f}% | {100 * over_mean:+.1f}% |"
+        )
         result[name] = {"median_ms": 1e3 * median, "mean_ms": 1e3 * mean, "overhead_median": over_median,
                         "overhead_mean": over_mean}
     return result

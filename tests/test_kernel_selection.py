@@ -88,10 +88,11 @@ def test_broken_build_reports_one_line_and_falls_back_to_the_portable_lattice(
 
 
 @pytest.mark.skipif(_extension.cuda_toolkit_home() is None, reason="needs nvcc (no CUDA toolkit found)")
-def test_failed_cuda_build_keeps_the_cpu_lattice(lattice_available, monkeypatch, capsys, fresh_notices):
+def test_failed_cuda_build_keeps_the_cpu_lattice(lattice_available, tmp_path, monkeypatch, capsys, fresh_notices):
     # A real nvcc failure (an option nvcc rejects) in the CUDA part's build; the CPU
     # part is already loaded and must stay in use.
     monkeypatch.setenv("RLOSS_FORCE_CUDA", "1")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     monkeypatch.setattr(_extension, "_state", {"cpu": True})
     monkeypatch.setattr(_extension, "cuda_flags", lambda: ["--no-such-nvcc-option"])
     with pytest.raises(_extension.ExtensionUnavailable) as info:

@@ -234,7 +234,8 @@ def _load_part(part: str, build) -> None:
             except Exception as exc:  # compiler missing, build error, bad toolchain, missing libcudart...
                 _state[part] = _one_line(exc)
     if _state[part] is not True:
-        raise ExtensionUnavailable(f"the permutohedral lattice extension is unavailable{' for CUDA' if part == 'cuda' else ''}: {_state[part]}")
+        where = " for CUDA" if part == "cuda" else ""
+        raise ExtensionUnavailable(f"the permutohedral lattice extension is unavailable{where}: {_state[part]}")
 
 
 def load_extension() -> None:
@@ -257,7 +258,9 @@ def load_cuda_extension() -> None:
 
 def _build_and_check_cuda() -> None:
     if not build_with_cuda():
-        raise ExtensionUnavailable("the lattice extension was built without CUDA (no CUDA toolkit found: set CUDA_HOME)")
+        raise ExtensionUnavailable(
+            "the lattice extension was built without CUDA (no CUDA toolkit found: set CUDA_HOME)"
+        )
     _build_cuda()
     if torch.cuda.is_available():
         _check_cuda_launch()

@@ -13,7 +13,8 @@ from .portable import portable_crf, portable_filter
 BACKENDS = ("auto", "extension", "torch")
 
 # What falling back costs, for the one-line notice (benchmarks/README.md, "Portable lattice").
-PORTABLE_COST = "same values; on the CPU about 40x slower than the extension"
+PORTABLE_COST = {"cpu": "same values, 15-35x slower than the C++ lattice"}
+PORTABLE_COST_ELSEWHERE = "same values, slower than a compiled lattice; see benchmarks/README.md"
 
 _warned: set[tuple[str, str]] = set()
 
@@ -33,10 +34,11 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
     except ExtensionUnavailable as exc:
         if backend == "extension":
             raise
-        notice = (torch.device(device).type, str(exc))
-        if notice not in _warned:
-            _warned.add(notice)
-            print(f"rloss: {exc}; using the portable lattice ({PORTABLE_COST})", file=sys.stderr)
+        device_type = torch.device(device).type
+        if (device_type, str(exc)) not in _warned:
+            _warned.add((device_type, str(exc)))
+            cost = PORTABLE_COST.get(device_type, PORTABLE_COST_ELSEWHERE)
+            print(f"rloss: {exc}; using the portable lattice ({cost})", file=sys.stderr)
         return "torch"
     return "extension"
 
