@@ -28,9 +28,9 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT, LOG = "gpu_check.json", "gpu_check.log"
@@ -472,9 +472,8 @@ def _training_batch(batch: int, crop: int, device):
     about 3% of the pixels (six strokes of a random class), as ScribbleSup has."""
     import torch
 
-    from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
     from .bench import photo_batch
+    from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     images = photo_batch(batch, crop)
     g = torch.Generator().manual_seed(2)
