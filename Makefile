@@ -18,6 +18,9 @@ RESULTS       ?= results
 SCREENSHOT    ?= $(RESULTS)/result_browser.png
 # The *-wandb targets log online (after `make setup-wandb`); WANDB_MODE=offline keeps the logs local.
 WANDB_MODE    ?= online
+# make gpu-check [GPU_CHECK_OUT=results/gpu_check]: needs no .venv (a bare GPU machine has torch already).
+GPU_CHECK_OUT ?= results/gpu_check
+GPU_CHECK_PY  := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 # Docker (make build / make run).
 IMAGE     ?= rloss:latest
 CUDA_ARCH ?= 7.5;8.0;8.6;8.9;9.0;10.0;12.0
@@ -32,7 +35,7 @@ WANDB_SET = --set $(1).wandb=true --set $(1).wandb_mode=$(WANDB_MODE)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup test study test-env train-small train-standard train-small-wandb train-standard-wandb \
-        setup-wandb inference lab browser browser-check build run build-ext cuda-check bench clean
+        setup-wandb inference lab browser browser-check build run build-ext cuda-check gpu-check bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
@@ -102,6 +105,9 @@ build-ext: $(STAMP)  ## build the lattice extension now (it also builds on first
 
 cuda-check: $(STAMP)  ## compile the CUDA sources with nvcc (no GPU needed)
 	$(PY) -m rloss build --nvcc-check
+
+gpu-check:  ## prove the GPU path in <= 8 min (no .venv needed): $(GPU_CHECK_OUT)/gpu_check.json
+	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_CHECK_PY) -m rloss gpu-check --out "$(GPU_CHECK_OUT)"
 
 bench: $(STAMP)  ## DenseCRF loss speed per kernel (see benchmarks/README.md)
 	$(PY) -m rloss bench crf

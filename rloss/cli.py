@@ -102,6 +102,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_gpu_check(args: argparse.Namespace) -> int:
+    from .gpu_check import run_gpu_check
+
+    doc = run_gpu_check(args.out, dry_run=args.dry_run, only=args.only)
+    failed = [name for name, step in doc["steps"].items() if step["status"] != "ok"]
+    print(f"gpu-check: {len(doc['steps']) - len(failed)} of {len(doc['steps'])} steps ok"
+          + (f", not ok: {', '.join(failed)}" if failed else "") + f"; figures in {Path(args.out) / 'gpu_check.json'}")
+    return 1 if failed else 0
+
+
 def _cmd_browser_check(args: argparse.Namespace) -> int:
     from .browser_check import BrowserCheckError, check_result_browser
 
@@ -264,6 +274,16 @@ def build_parser() -> argparse.ArgumentParser:
     setup = commands.add_parser("browser-setup", help="headless Chromium for the browser tests: Debian's package "
                                 "(as root or with sudo), else Playwright's download (make browser)")
     setup.set_defaults(run=_cmd_browser_setup)
+
+    from .gpu_check import STEP_NAMES
+
+    gpu = commands.add_parser("gpu-check", help="prove the GPU path in minutes: environment, extension, tests, "
+                                                "benchmarks, a training step, kill and resume (OUT/gpu_check.json)")
+    gpu.add_argument("--out", default="results/gpu_check", help="folder for gpu_check.json and gpu_check.log (new)")
+    gpu.add_argument("--dry-run", action="store_true", help="every step on the CPU at tiny sizes (no GPU needed)")
+    gpu.add_argument("--only", nargs="+", choices=STEP_NAMES, metavar="STEP",
+                     help=f"only these steps ({', '.join(STEP_NAMES)})")
+    gpu.set_defaults(run=_cmd_gpu_check)
 
     login = commands.add_parser("wandb-login", help="store your W&B API key (asked without echo) in ~/.netrc, mode 0600")
     login.add_argument("--host", default="api.wandb.ai", help="W&B server host (default: the W&B cloud)")

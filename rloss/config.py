@@ -32,6 +32,7 @@ AMP_MODES = ("off", "bf16", "fp16")
 OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "cuda")
 WANDB_MODES = ("offline", "online")
+AUTO = "auto"  # data.batch_size: the largest global batch that fits the device
 
 
 @dataclass
@@ -45,7 +46,9 @@ class DataConfig:
     crop_size: int = 64
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
     interpolation: str = "auto"  # auto | bilinear | bicubic
-    batch_size: int = 8
+    # The global batch, or "auto": the largest that fits the GPU, found by trial steps before
+    # training (the chosen value is in metrics.json); on the CPU auto is 8 (see train.auto_batch_size).
+    batch_size: int | str = 8
     num_workers: int = 0
 
 
@@ -106,6 +109,8 @@ class WandbConfig:
     enabled: bool = False
     project: str = "rloss"
     mode: str = "offline"  # offline (nothing leaves the machine) | online
+    # Also the training loop's read-back interval on a GPU: the losses (progress bar, the non-finite
+    # check) and the step timings are read from the device every this many iterations.
     log_every_iters: int = 10
     num_images: int = 4  # validation examples logged per evaluation
 
@@ -148,8 +153,11 @@ class TrainConfig:
         _choice("loss.kernel", self.loss.kernel, KERNELS)
         _choice("loss.backend", self.loss.backend, BACKENDS)
         _choice("wandb.mode", self.wandb.mode, WANDB_MODES)
+        if isinstance(self.data.batch_size, str) and self.data.batch_size != AUTO:
+            raise ValueError(f"config: data.batch_size must be an integer or {AUTO!r}, got {self.data.batch_size!r}")
         for key, value in (
-            ("data.crop_size", self.data.crop_size), ("data.batch_size", self.data.batch_size),
+            ("data.crop_size", self.data.crop_size),
+            *((("data.batch_size", self.data.batch_size),) if self.data.batch_size != AUTO else ()),
             ("run.eval_every_epochs", self.run.eval_every_epochs),
             ("run.checkpoint_every_iters", self.run.checkpoint_every_iters), ("optim.epochs", self.optim.epochs),
             ("wandb.log_every_iters", self.wandb.log_every_iters),
@@ -201,7 +209,12 @@ def _coerce(key: str, hint, value):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(key, inner[0], value)
+        for option in inner[:-1]:  # int | str: an integer if it is one, else the string
+            try:
+                return _coerce(key, option, value)
+            except ValueError:
+                pass
+        return _coerce(key, inner[-1], value)
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"config: {key} must be a list, got {value!r}")

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Sampler, Subset
 
 from . import distributed as D
 from . import runs
-from .config import TrainConfig, config_from_dict
+from .config import AUTO, TrainConfig, config_from_dict
 from .data.folder import SegmentationFolder, read_split, split_holdout
 from .data.io import IGNORE_INDEX, atomic_path, write_text_atomic
 from .data.transforms import EvalTransform, TrainTransform, resize_logits
@@ -137,11 +137,6 @@ def _autocast(device: torch.device, amp: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _first_line(exc: BaseException) -> str:
     lines = [t.strip() for t in str(exc).splitlines() if t.strip()]
     line = lines[1] if len(lines) > 1 and lines[0].endswith(":") else (lines[0] if lines else type(exc).__name__)
@@ -235,6 +230,59 @@ def _write_metrics(run_dir: Path, cfg: TrainConfig, run_id: str, evals: list, fi
            "final": final, "timings": timings}
     path = run_dir / METRICS
     _written(path, lambda: write_text_atomic(path, json.dumps(doc, indent=1) + "\n"))
+
+
+class _PendingSteps:
+    """The steps not yet read back from the device: their loss terms and timing marks.
+
+    On a GPU nothing of a step is read when it runs, so the host queues the next
+    step while the device works (a read would wait for the device to drain). The
+    marks are CUDA events, timed on the device; every ``read()`` brings back all
+    pending losses in one copy: every log interval, before a checkpoint is
+    written and before an evaluation. On the CPU there is nothing to overlap:
+    marks are ``perf_counter`` readings and the trainer reads after every step.
+    """
+
+    def __init__(self, device: torch.device):
+        self.on_gpu = device.type == "cuda"
+        self.steps: list[tuple] = []  # (iteration, terms, loss, (start, end, crf_start, crf_end))
+
+    def mark(self):
+        if not self.on_gpu:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def add(self, iteration: int, terms: dict, loss: torch.Tensor, marks: tuple) -> None:
+        self.steps.append((iteration, {k: v.detach() for k, v in terms.items()}, loss.detach(), marks))
+
+    def _seconds(self, start, end) -> float:
+        return start.elapsed_time(end) / 1e3 if self.on_gpu else end - start
+
+    def read(self) -> list[dict]:
+        """The pending steps as plain numbers (one host synchronisation on a GPU), oldest first."""
+        if not self.steps:
+            return []
+        names = list(self.steps[0][1])
+        values = torch.stack([torch.stack([*(terms[k].float() for k in names), loss.float()])
+                              for _, terms, loss, _ in self.steps]).cpu().tolist()
+        if self.on_gpu:
+            self.steps[-1][3][1].synchronize()  # the last step's optimizer update: its end event
+        out = []
+        for (iteration, _, _, (start, end, crf_start, crf_end)), row in zip(self.steps, values):
+            out.append({"iteration": iteration, "terms": dict(zip(names, row[:-1])), "loss": row[-1],
+                        "seconds": self._seconds(start, end),
+                        "crf_seconds": self._seconds(crf_start, crf_end) if crf_start is not None else None})
+        self.steps = []
+        return out
+
+
+def _read_interval(cfg: TrainConfig, device: torch.device) -> int:
+    """Steps between reads of the pending losses: the log interval on a GPU (a non-finite loss
+    then stops the run at most one interval late, before any checkpoint of it), every step on
+    the CPU, where a read costs nothing."""
+    return cfg.wandb.log_every_iters if device.type == "cuda" else 1
 
 
 def _timings(iter_times: list[float], crf_times: list[float], device: torch.device, world_size: int) -> dict:
@@ -380,6 +428,85 @@ def _preflight(model, cfg: TrainConfig, per_process: int, crf, device: torch.dev
         torch.set_rng_state(cpu_rng)
 
 
+# data.batch_size: auto on the CPU. A CPU run is bound by compute, not memory, and host memory
+# swaps long before an allocation fails, so a trial step would say nothing: the default batch.
+CPU_AUTO_BATCH = 8
+# The smallest share a trial starts from: BatchNorm in training needs two values per channel,
+# and the ASPP's image pooling has one per image.
+MIN_AUTO_PER_PROCESS = 2
+
+
+def largest_fitting(fits, limit: int, start: int = MIN_AUTO_PER_PROCESS) -> int:
+    """The largest ``n`` in ``start..limit`` with ``fits(n)`` for a ``fits`` that holds up to some
+    point and fails beyond (0 if ``start`` fails): doubling, then bisection, O(log n) trials."""
+    if limit < start or not fits(start):
+        return 0
+    good, bad = start, None
+    while bad is None:
+        trial = min(good * 2, limit)
+        if trial == good:
+            return good
+        if fits(trial):
+            good = trial
+        else:
+            bad = trial
+    while bad - good > 1:
+        middle = (good + bad) // 2
+        good, bad = (middle, bad) if fits(middle) else (good, middle)
+    return good
+
+
+def auto_batch_size(cfg: TrainConfig, ctx: D.DistContext, device: torch.device, num_classes: int,
+                    num_train: int) -> int:
+    """The global batch for ``data.batch_size: auto``, at most the training set: on a GPU the
+    largest that fits (``probe_batch_size``), on the CPU ``CPU_AUTO_BATCH``."""
+    if device.type != "cuda":
+        return max(1, min(CPU_AUTO_BATCH // ctx.world_size, num_train // ctx.world_size)) * ctx.world_size
+    return probe_batch_size(cfg, ctx, device, num_classes, num_train)
+
+
+def probe_batch_size(cfg: TrainConfig, ctx: D.DistContext, device: torch.device, num_classes: int,
+                     num_train: int) -> int:
+    """The largest per-process share whose trial step (``_preflight``: forward and backward of a
+    full-size batch with room for the momentum buffers) fits on ``device``, times the processes
+    (the smallest share any process found), at most the training set. The RNG states are kept."""
+    m, L = cfg.model, cfg.loss
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    # Random weights: only the memory matters. The trials use a copy of it, as _preflight does.
+    probe = build_model(m.name, num_classes, pretrained=False, output_stride=m.output_stride,
+                        checkpoint_backbone=m.checkpoint_backbone).to(device)
+    if m.channels_last:
+        probe.to(memory_format=torch.channels_last)
+    crf = DenseCRFLoss(cfg.absolute_crf_weight(), L.sigma_rgb, L.sigma_xy, L.scale_factor, L.kernel, L.backend) \
+        if L.type == "pce_crf" else None
+
+    def fits(per_process: int) -> bool:
+        try:
+            _preflight(probe, cfg, per_process, crf, device)
+        except TrainingError:  # _preflight's out-of-memory advice
+            return False
+        return True
+
+    try:
+        per_process = largest_fitting(fits, num_train // ctx.world_size)
+    finally:
+        probe = None
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.empty_cache()
+            torch.cuda.set_rng_state(cuda_rng, device)
+    if ctx.enabled:
+        found = torch.tensor([per_process], device=device)
+        torch.distributed.all_reduce(found, op=torch.distributed.ReduceOp.MIN)
+        per_process = int(found.item())
+    if per_process == 0:
+        raise TrainingError(f"data.batch_size auto: not even {MIN_AUTO_PER_PROCESS} images per process of "
+                            f"data.crop_size {cfg.data.crop_size} fit on {device} (or the training set is "
+                            "smaller): lower data.crop_size, or set run.amp=bf16 or model.checkpoint_backbone=true")
+    return per_process * ctx.world_size
+
+
 def _scribble_loss(logits, target, device, ctx: D.DistContext):
     """Cross-entropy over the labeled pixels, normalised by their number over all processes
     (DDP averages gradients, hence the factor of the number of processes)."""
@@ -404,11 +531,6 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.dev
 
     # Data: data.batch_size is the global batch, shared out between the processes.
     d = cfg.data
-    batch = d.batch_size
-    if batch % ctx.world_size:
-        raise ValueError(f"config: data.batch_size {batch} (the global batch) is not divisible by the "
-                         f"{ctx.world_size} processes")
-    per_process = batch // ctx.world_size
     train_tf = TrainTransform(d.crop_size, tuple(d.scale_range), d.interpolation, flip=True, seed=cfg.run.seed)
     eval_tf = EvalTransform(d.crop_size, d.interpolation)
     cache = {"cache_bytes": SAMPLE_CACHE_BYTES}
@@ -421,9 +543,18 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.dev
         train_set = SegmentationFolder(d.root, d.train_split, transform=train_tf, **cache)
         val_set = SegmentationFolder(d.root, d.val_split, transform=eval_tf, require_scribbles=False, **cache)
     num_classes, class_names = train_set.num_classes, train_set.class_names
+    batch = d.batch_size
+    if batch == AUTO:  # a resumed run keeps the batch it started with
+        batch = checkpoint["batch_size"] if checkpoint is not None and "batch_size" in checkpoint else \
+            auto_batch_size(cfg, ctx, device, num_classes, len(train_set))
+    if batch % ctx.world_size:
+        raise ValueError(f"config: data.batch_size {batch} (the global batch) is not divisible by the "
+                         f"{ctx.world_size} processes")
+    per_process = batch // ctx.world_size
     # What the results tables need to know about the data (its resolution: the first val image's shorter side).
     evaluated_on = f"held-out share of {d.train_split}" if d.holdout_fraction > 0 else d.val_split
     data_facts = {"train_images": len(train_set), "val_images": len(val_set), "evaluated_on": evaluated_on,
+                  "batch_size": batch,
                   "image_side": int(min(val_set.load(val_set.ids[0]).image.shape[:2])) if len(val_set) else None}
     iters_per_epoch = len(train_set) // batch
     if iters_per_epoch < 1:
@@ -501,6 +632,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.dev
             "iteration": iteration, "epoch": epoch, "position": position, "evals": json.dumps(evals),
             "rng": rngs, "config": json.dumps(cfg.to_dict()), "num_classes": num_classes,
             "class_names": list(class_names), "model_name": m.name, "wandb_id": tracker.run_id, "run_id": run_id,
+            "batch_size": batch,
         }
 
     def save() -> None:
@@ -527,6 +659,30 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.dev
 
     iter_times: list[float] = []
     crf_times: list[float] = []
+    pending = _PendingSteps(device)
+    read_every = _read_interval(cfg, device)
+
+    def read_pending() -> None:
+        steps = pending.read()
+        if not steps:
+            return
+        bad = next((s for s in steps if not math.isfinite(s["loss"])), None)
+        if D.any_true(bad is not None, device, ctx):
+            where = (f"at iteration {bad['iteration']} ({', '.join(f'{k} {v:.4g}' for k, v in bad['terms'].items())})"
+                     if bad is not None else "in another process")
+            kept = (f"the last checkpoint ({ckpt_path}, iteration {last_saved}) is intact"
+                    if last_saved is not None else "no checkpoint had been written yet")
+            raise TrainingError(f"the loss is not finite {where}; stopped, {kept}. "
+                                "Lower optim.lr or loss.crf_relative_weight, or use run.amp=bf16 or off")
+        iter_times.extend(s["seconds"] for s in steps)
+        crf_times.extend(s["crf_seconds"] for s in steps if s["crf_seconds"] is not None)
+        last = steps[-1]
+        if tracker.active and last["iteration"] % cfg.wandb.log_every_iters == 0:
+            tracker.log({**{f"train/{k}": v for k, v in last["terms"].items()}, "train/loss": last["loss"],
+                         "train/lr": optimizer.param_groups[0]["lr"]}, step=last["iteration"])
+        if bar is not None:
+            bar.set_postfix({k: f"{v:.4g}" for k, v in last["terms"].items()}, refresh=False)
+
     model.train()
     bar = _progress(total_iters, iteration, cfg.run.name) if ctx.is_main else None
     try:
@@ -541,7 +697,8 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.dev
             for data in loader:
                 if iteration >= total_iters:
                     break
-                t0 = time.perf_counter()
+                step_start = pending.mark()
+                crf_start = crf_end = None
                 for group in optimizer.param_groups:
                     group["lr"] = poly_lr(group["initial_lr"], iteration, total_iters, o.poly_power)
                 with _out_of_memory_as_advice(cfg, per_process, device):
@@ -550,40 +707,32 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.dev
                         image = image.contiguous(memory_format=torch.channels_last)
                     with _autocast(device, cfg.run.amp):
                         logits = forward(image)
-                    target = data["mask"] if L.type == "full" else data["scribble"]
-                    terms = {"ce" if L.type == "full" else "pce": _scribble_loss(logits, target.to(device), device, ctx)}
+                    # non_blocking: from pinned memory a blocking copy would wait for the GPU to catch up
+                    target = (data["mask"] if L.type == "full" else data["scribble"]).to(device, non_blocking=True)
+                    terms = {"ce" if L.type == "full" else "pce": _scribble_loss(logits, target, device, ctx)}
                     if crf is not None:
                         probs = torch.softmax(logits.float(), dim=1)
-                        raw, roi = data["image_raw"].to(device), data["roi"].to(device)
-                        _sync(device)
-                        tc = time.perf_counter()
+                        raw = data["image_raw"].to(device, non_blocking=True)
+                        roi = data["roi"].to(device, non_blocking=True)
+                        crf_start = pending.mark()
                         terms["crf"] = _crf_term(crf, raw, probs, roi)
-                        _sync(device)
-                        crf_times.append(time.perf_counter() - tc)
+                        crf_end = pending.mark()
                     loss = sum(terms.values())
-                    if D.any_true(not bool(torch.isfinite(loss.detach())), device, ctx):
-                        values = ", ".join(f"{k} {v.item():.4g}" for k, v in terms.items())
-                        kept = (f"the last checkpoint ({ckpt_path}, iteration {last_saved}) is intact"
-                                if last_saved is not None else "no checkpoint had been written yet")
-                        raise TrainingError(
-                            f"the loss is not finite at iteration {iteration + 1} ({values}); stopped, {kept}. "
-                            "Lower optim.lr or loss.crf_relative_weight, or use run.amp=bf16 or off")
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
                     scaler.step(optimizer)
                     scaler.update()
-                    _sync(device)
-                iter_times.append(time.perf_counter() - t0)
+                    pending.add(iteration + 1, terms, loss, (step_start, pending.mark(), crf_start, crf_end))
                 iteration += 1
                 position += batch
-                if tracker.active and iteration % cfg.wandb.log_every_iters == 0:
-                    tracker.log({**{f"train/{k}": v.item() for k, v in terms.items()}, "train/loss": loss.item(),
-                                 "train/lr": optimizer.param_groups[0]["lr"]}, step=iteration)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix({k: f"{v.item():.4g}" for k, v in terms.items()}, refresh=False)
-                if iteration % cfg.run.checkpoint_every_iters == 0 and iteration < total_iters:
+                will_save = iteration % cfg.run.checkpoint_every_iters == 0 and iteration < total_iters
+                if will_save or iteration % read_every == 0:
+                    read_pending()
+                if will_save:
                     save()
+            read_pending()
             # end of the epoch (or of the run)
             epoch_done = iteration >= total_iters or position >= iters_per_epoch * batch
             if not epoch_done:
