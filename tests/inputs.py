@@ -44,3 +44,23 @@ def randomise_classifier(checkpoint_path, data_root) -> None:
     for c in order[1:3]:
         ckpt["model"][bias][c] += float(mean_logp[order[0]] - mean_logp[c])
     torch.save(ckpt, checkpoint_path)
+
+
+def tiny_synthetic(root):
+    """The data set the training tests use: 40 px, 8 train and 4 val images."""
+    from rloss.data.synthetic import generate_synthetic
+
+    generate_synthetic(root, size=40, n_train=8, n_val=4, seed=0, progress=False)
+    return root
+
+
+def tiny_config(data_root, results, name, *extra):
+    """A 2-epoch CPU run of the tiny network on 32 px crops; ``extra`` ``--set`` items win."""
+    from rloss.config import load_config
+
+    return load_config(None, [
+        f"data.root={data_root}", "data.crop_size=32", "data.batch_size=4", "data.num_workers=0",
+        "model.name=deeplabv3plus_tiny", "optim.epochs=2", "loss.kernel=exact",
+        f"run.results_dir={results}", f"run.name={name}", "run.eval_every_epochs=1", "run.device=cpu",
+        *extra,
+    ])

@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
+from inputs import tiny_config, tiny_synthetic
 from rloss import cli
-from rloss.config import load_config
 from rloss.data.folder import SegmentationFolder, read_id_list
 from rloss.data.io import DataError, read_rgb
 from rloss.train import train
@@ -28,19 +28,11 @@ ENV = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHO
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    from rloss.data.synthetic import generate_synthetic
-
-    root = tmp_path_factory.mktemp("synthetic")
-    generate_synthetic(root, size=40, n_train=8, n_val=4, seed=0, progress=False)
-    return root
+    return tiny_synthetic(tmp_path_factory.mktemp("synthetic"))
 
 
 def tiny(data_root, results, name, *extra):
-    return load_config(None, [
-        f"data.root={data_root}", "data.crop_size=32", "data.batch_size=4", "data.num_workers=0",
-        "model.name=deeplabv3plus_tiny", "optim.epochs=1", "loss.kernel=exact", "loss.type=pce",
-        f"run.results_dir={results}", f"run.name={name}", "run.eval_every_epochs=1", "run.device=cpu", *extra,
-    ])
+    return tiny_config(data_root, results, name, "optim.epochs=1", "loss.type=pce", *extra)
 
 
 @pytest.fixture(scope="module")
