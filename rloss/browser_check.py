@@ -395,9 +395,29 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def _drive(url: str, chromium_path: Path, compare_run: str, timeout_s: float, log_path: Path) -> dict:
+@contextmanager
+def _chromium_page(chromium_path: Path, console: list[str]):
+    """A page of a headless Chromium (closed afterwards) whose console errors go to ``console``."""
     from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        try:
+            browser = pw.chromium.launch(executable_path=str(chromium_path), headless=True, args=list(CHROMIUM_ARGS),
+                                         timeout=60_000)
+        except PlaywrightError as exc:
+            raise BrowserCheckError(f"Chromium at {chromium_path} did not start: {exc}") from None
+        try:
+            page = browser.new_page(viewport=VIEWPORT, device_scale_factor=1)
+            page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: console.append(str(e)))
+            yield page
+        finally:
+            browser.close()
+
+
+def _drive(url: str, chromium_path: Path, compare_run: str, timeout_s: float, log_path: Path) -> dict:
+    from playwright.sync_api import Error as PlaywrightError
 
     timeout_ms = timeout_s * 1000
     console: list[str] = []  # the page's errors, for a failure message
@@ -417,52 +437,41 @@ def _drive(url: str, chromium_path: Path, compare_run: str, timeout_s: float, lo
         parts.append(f"Voilà's log:\n{_log_tail(log_path)}")
         return BrowserCheckError("\n".join(parts))
 
-    with sync_playwright() as pw:
+    with _chromium_page(chromium_path, console) as page:
+        # Voilà runs the whole notebook before the page arrives: wait for it, not for "load".
+        page.goto(url, wait_until="commit", timeout=timeout_ms)
         try:
-            browser = pw.chromium.launch(executable_path=str(chromium_path), headless=True, args=list(CHROMIUM_ARGS),
-                                         timeout=60_000)
-        except PlaywrightError as exc:
-            raise BrowserCheckError(f"Chromium at {chromium_path} did not start: {exc}") from None
+            page.locator(".widget-dropdown select").first.wait_for(state="attached", timeout=timeout_ms)
+            page.wait_for_function(_CHANGED_JS, arg=["", ""], timeout=timeout_ms)
+        except PlaywrightError:
+            raise fail("did not render (no run dropdown / view image)", page) from None
+        first = _state(page, fail)
+
+        after_next = None
+        total = _image_count(first["info"])
+        if total and total[1] > 1:
+            want = f" {total[0] % total[1] + 1}/{total[1]} "  # "val 2/4": the next image, wrapping round
+            page.locator("button.widget-button", has_text="next").first.click(timeout=timeout_ms)
+            try:
+                page.wait_for_function(_CHANGED_JS, arg=[first["src"], want], timeout=timeout_ms)
+            except PlaywrightError:
+                raise fail(f"did not move to the next image (info line {want.strip()!r})", page) from None
+            after_next = _state(page, fail)
+
+        before = after_next or first
+        compare = page.locator(".widget-dropdown", has=page.locator("label", has_text="compare")).locator("select")
+        compare.select_option(label=compare_run, timeout=timeout_ms)
         try:
-            page = browser.new_page(viewport=VIEWPORT, device_scale_factor=1)
-            page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: console.append(str(e)))
-            # Voilà runs the whole notebook before the page arrives: wait for it, not for "load".
-            page.goto(url, wait_until="commit", timeout=timeout_ms)
-            try:
-                page.locator(".widget-dropdown select").first.wait_for(state="attached", timeout=timeout_ms)
-                page.wait_for_function(_CHANGED_JS, arg=["", ""], timeout=timeout_ms)
-            except PlaywrightError:
-                raise fail("did not render (no run dropdown / view image)", page) from None
-            first = _state(page, fail)
-
-            after_next = None
-            total = _image_count(first["info"])
-            if total and total[1] > 1:
-                want = f" {total[0] % total[1] + 1}/{total[1]} "  # "val 2/4": the next image, wrapping round
-                page.locator("button.widget-button", has_text="next").first.click(timeout=timeout_ms)
-                try:
-                    page.wait_for_function(_CHANGED_JS, arg=[first["src"], want], timeout=timeout_ms)
-                except PlaywrightError:
-                    raise fail(f"did not move to the next image (info line {want.strip()!r})", page) from None
-                after_next = _state(page, fail)
-
-            before = after_next or first
-            compare = page.locator(".widget-dropdown", has=page.locator("label", has_text="compare")).locator("select")
-            compare.select_option(label=compare_run, timeout=timeout_ms)
-            try:
-                page.wait_for_function(_CHANGED_JS, arg=[before["src"], compare_run], timeout=timeout_ms)
-            except PlaywrightError:
-                raise fail(f"did not show compare run {compare_run!r}", page) from None
-            final = _state(page, fail)
-            height = min(page.evaluate(_CONTENT_HEIGHT_JS), MAX_HEIGHT)
-            if height > VIEWPORT["height"]:
-                page.set_viewport_size({"width": VIEWPORT["width"], "height": height})
-                page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
-            box = page.evaluate(_BOX_JS)
-            png = page.screenshot(full_page=True, type="png", timeout=timeout_ms)
-        finally:
-            browser.close()
+            page.wait_for_function(_CHANGED_JS, arg=[before["src"], compare_run], timeout=timeout_ms)
+        except PlaywrightError:
+            raise fail(f"did not show compare run {compare_run!r}", page) from None
+        final = _state(page, fail)
+        height = min(page.evaluate(_CONTENT_HEIGHT_JS), MAX_HEIGHT)
+        if height > VIEWPORT["height"]:
+            page.set_viewport_size({"width": VIEWPORT["width"], "height": height})
+            page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+        box = page.evaluate(_BOX_JS)
+        png = page.screenshot(full_page=True, type="png", timeout=timeout_ms)
     return {
         "initial_info": first["info"],
         "after_next_info": after_next and after_next["info"],
@@ -476,7 +485,6 @@ def _drive(url: str, chromium_path: Path, compare_run: str, timeout_s: float, lo
 
 def _drive_lab(url: str, chromium_path: Path, timeout_s: float, log_path: Path) -> dict:
     from playwright.sync_api import Error as PlaywrightError
-    from playwright.sync_api import sync_playwright
 
     timeout_ms = timeout_s * 1000
     console: list[str] = []
@@ -488,41 +496,30 @@ def _drive_lab(url: str, chromium_path: Path, timeout_s: float, log_path: Path) 
         parts.append(f"JupyterLab's log:\n{_log_tail(log_path)}")
         return BrowserCheckError("\n".join(parts))
 
-    with sync_playwright() as pw:
+    with _chromium_page(chromium_path, console) as page:
+        page.goto(url, wait_until="domcontentloaded", timeout=timeout_ms)
+        try:  # the notebook open and its kernel started: the status bar says "Python 3 (ipykernel) | Idle"
+            page.locator(".jp-Notebook .jp-Cell").first.wait_for(state="visible", timeout=timeout_ms)
+            page.locator(".jp-StatusBar-TextItem", has_text=re.compile(r"\|\s*Idle")).first.wait_for(
+                state="visible", timeout=timeout_ms)
+        except PlaywrightError:
+            raise fail("the notebook did not open with an idle kernel") from None
         try:
-            browser = pw.chromium.launch(executable_path=str(chromium_path), headless=True, args=list(CHROMIUM_ARGS),
-                                         timeout=60_000)
-        except PlaywrightError as exc:
-            raise BrowserCheckError(f"Chromium at {chromium_path} did not start: {exc}") from None
+            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click(timeout=timeout_ms)
+            page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click(timeout=timeout_ms)
+        except PlaywrightError:
+            raise fail("no Run > Run All Cells menu") from None
         try:
-            page = browser.new_page(viewport=VIEWPORT, device_scale_factor=1)
-            page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: console.append(str(e)))
-            page.goto(url, wait_until="domcontentloaded", timeout=timeout_ms)
-            try:  # the notebook open and its kernel started: the status bar says "Python 3 (ipykernel) | Idle"
-                page.locator(".jp-Notebook .jp-Cell").first.wait_for(state="visible", timeout=timeout_ms)
-                page.locator(".jp-StatusBar-TextItem", has_text=re.compile(r"\|\s*Idle")).first.wait_for(
-                    state="visible", timeout=timeout_ms)
-            except PlaywrightError:
-                raise fail("the notebook did not open with an idle kernel") from None
-            try:
-                page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click(timeout=timeout_ms)
-                page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click(timeout=timeout_ms)
-            except PlaywrightError:
-                raise fail("no Run > Run All Cells menu") from None
-            try:
-                page.locator(".widget-dropdown select").first.wait_for(state="attached", timeout=timeout_ms)
-                page.wait_for_function(_CHANGED_JS, arg=["", ""], timeout=timeout_ms)
-            except PlaywrightError:
-                raise fail("the result browser did not render (no run dropdown / view image)") from None
-            state = page.evaluate(_STATE_JS)
-            errors = page.locator("[data-mime-type='application/vnd.jupyter.error']").count()
-            page.locator("img.widget-image").first.scroll_into_view_if_needed(timeout=timeout_ms)
-            page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
-            box = page.locator("img.widget-image").first.bounding_box()
-            png = page.screenshot(type="png", timeout=timeout_ms)  # the viewport: the widget in view
-        finally:
-            browser.close()
+            page.locator(".widget-dropdown select").first.wait_for(state="attached", timeout=timeout_ms)
+            page.wait_for_function(_CHANGED_JS, arg=["", ""], timeout=timeout_ms)
+        except PlaywrightError:
+            raise fail("the result browser did not render (no run dropdown / view image)") from None
+        state = page.evaluate(_STATE_JS)
+        errors = page.locator("[data-mime-type='application/vnd.jupyter.error']").count()
+        page.locator("img.widget-image").first.scroll_into_view_if_needed(timeout=timeout_ms)
+        page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+        box = page.locator("img.widget-image").first.bounding_box()
+        png = page.screenshot(type="png", timeout=timeout_ms)  # the viewport: the widget in view
     return {"info": state["info"], "image_loaded": state["loaded"], "error_outputs": errors,
             "view_box": box, "url": url.split("?")[0], "png": png}
 

@@ -394,6 +394,14 @@ def _restore_rng(saved, ctx: D.DistContext) -> None:
               "dropout will not repeat the original run's draws", file=sys.stderr)
 
 
+def _crf_loss(cfg: TrainConfig) -> DenseCRFLoss | None:
+    """The run's DenseCRF term (None unless loss.type is pce_crf)."""
+    L = cfg.loss
+    if L.type != "pce_crf":
+        return None
+    return DenseCRFLoss(cfg.absolute_crf_weight(), L.sigma_rgb, L.sigma_xy, L.scale_factor, L.kernel, L.backend)
+
+
 def _preflight(model, cfg: TrainConfig, per_process: int, crf, device: torch.device) -> None:
     """One forward and backward pass of a full-size batch on a copy of the model, before
     training starts, so a crop or batch too large for memory is one clear error rather
@@ -470,7 +478,7 @@ def probe_batch_size(cfg: TrainConfig, ctx: D.DistContext, device: torch.device,
     """The largest per-process share whose trial step (``_preflight``: forward and backward of a
     full-size batch with room for the momentum buffers) fits on ``device``, times the processes
     (the smallest share any process found), at most the training set. The RNG states are kept."""
-    m, L = cfg.model, cfg.loss
+    m = cfg.model
     cpu_rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
     # Random weights: only the memory matters. The trials use a copy of it, as _preflight does.
@@ -478,8 +486,7 @@ def probe_batch_size(cfg: TrainConfig, ctx: D.DistContext, device: torch.device,
                         checkpoint_backbone=m.checkpoint_backbone).to(device)
     if m.channels_last:
         probe.to(memory_format=torch.channels_last)
-    crf = DenseCRFLoss(cfg.absolute_crf_weight(), L.sigma_rgb, L.sigma_xy, L.scale_factor, L.kernel, L.backend) \
-        if L.type == "pce_crf" else None
+    crf = _crf_loss(cfg)
 
     def fits(per_process: int) -> bool:
         try:
@@ -575,8 +582,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.dev
     net.to(device)
     if m.channels_last:
         net.to(memory_format=torch.channels_last)
-    crf = (DenseCRFLoss(cfg.absolute_crf_weight(), L.sigma_rgb, L.sigma_xy, L.scale_factor, L.kernel, L.backend)
-           if L.type == "pce_crf" else None)
+    crf = _crf_loss(cfg)
     _preflight(net, cfg, per_process, crf, device)
     if ctx.enabled:
         net = D.convert_sync_batchnorm(net, device)

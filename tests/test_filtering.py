@@ -11,6 +11,7 @@ from rloss.filtering import (
     exact_filter,
     permutohedral_crf,
     permutohedral_filter,
+    portable_filter,
 )
 
 
@@ -111,13 +112,14 @@ def test_fused_crf_op_equals_filter_of_masked_signal(lattice_available):
     torch.testing.assert_close(energy, (signal * filtered).sum(dim=(1, 2)), rtol=1e-5, atol=0)
 
 
-def test_lattice_rejects_bad_inputs(lattice_available):
+@pytest.mark.parametrize("lattice", [permutohedral_filter, portable_filter], ids=["extension", "portable"])
+def test_lattice_rejects_bad_inputs(lattice_available, lattice):
     features = torch.zeros(1, 4, 5)
     with pytest.raises(RuntimeError, match=r"values must be \[N, K, P\]"):
-        permutohedral_filter(features, torch.zeros(1, 2, 5))
+        lattice(features, torch.zeros(1, 2, 5))
     with pytest.raises(RuntimeError, match="features must be"):
-        permutohedral_filter(torch.zeros(1, 4, 3), torch.zeros(1, 2, 4))
+        lattice(torch.zeros(1, 4, 3), torch.zeros(1, 2, 4))
     with pytest.raises(RuntimeError, match="finite"):
-        permutohedral_filter(torch.full((1, 4, 5), float("nan")), torch.zeros(1, 2, 4))
+        lattice(torch.full((1, 4, 5), float("nan")), torch.zeros(1, 2, 4))
     with pytest.raises(RuntimeError, match="sigmas tiny"):
-        permutohedral_filter(torch.full((1, 4, 5), 1e6), torch.zeros(1, 2, 4))
+        lattice(torch.full((1, 4, 5), 1e6), torch.zeros(1, 2, 4))

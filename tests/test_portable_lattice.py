@@ -97,15 +97,8 @@ def test_locate_gives_a_simplex_of_the_lattice_around_the_point():
     torch.testing.assert_close(rebuilt, elevated, rtol=0, atol=1e-3)
 
 
-def test_portable_rejects_what_the_extension_rejects():
-    with pytest.raises(RuntimeError, match=r"values must be \[N, K, P\]"):
-        portable_filter(torch.zeros(1, 4, 5), torch.zeros(1, 2, 5))
-    with pytest.raises(RuntimeError, match="features must be"):
-        portable_filter(torch.zeros(1, 4, 3), torch.zeros(1, 2, 4))
-    with pytest.raises(RuntimeError, match="finite"):
-        portable_filter(torch.full((1, 4, 5), float("nan")), torch.zeros(1, 2, 4))
-    with pytest.raises(RuntimeError, match="sigmas tiny"):
-        portable_filter(torch.full((1, 4, 5), 1e6), torch.zeros(1, 2, 4))
+def test_portable_crf_rejects_a_roi_of_another_shape():
+    # The filter's own input errors are checked for both lattices in test_filtering.py.
     with pytest.raises(RuntimeError, match="roi must be"):
         portable_crf(torch.zeros(1, 4, 5), torch.zeros(1, 2, 4), torch.ones(1, 3))
 
