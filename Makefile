@@ -53,11 +53,11 @@ test: $(STAMP) $(BROWSER_STAMP)  ## run the test suite, notebooks included (nbva
 
 # Once: the browser tests skip (or, under CI=true, fail) without one; `make browser` tries again.
 $(BROWSER_STAMP): $(STAMP)
-	$(PY) -m rloss browser-setup
+	$(PY) tools/browser_check.py setup
 	touch $(BROWSER_STAMP)
 
 browser: $(STAMP)  ## headless Chromium for the browser tests: Debian's package (root or sudo), else Playwright's download
-	$(PY) -m rloss browser-setup
+	$(PY) tools/browser_check.py setup
 	touch $(BROWSER_STAMP)
 
 study: $(STAMP)  ## run the notebooks in order (papermill, $(PARAMS)); RERUN=1 retrains finished runs
@@ -90,7 +90,7 @@ lab: $(STAMP)  ## JupyterLab on the notebooks (http://localhost:$(PORT)); as roo
 	$(PY) -m jupyter lab --notebook-dir=notebooks --port=$(PORT) --no-browser --KernelManager.transport_encryption=auto $(LAB_ROOT)
 
 browser-check: $(STAMP)  ## notebook 05's result browser in headless Chromium (Voilà); screenshot to $(SCREENSHOT)
-	$(PY) -m rloss browser-check --results "$(RESULTS)" --out "$(SCREENSHOT)"
+	$(PY) tools/browser_check.py check --results "$(RESULTS)" --out "$(SCREENSHOT)"
 
 build:  ## build the Docker image $(IMAGE) (CUDA, extension compiled for CUDA_ARCH)
 	docker build --build-arg CUDA_ARCH="$(CUDA_ARCH)" --build-arg UID=$(DOCKER_UID) -t $(IMAGE) .

@@ -21,7 +21,7 @@ import time
 import torch
 
 from rloss.data.io import write_text_atomic
-from rloss.study import base_config
+from rloss.study.grid import base_config
 from rloss.train import train
 
 

@@ -78,7 +78,7 @@ def _cmd_sweep_weight(args: argparse.Namespace) -> int:
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
-    from .runner import run_study
+    from .study.runner import run_study  # the study layer, imported only for this command
 
     return run_study(args.params, only=args.only, rerun=args.rerun, overrides=args.set or [], output_dir=args.output)
 
@@ -110,31 +110,6 @@ def _cmd_gpu_check(args: argparse.Namespace) -> int:
     print(f"gpu-check: {len(doc['steps']) - len(failed)} of {len(doc['steps'])} steps ok"
           + (f", not ok: {', '.join(failed)}" if failed else "") + f"; figures in {Path(args.out) / 'gpu_check.json'}")
     return 1 if failed else 0
-
-
-def _cmd_browser_check(args: argparse.Namespace) -> int:
-    from .browser_check import BrowserCheckError, check_result_browser
-
-    out = args.out or str(Path(args.results) / "result_browser.png")
-    try:
-        summary = check_result_browser(args.results, out, study_names=args.study, port=args.port, timeout_s=args.timeout,
-                                       compare_run=args.compare)
-    except BrowserCheckError as exc:  # what is missing or what the page showed, without a traceback
-        print(f"rloss browser-check: {exc}", file=sys.stderr)
-        return 1
-    _print_summary(summary)
-    return 0
-
-
-def _cmd_browser_setup(args: argparse.Namespace) -> int:
-    from .browser_check import BrowserCheckError, provision_browser
-
-    try:
-        provision_browser()
-    except BrowserCheckError as exc:  # CI=true and no browser to be had
-        print(f"rloss browser-setup: {exc}", file=sys.stderr)
-        return 1
-    return 0
 
 
 def _print_summary(summary: dict) -> None:
@@ -261,19 +236,6 @@ def build_parser() -> argparse.ArgumentParser:
     from .infer import add_infer_arguments
 
     add_infer_arguments(commands.add_parser("infer", help="segment an image or a folder with a trained checkpoint"))
-
-    check = commands.add_parser("browser-check", help="notebook 05's result browser in headless Chromium (Voilà): a screenshot")
-    check.add_argument("--results", default="results", help="results folder with the runs")
-    check.add_argument("--out", help="screenshot PNG (default: RESULTS/result_browser.png)")
-    check.add_argument("--study", nargs="+", metavar="NAME", help="only runs whose name starts with one of these")
-    check.add_argument("--compare", metavar="RUN", help="the run picked under 'compare' (default: the second run)")
-    check.add_argument("--port", type=int, help="port for Voilà on 127.0.0.1 (default: a free one)")
-    check.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the page and each change")
-    check.set_defaults(run=_cmd_browser_check)
-
-    setup = commands.add_parser("browser-setup", help="headless Chromium for the browser tests: Debian's package "
-                                "(as root or with sudo), else Playwright's download (make browser)")
-    setup.set_defaults(run=_cmd_browser_setup)
 
     from .gpu_check import STEP_NAMES
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
-import statistics
 import sys
 import time
 from collections import Counter
@@ -44,30 +43,23 @@ import torch
 from PIL import Image
 
 from .config import TrainConfig, config_from_dict
-from .data.folder import IMAGE_SUFFIXES, SegmentationFolder
+from .data.folder import IMAGE_SUFFIXES
 from .data.io import DataError, atomic_path, output_folder, read_rgb, save_label_png, save_rgb, voc_palette, write_text_atomic
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, choose_interpolation, network_size
 from .data.transforms import resize_logits as _resize_logits
-from .metrics import ConfusionMatrix, boundary_f_score
 from .models import build_model
 
 __all__ = [
     "INFER_INTERPOLATIONS",
-    "DEFAULT_COMBOS",
     "Prediction",
     "Predictor",
     "load_predictor",
     "infer_path",
-    "evaluate_interpolations",
     "add_infer_arguments",
     "cmd_infer",
 ]
 
 INFER_INTERPOLATIONS = ("auto", "bilinear", "bicubic", "nearest")
-DEFAULT_COMBOS = (
-    ("bilinear", "bilinear"), ("bilinear", "bicubic"), ("bicubic", "bilinear"), ("bicubic", "bicubic"),
-    ("nearest", "nearest"),
-)
 SUMMARY = "inference.json"
 OVERLAY_ALPHA = 0.5
 _PIL_FILTERS = {
@@ -442,65 +434,3 @@ def cmd_infer(args: argparse.Namespace) -> int:
     print(f"infer: {s['written']} of {s['images']} images written ({s['skipped_existing']} already there, "
           f"{s['unreadable']} unreadable), {rate}; results in {output}")
     return 1 if s["unreadable"] and not s["written"] and not s["skipped_existing"] else 0
-
-
-# --------------------------------------------------------------------------------------------
-# The interpolation study
-# --------------------------------------------------------------------------------------------
-
-
-def evaluate_interpolations(checkpoint, data_root, split: str = "val", combos=None, device: str = "auto",
-                            size: int | None = None, progress: bool = False) -> list[dict]:
-    """mIoU, mean boundary F-score and median seconds per image for each ``(input, logit)`` mode pair.
-
-    Every image of the split is predicted at its original size (network side ``size``, default the
-    checkpoint's crop size) and scored against its full mask. ``combos`` defaults to
-    :data:`DEFAULT_COMBOS`. ``checkpoint`` is a path or a :class:`Predictor`.
-    """
-    from tqdm import tqdm
-
-    combos = [tuple(c) for c in (DEFAULT_COMBOS if combos is None else combos)]
-    for combo in combos:
-        if len(combo) != 2:
-            raise ValueError(f"a combo is (input mode, logit mode), got {combo!r}")
-        for mode in combo:
-            resolve_interpolation(mode, 1, 1)
-    predictor = checkpoint if isinstance(checkpoint, Predictor) else load_predictor(checkpoint, device)
-    data = SegmentationFolder(data_root, split, class_names=predictor.class_names, require_scribbles=False)
-    cms = [ConfusionMatrix(predictor.num_classes) for _ in combos]
-    bfs: list[list[float]] = [[] for _ in combos]
-    times: list[list[float]] = [[] for _ in combos]
-    sync = torch.cuda.synchronize if predictor.device.type == "cuda" else (lambda: None)
-    warm = False
-    for index in tqdm(range(len(data)), desc=f"interpolations {split}", unit="img", disable=not progress,
-                      file=sys.stderr):
-        sample = data[index]
-        if sample.mask is None:
-            raise DataError(f"{data.root}: {sample.id} has no full mask; the study needs them")
-        if not warm:  # the first forward pass of a process is slow (allocation, lazy init): untimed
-            predictor.predict([sample.image], "bilinear", size)
-            warm = True
-        for c, (in_mode, out_mode) in enumerate(combos):
-            sync()
-            t0 = time.perf_counter()
-            [pred] = predictor.predict([sample.image], size=size, input_interpolation=in_mode,
-                                       logit_interpolation=out_mode)
-            sync()
-            times[c].append(time.perf_counter() - t0)
-            cms[c].update(torch.from_numpy(pred.labels), torch.from_numpy(sample.mask))
-            bfs[c].append(boundary_f_score(pred.labels, sample.mask))
-    rows = []
-    for c, (in_mode, out_mode) in enumerate(combos):
-        scores = cms[c].scores(predictor.class_names)
-        rows.append({
-            "input_interpolation": in_mode,
-            "logit_interpolation": out_mode,
-            "miou": scores["miou"],
-            "boundary_f": float(np.mean(bfs[c])),
-            "pixel_accuracy": scores["pixel_accuracy"],
-            "per_class_iou": scores["per_class_iou"],
-            "median_s_per_image": statistics.median(times[c]),
-            "images": len(data),
-            "network_short_side": predictor.size if size is None else size,
-        })
-    return rows

@@ -17,13 +17,16 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+from .config import TrainConfig, load_config
 from .data.io import DataError, write_text_atomic
 from .errors import TrainingError
+from .progress import report_run
 
 CHECKPOINT, METRICS, CONFIG = "checkpoint.pt", "metrics.json", "config.yaml"
 LOCK = ".lock"
@@ -165,3 +168,64 @@ def check_run_folder(run_dir: str | os.PathLike, files=(CONFIG, METRICS, CHECKPO
         raise MixedRunFolder(f"{run_dir}: mixed run folder ({which}): two trainings wrote here; train this run "
                              "again (rloss train without --resume, or rloss study --rerun) or remove the folder")
     return next(iter(distinct), None)
+
+
+# --------------------------------------------------------------------------------------------
+# Finished runs, and training those that are not
+# --------------------------------------------------------------------------------------------
+
+
+def finished_metrics(cfg: TrainConfig) -> dict | None:
+    """The final metrics of a finished run with exactly this config; None otherwise (also for a
+    folder whose files come from different runs: it is reported and trained again)."""
+    try:
+        metrics = json.loads((cfg.run_dir / METRICS).read_text())
+    except (OSError, ValueError):
+        return None
+    if metrics.get("final") is None or not _same_config(cfg):
+        return None
+    try:
+        check_run_folder(cfg.run_dir)
+    except DataError as exc:
+        print(f"{exc}; training it again", file=sys.stderr)
+        return None
+    return metrics["final"]
+
+
+def train_runs(configs: list[TrainConfig], rerun: bool = False) -> list[dict]:
+    """Trains each config in turn and returns their final metrics. A run already finished
+    with the same config is skipped unless ``rerun``; an interrupted one (a checkpoint and the
+    same config, no final metrics) is resumed."""
+    from .train import train  # train.py imports this module
+
+    finals = []
+    for i, cfg in enumerate(configs, 1):
+        done = None if rerun else finished_metrics(cfg)
+        if done is not None:
+            print(f"[{i}/{len(configs)}] {cfg.run.name}: finished before (mIoU {done['miou']:.4f}), skipped",
+                  file=sys.stderr)
+            report_run(i, len(configs), cfg.run.name, skipped=True)
+            finals.append(done)
+            continue
+        print(f"[{i}/{len(configs)}] {cfg.run.name}", file=sys.stderr)
+        report_run(i, len(configs), cfg.run.name)  # to the study runner's terminal, when there is one
+        resumable = not rerun and (cfg.run_dir / CHECKPOINT).is_file() and _same_config(cfg) and _one_run(cfg)
+        finals.append(train(cfg, resume=resumable))
+    return finals
+
+
+def _one_run(cfg: TrainConfig) -> bool:
+    """Whether the run folder's config.yaml and checkpoint.pt were written by the same run."""
+    try:
+        check_run_folder(cfg.run_dir, (CONFIG, CHECKPOINT))
+        return True
+    except DataError:
+        return False
+
+
+def _same_config(cfg: TrainConfig) -> bool:
+    """Whether the run folder's config.yaml holds exactly ``cfg`` (a missing or bad one does not)."""
+    try:
+        return load_config(cfg.run_dir / CONFIG).to_dict() == cfg.to_dict()
+    except (OSError, ValueError):
+        return False

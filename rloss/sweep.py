@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 from .config import TrainConfig
-from .data.io import write_text_atomic
-from .study import train_runs
+from .data.io import save_figure, write_text_atomic
+from .runs import train_runs
 
 DEFAULT_WEIGHTS = (0.0, 0.25, 1.0, 4.0, 16.0)  # relative; x4 steps around the published balance
 DEFAULT_HOLDOUT = 0.2
@@ -86,8 +86,6 @@ def sweep_crf_weight(base: TrainConfig, name: str, weights=DEFAULT_WEIGHTS, hold
     path = sweep_path(base.run.results_dir, name)
     write_text_atomic(path, json.dumps(result, indent=1) + "\n")
     if plot:
-        from .report import save_figure
-
         save_figure(plot_sweep(result), path.with_suffix(".png"))
     print(f"sweep {name}: best relative weight {result['best']:g} (held-out mIoU {best['heldout_miou']:.4f}); "
           f"written to {path}", file=sys.stderr)

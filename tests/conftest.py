@@ -1,6 +1,12 @@
 """Fixtures for the tests (shared inputs are in inputs.py)."""
 
+import sys
+from pathlib import Path
+
 import pytest
+
+# The developer tools (tools/) are not part of the package: their tests import them from the checkout.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 @pytest.fixture(scope="session")
@@ -17,7 +23,7 @@ def chromium():
     the tests are skipped with one line; under CI=true that is a failure."""
     import os
 
-    from rloss.browser_check import browser_starts, find_chromium
+    from tools.browser_check import browser_starts, find_chromium
 
     path = find_chromium()
     problem = "no Chromium" if path is None else browser_starts(path)

@@ -260,10 +260,10 @@ def test_two_concurrent_train_commands_one_stops_with_one_line(data_root, tmp_pa
 
 
 def test_a_folder_holding_two_runs_files_is_detected_when_read(data_root, tmp_path, capsys):
-    from rloss.interp_study import checkpoint_paths
+    from rloss.study.interpolation import checkpoint_paths
     from rloss.runs import MixedRunFolder, check_run_folder
-    from rloss.study import finished_metrics, load_runs
-    from rloss.widgets import find_runs
+    from rloss.study.grid import finished_metrics, load_runs
+    from rloss.study.browser import find_runs
 
     # Run A (seed 0) finishes; run B (seed 1) of the same name replaces it; then A's metrics.json
     # comes back, as when two trainings of one name wrote the folder at once.
@@ -520,7 +520,7 @@ def test_ctrl_c_during_a_study_is_one_line_and_exit_130(tmp_path):
 
 
 def test_a_common_key_no_notebook_declares_is_an_error(tmp_path):
-    from rloss.runner import plan, study_notebooks
+    from rloss.study.runner import plan, study_notebooks
 
     notebooks = study_notebooks(ROOT / "notebooks")
     path = tmp_path / "p.yaml"

@@ -15,13 +15,12 @@ from PIL import Image
 from rloss.config import load_config
 from rloss.data.io import read_labels, read_rgb
 from rloss.infer import (
-    DEFAULT_COMBOS,
     add_infer_arguments,
     cmd_infer,
-    evaluate_interpolations,
     infer_path,
     load_predictor,
 )
+from rloss.study.interpolation import DEFAULT_COMBOS, evaluate_interpolations
 from rloss.train import train
 
 from inputs import randomise_classifier

@@ -114,7 +114,7 @@ def test_study_display_draws_cells_runs_iterations_and_elapsed_time(monkeypatch)
 
 def _moved_paths(values: dict, root: Path) -> dict:
     """The folders a parameter file names (absolute, under the repository after ``plan``), moved under ``root``."""
-    from rloss.runner import is_path_parameter
+    from rloss.study.runner import is_path_parameter
 
     return {name: str(root / Path(value).relative_to(ROOT)) for name, value in values.items()
             if is_path_parameter(name) and isinstance(value, str) and Path(value).is_relative_to(ROOT)}
@@ -122,7 +122,7 @@ def _moved_paths(values: dict, root: Path) -> dict:
 
 def test_make_study_shows_each_run_its_iterations_and_no_kernel_warning(tmp_path, capfd):
     """The smoke parameters' notebooks 01 and 02 (folders moved to tmp_path), as `make study` runs them."""
-    from rloss.runner import plan, run_study, study_notebooks
+    from rloss.study.runner import plan, run_study, study_notebooks
 
     smoke = ROOT / "params" / "smoke.yaml"
     notebooks = [nb for nb in study_notebooks(ROOT / "notebooks") if nb.stem[:2] in ("01", "02")]

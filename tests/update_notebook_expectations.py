@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "notebooks"))
 from conftest import EXPECTED, cell_key, temporary_paths  # noqa: E402  (the notebooks' conftest: one key format)
 
-from rloss.runner import plan, run_study, study_notebooks  # noqa: E402
+from rloss.study.runner import plan, run_study, study_notebooks  # noqa: E402
 
 KEEP = ("output_type", "name", "text", "data")
 

@@ -2,8 +2,11 @@
 and the headless Chromium itself, found or installed.
 
     summary = check_result_browser("results", "results/result_browser.png")
-    # python -m rloss browser-check [--results results] [--out results/result_browser.png] [--study NAME ...]
-    how, path = provision_browser()   # python -m rloss browser-setup (make browser; make test runs it once)
+    # python tools/browser_check.py check [--results results] [--out results/result_browser.png] [--study NAME ...]
+    how, path = provision_browser()   # python tools/browser_check.py setup (make browser; make test runs it once)
+
+A developer tool, not part of the ``rloss`` package: it needs the study's extras (Voilà,
+Playwright) and a source checkout (it serves ``notebooks/05_miou_table.ipynb``).
 
 The browser is Debian's Chromium (``/usr/bin/chromium``) where it is installed, else the Chromium
 that Playwright downloads (``python -m playwright install chromium``, into ~/.cache/ms-playwright).
@@ -38,8 +41,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .data.io import atomic_path, output_folder
-from .widgets import find_runs
+from rloss.data.io import atomic_path, output_folder
+from rloss.study.browser import find_runs
 
 __all__ = ["BrowserCheckError", "check_result_browser", "check_notebook_in_lab", "find_chromium", "browser_starts",
            "provision_browser", "lab_arguments", "CHROMIUM", "NOTEBOOK"]
@@ -544,3 +547,50 @@ def _png_size(png: bytes) -> tuple[int, int]:
 
     with Image.open(io.BytesIO(png)) as image:
         return image.size
+
+
+# --------------------------------------------------------------------------------------------
+# Command line: make browser-check, make browser
+# --------------------------------------------------------------------------------------------
+
+
+def build_parser():
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python tools/browser_check.py", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", title="commands")
+    commands.required = True
+    check = commands.add_parser("check", help="notebook 05's result browser in headless Chromium (Voilà): a screenshot")
+    check.add_argument("--results", default="results", help="results folder with the runs")
+    check.add_argument("--out", help="screenshot PNG (default: RESULTS/result_browser.png)")
+    check.add_argument("--study", nargs="+", metavar="NAME", help="only the runs of these studies")
+    check.add_argument("--compare", metavar="RUN", help="the run picked under 'compare' (default: the second run)")
+    check.add_argument("--port", type=int, help="port for Voilà on 127.0.0.1 (default: a free one)")
+    check.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the page and each change")
+    commands.add_parser("setup", help="headless Chromium for the browser tests: Debian's package "
+                                      "(as root or with sudo), else Playwright's download (make browser)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``check`` or ``setup``; what is missing or what the page showed is one line, exit code 1."""
+    import json
+
+    args = build_parser().parse_args(argv)
+    label = "rloss browser-check" if args.command == "check" else "rloss browser-setup"
+    try:
+        if args.command == "setup":
+            provision_browser()
+            return 0
+        out = args.out or str(Path(args.results) / "result_browser.png")
+        summary = check_result_browser(args.results, out, study_names=args.study, port=args.port,
+                                       timeout_s=args.timeout, compare_run=args.compare)
+    except BrowserCheckError as exc:  # CI=true and no browser, or what the page showed: no traceback
+        print(f"{label}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,7 +12,7 @@ from rloss.data.io import voc_palette
 from rloss.infer import load_predictor
 from rloss.metrics import confusion_matrix, segmentation_scores
 from rloss.train import train
-from rloss.widgets import GAP, IGNORED, WRONG, ResultBrowser, error_map, image_iou, resolve_data_root
+from rloss.study.browser import GAP, IGNORED, WRONG, ResultBrowser, error_map, image_iou, resolve_data_root
 
 from inputs import randomise_classifier
 

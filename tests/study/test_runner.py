@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rloss.runner import declared_parameters, is_path_parameter, plan, study_notebooks
+from rloss.study.runner import declared_parameters, is_path_parameter, plan, study_notebooks
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = study_notebooks(ROOT / "notebooks")
 
 
@@ -94,7 +94,7 @@ def _tiny_notebook(path: Path, text: str) -> None:
 
 
 def test_a_partial_rerun_keeps_the_whole_studys_executed_notebooks(tmp_path):
-    from rloss.runner import run_study
+    from rloss.study.runner import run_study
 
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from .progress import StudyDisplay, clock
+from ..progress import StudyDisplay, clock
 
 NOTEBOOKS_DIR = Path("notebooks")
 # The kernel's traffic encrypted (CurveZMQ, where its kernelspec supports it, as ipykernel's does):

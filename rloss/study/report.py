@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.io import atomic_path, write_text_atomic
-from .study import (CONVERGED_GAIN, LOSS_LABELS, LOSSES, MIN_EVALS, convergence, gain_along_training, in_studies,
+from ..data.io import atomic_path, save_figure, write_text_atomic  # noqa: F401 (save_figure: the notebooks' call)
+from .grid import (CONVERGED_GAIN, LOSS_LABELS, LOSSES, MIN_EVALS, convergence, gain_along_training, in_studies,
                     load_runs, summarize)
 
 __all__ = [
@@ -469,11 +469,3 @@ def plot_crf_share(table: list[dict]):
     ax.set_ylim(0, max(100.0, max(shares) * 1.15) if shares else 100.0)
     ax.grid(axis="y", alpha=0.3)
     return fig
-
-
-def save_figure(fig, path, dpi: int = 120) -> Path:
-    """A figure as PNG, written atomically; returns the path."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-    return path

@@ -13,7 +13,7 @@ import pytest
 
 matplotlib.use("Agg")
 
-from rloss.interp_study import (  # noqa: E402
+from rloss.study.interpolation import (  # noqa: E402
     ROW_FIELDS,
     check_classes,
     checkpoint_paths,
@@ -212,7 +212,7 @@ def trained(tmp_path_factory):
     from rloss.config import load_config
     from rloss.data.downscale import downscale_dataset
     from rloss.data.synthetic import generate_synthetic
-    from rloss.study import study_grid, train_runs
+    from rloss.study.grid import study_grid, train_runs
 
     tmp = tmp_path_factory.mktemp("interp")
     generate_synthetic(tmp / "s48", size=48, n_train=4, n_val=3, seed=0, progress=False)

@@ -22,20 +22,24 @@ import io
 import json
 import math
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .data.folder import SegmentationFolder
-from .data.io import DataError, atomic_path, write_text_atomic
-from .infer import DEFAULT_COMBOS, Predictor, _resize_input, _resize_logits, evaluate_interpolations, network_size
-from .runs import CHECKPOINT, METRICS, check_run_folder
-from .study import LOSS_LABELS, LOSSES, run_name
+from ..data.folder import SegmentationFolder
+from ..data.io import DataError, save_figure, write_text_atomic
+from ..infer import Predictor, _resize_input, _resize_logits, load_predictor, network_size, resolve_interpolation
+from ..metrics import ConfusionMatrix, boundary_f_score
+from ..runs import CHECKPOINT, METRICS, check_run_folder
+from .grid import LOSS_LABELS, LOSSES, run_name
 
 __all__ = [
+    "DEFAULT_COMBOS",
     "ROW_FIELDS",
+    "evaluate_interpolations",
     "checkpoint_paths",
     "check_classes",
     "evaluate_runs",
@@ -69,6 +73,13 @@ def _combo(row: dict) -> tuple[str, str]:
 
 def _loss_label(loss: str) -> str:
     return LOSS_LABELS.get(loss, loss)
+
+
+# The (input, logit) interpolation pairs the study compares; nearest as a floor.
+DEFAULT_COMBOS = (
+    ("bilinear", "bilinear"), ("bilinear", "bicubic"), ("bicubic", "bilinear"), ("bicubic", "bicubic"),
+    ("nearest", "nearest"),
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,6 +143,63 @@ def check_classes(predictor: Predictor, data_root, split: str = "val") -> Segmen
         raise ValueError(f"{data_root}: its classes {data.class_names} are not the classes the checkpoint "
                          f"{predictor.checkpoint_path} was trained on {predictor.class_names}")
     return data
+
+
+def evaluate_interpolations(checkpoint, data_root, split: str = "val", combos=None, device: str = "auto",
+                            size: int | None = None, progress: bool = False) -> list[dict]:
+    """mIoU, mean boundary F-score and median seconds per image for each ``(input, logit)`` mode pair.
+
+    Every image of the split is predicted at its original size (network side ``size``, default the
+    checkpoint's crop size) and scored against its full mask. ``combos`` defaults to
+    :data:`DEFAULT_COMBOS`. ``checkpoint`` is a path or a :class:`Predictor`.
+    """
+    from tqdm import tqdm
+
+    combos = [tuple(c) for c in (DEFAULT_COMBOS if combos is None else combos)]
+    for combo in combos:
+        if len(combo) != 2:
+            raise ValueError(f"a combo is (input mode, logit mode), got {combo!r}")
+        for mode in combo:
+            resolve_interpolation(mode, 1, 1)
+    predictor = checkpoint if isinstance(checkpoint, Predictor) else load_predictor(checkpoint, device)
+    data = SegmentationFolder(data_root, split, class_names=predictor.class_names, require_scribbles=False)
+    cms = [ConfusionMatrix(predictor.num_classes) for _ in combos]
+    bfs: list[list[float]] = [[] for _ in combos]
+    times: list[list[float]] = [[] for _ in combos]
+    sync = torch.cuda.synchronize if predictor.device.type == "cuda" else (lambda: None)
+    warm = False
+    for index in tqdm(range(len(data)), desc=f"interpolations {split}", unit="img", disable=not progress,
+                      file=sys.stderr):
+        sample = data[index]
+        if sample.mask is None:
+            raise DataError(f"{data.root}: {sample.id} has no full mask; the study needs them")
+        if not warm:  # the first forward pass of a process is slow (allocation, lazy init): untimed
+            predictor.predict([sample.image], "bilinear", size)
+            warm = True
+        for c, (in_mode, out_mode) in enumerate(combos):
+            sync()
+            t0 = time.perf_counter()
+            [pred] = predictor.predict([sample.image], size=size, input_interpolation=in_mode,
+                                       logit_interpolation=out_mode)
+            sync()
+            times[c].append(time.perf_counter() - t0)
+            cms[c].update(torch.from_numpy(pred.labels), torch.from_numpy(sample.mask))
+            bfs[c].append(boundary_f_score(pred.labels, sample.mask))
+    rows = []
+    for c, (in_mode, out_mode) in enumerate(combos):
+        scores = cms[c].scores(predictor.class_names)
+        rows.append({
+            "input_interpolation": in_mode,
+            "logit_interpolation": out_mode,
+            "miou": scores["miou"],
+            "boundary_f": float(np.mean(bfs[c])),
+            "pixel_accuracy": scores["pixel_accuracy"],
+            "per_class_iou": scores["per_class_iou"],
+            "median_s_per_image": statistics.median(times[c]),
+            "images": len(data),
+            "network_short_side": predictor.size if size is None else size,
+        })
+    return rows
 
 
 def evaluate_runs(predictors: dict, data_root, split: str = "val", combos=DEFAULT_COMBOS,
@@ -448,13 +516,6 @@ def write_results(results_dir, study_name: str, rows: list[dict], summary: list[
     return {k: paths[k] for k in ("json", "csv", "md")}
 
 
-def save_figure(fig, path) -> Path:
-    """A matplotlib figure as PNG, written atomically."""
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    return Path(path)
-
-
 # --------------------------------------------------------------------------------------------
 # Plots
 # --------------------------------------------------------------------------------------------
@@ -522,7 +583,7 @@ def plot_examples(samples, predictions: dict, network_inputs: dict, title: str =
     """
     import matplotlib.pyplot as plt
 
-    from .data.io import voc_palette
+    from ..data.io import voc_palette
 
     palette = np.array(voc_palette(), dtype=np.uint8).reshape(256, 3)
     samples = list(samples)

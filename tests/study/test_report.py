@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from rloss import report
+from rloss.study import report
 from rloss.config import load_config
-from rloss.study import load_runs, summarize
+from rloss.study.grid import load_runs, summarize
 
 CLASSES = ["background", "ellipse", "star"]
 
@@ -292,7 +292,7 @@ def _curve(values):
 
 
 def test_convergence_is_the_gain_over_the_last_quarter(tmp_path):
-    from rloss.study import convergence
+    from rloss.study.grid import convergence
 
     flat = {"evals": _curve([0.3, 0.5, 0.6, 0.65, 0.70, 0.700, 0.702, 0.705])}
     rising = {"evals": _curve([0.3, 0.4, 0.5, 0.55, 0.60, 0.63, 0.66, 0.70])}

@@ -11,19 +11,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rloss.browser_check import (BrowserCheckError, check_notebook_in_lab, check_result_browser, lab_arguments,
+from tools.browser_check import (BrowserCheckError, main, check_notebook_in_lab, check_result_browser, lab_arguments,
                                  provision_browser)
-from rloss.cli import main
 from rloss.config import load_config
 from rloss.data.folder import SegmentationFolder
 from rloss.data.io import voc_palette
 from rloss.infer import load_predictor
 from rloss.train import train
-from rloss.widgets import WRONG, ResultBrowser
+from rloss.study.browser import WRONG, ResultBrowser
 
 from inputs import randomise_classifier
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PALETTE = np.array(voc_palette(), dtype=np.uint8).reshape(256, 3)
 FIRST, SECOND = "a_pce", "b_full"
 
@@ -107,7 +106,7 @@ def test_missing_chromium_is_one_clear_error(trained, tmp_path):
 
 def test_no_runs_is_one_clear_error_on_the_command_line(tmp_path, capsys):
     (tmp_path / "results" / "not_a_run").mkdir(parents=True)  # no checkpoint
-    assert main(["browser-check", "--results", str(tmp_path / "results")]) == 1
+    assert main(["check", "--results", str(tmp_path / "results")]) == 1
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("rloss browser-check: no run with a checkpoint under")
 
@@ -243,7 +242,7 @@ def test_provision_does_not_count_a_browser_that_does_not_start():
 
 
 def test_browser_starts_says_why_a_browser_does_not_start(tmp_path):
-    from rloss.browser_check import browser_starts
+    from tools.browser_check import browser_starts
 
     good, bad = tmp_path / "good", tmp_path / "bad"
     good.write_text("#!/bin/sh\necho '<html><head></head><body></body></html>'\n")
@@ -257,13 +256,13 @@ def test_browser_starts_says_why_a_browser_does_not_start(tmp_path):
 
 
 def test_browser_setup_on_the_command_line_is_one_line(monkeypatch, capsys):
-    import rloss.browser_check as browser_check
+    import tools.browser_check as browser_check
 
     def no_browser():
         raise BrowserCheckError("no Chromium for the browser tests and CI=true (apt-get: not available)")
 
     monkeypatch.setattr(browser_check, "provision_browser", no_browser)
-    assert main(["browser-setup"]) == 1
+    assert main(["setup"]) == 1
     err = capsys.readouterr().err.strip()
     assert err == "rloss browser-setup: no Chromium for the browser tests and CI=true (apt-get: not available)"
 
@@ -294,5 +293,5 @@ def test_make_lab_allows_root_only_for_root(tmp_path):
 
 def test_make_test_provisions_the_browser_before_the_tests():
     lines = _make("test").splitlines()
-    assert lines.index("python -m rloss browser-setup") < lines.index("python -m pytest")
-    assert "python -m rloss browser-setup" in _make("browser").splitlines()
+    assert lines.index("python tools/browser_check.py setup") < lines.index("python -m pytest")
+    assert "python tools/browser_check.py setup" in _make("browser").splitlines()

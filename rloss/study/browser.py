@@ -31,12 +31,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .config import TrainConfig, config_from_dict
-from .data.folder import SegmentationFolder
-from .data.io import IGNORE_INDEX, DataError, voc_palette
-from .infer import Predictor, load_predictor
-from .runs import CHECKPOINT, CONFIG, check_run_folder
-from .study import in_studies
+from ..config import TrainConfig, config_from_dict
+from ..data.folder import SegmentationFolder
+from ..data.io import IGNORE_INDEX, DataError, voc_palette
+from ..infer import Predictor, load_predictor
+from ..runs import CHECKPOINT, CONFIG, check_run_folder
+from .grid import in_studies
 
 __all__ = ["ResultBrowser", "image_iou", "error_map", "scribble_panel", "colorize", "resolve_data_root", "find_runs"]
 

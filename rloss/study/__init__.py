@@ -1,0 +1,13 @@
+"""The study layer: this paper's experiments on top of the library and the run layer.
+
+    grid.py           training grids (loss x seed), reading finished runs back, the summary over seeds
+    interpolation.py  the bicubic-vs-bilinear study of notebook 04
+    report.py         the mIoU table, its conclusions and figures (notebook 05)
+    plots.py          small figure helpers for the notebooks
+    browser.py        the result browser (ipywidgets) of notebook 05
+    runner.py         runs the notebooks in order with papermill (``python -m rloss study``)
+
+Nothing in the library (losses, filtering, models, data, metrics) or the run layer (config,
+train, infer, runs, ...) imports this package (tests/test_layers.py); it needs the ``study``
+extra (matplotlib, ipywidgets, papermill).
+"""

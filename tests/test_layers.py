@@ -1,0 +1,72 @@
+"""The three layers: the library and the run layer never import the study layer (rloss.study)
+nor the developer tools (tools/); only the command line reaches the study, lazily."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "rloss"
+# Everything in rloss/ outside rloss/study/, except the top entry points (cli.py may import the study
+# for its `study` command; __main__ only calls cli).
+ENTRY_POINTS = {"rloss/cli.py", "rloss/__main__.py"}
+LOWER_LAYERS = sorted(p for p in PACKAGE.rglob("*.py")
+                      if "study" not in p.relative_to(PACKAGE).parts
+                      and str(p.relative_to(PACKAGE.parent)) not in ENTRY_POINTS)
+
+
+def module_package(path: Path) -> str:
+    """The package a file of rloss/ belongs to, which its relative imports start from."""
+    name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return name.removesuffix(".__init__") if path.name == "__init__.py" else name.rpartition(".")[0]
+
+
+def imported_modules(path: Path, package: str) -> set[str]:
+    """The absolute names of every module ``path`` (in ``package``) imports, at any depth (lazy imports too)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def _is_upper(name: str) -> bool:
+    return name == "rloss.study" or name.startswith(("rloss.study.", "tools.")) or name == "tools"
+
+
+def test_the_walk_sees_relative_and_lazy_imports(tmp_path):
+    # The checker itself: lazy, relative and absolute imports of the study from a run-layer module are seen.
+    probe = tmp_path / "probe.py"
+    probe.write_text("import json\n\ndef f():\n    from .study import grid\n    from .study.report import save_figure\n"
+                     "    from ..tools import browser_check\n    import rloss.study.runner\n")
+    names = imported_modules(probe, "rloss")
+    assert {"rloss.study", "rloss.study.grid", "rloss.study.report", "rloss.study.runner", "tools"} <= names
+    assert sum(map(_is_upper, names)) == 7 and not _is_upper("json") and not _is_upper("rloss.studyish")
+    assert module_package(PACKAGE / "filtering" / "__init__.py") == "rloss.filtering"
+    assert module_package(PACKAGE / "data" / "io.py") == "rloss.data"
+
+
+@pytest.mark.parametrize("path", LOWER_LAYERS, ids=lambda p: str(p.relative_to(PACKAGE.parent)))
+def test_library_and_run_layers_do_not_import_the_study(path):
+    upward = sorted(n for n in imported_modules(path, module_package(path)) if _is_upper(n))
+    assert not upward, f"{path.relative_to(PACKAGE.parent)} imports {upward}: the study layer sits above it"
+
+
+def test_importing_the_package_and_its_run_layer_loads_no_study_module():
+    run_layer = ["rloss", "rloss.cli", "rloss.config", "rloss.train", "rloss.infer", "rloss.runs", "rloss.sweep",
+                 "rloss.distributed", "rloss.tracking", "rloss.bench", "rloss.gpu_check", "rloss.credentials",
+                 "rloss.progress", "rloss.errors", "rloss.losses", "rloss.metrics", "rloss.crf_weight"]
+    code = ("import importlib, sys\n"
+            f"for name in {run_layer!r}: importlib.import_module(name)\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('rloss.study', 'tools', 'matplotlib', 'ipywidgets', "
+            "'papermill'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=PACKAGE.parent)
+    assert out.stdout.strip() == "[]", out.stdout
