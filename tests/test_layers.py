@@ -70,3 +70,26 @@ def test_importing_the_package_and_its_run_layer_loads_no_study_module():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=PACKAGE.parent)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_the_loss_alone_needs_only_the_core_dependencies():
+    # `pip install rloss` pulls torch, numpy, pillow (and ninja to build the lattice); the loss must not
+    # reach for what the run layer's or the study's extras bring (yaml, scipy, torchvision, matplotlib, ...).
+    import tomllib
+
+    project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]
+    core = sorted(dep.split(">")[0].split("=")[0].strip() for dep in project["dependencies"])
+    assert core == ["ninja", "numpy", "pillow", "torch"]
+    code = ("import sys, torch\n"
+            "before = {m.split('.')[0] for m in sys.modules}\n"
+            "import rloss\n"
+            "images = torch.rand(1, 3, 12, 12) * 255\n"
+            "probs = torch.rand(1, 3, 12, 12).softmax(1).requires_grad_()\n"
+            "for kernel in ('exact', 'permutohedral'):\n"
+            "    rloss.DenseCRFLoss(1e-3, 15.0, 5.0, 1.0, kernel=kernel)(images, probs, torch.ones(1, 12, 12)).backward()\n"
+            "rloss.partial_cross_entropy(torch.randn(1, 3, 12, 12), torch.zeros(1, 12, 12, dtype=torch.long))\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} - before))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PACKAGE.parent)
+    extras = {"yaml", "scipy", "tqdm", "torchvision", "matplotlib", "skimage", "wandb", "ipywidgets", "papermill"}
+    loaded = set(ast.literal_eval(out.stdout.strip().splitlines()[-1]))
+    assert "rloss" in loaded and not loaded & extras, loaded
