@@ -13,6 +13,18 @@ class TrainingError(RuntimeError):
     """A run stopped for a reason the user can act on; the message says which and what to do."""
 
 
+def first_line(exc: BaseException, limit: int = 200, typed: bool = False) -> str:
+    """The line of ``exc``'s message that says what went wrong, cut at ``limit`` characters: the first
+    one, or the second after a header ending in ``:`` (torch's "Error(s) in loading state_dict for
+    ...:"); with ``typed``, after the exception's type name."""
+    lines = [t.strip() for t in str(exc).strip().splitlines() if t.strip()]
+    line = lines[1] if len(lines) > 1 and lines[0].endswith(":") else (lines[0] if lines else "")
+    line = line if len(line) <= limit else line[:limit] + "..."
+    if typed:
+        return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+    return line or type(exc).__name__
+
+
 def one_line(exc: BaseException) -> str:
     """The message of ``exc`` on one line for the command line: for an error raised in a
     DataLoader worker, the worker's own message (the last line of its traceback, without the

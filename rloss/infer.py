@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import sys
 import time
 from collections import Counter
@@ -42,12 +41,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import TrainConfig, config_from_dict
+from .config import TrainConfig
 from .data.folder import IMAGE_SUFFIXES
 from .data.io import DataError, atomic_path, output_folder, read_rgb, save_label_png, save_rgb, voc_palette, write_text_atomic
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, choose_interpolation, network_size
 from .data.transforms import resize_logits as _resize_logits
+from .errors import first_line
 from .models import build_model
+from .runs import NotACheckpoint, read_checkpoint
 
 __all__ = [
     "INFER_INTERPOLATIONS",
@@ -67,7 +68,6 @@ _PIL_FILTERS = {
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
 }
-_REQUIRED_KEYS = {"model": dict, "config": str, "num_classes": int, "class_names": list, "model_name": str}
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,15 +185,6 @@ def _not_a_checkpoint(path: Path, why: str) -> ValueError:
     return ValueError(f"{path}: not a checkpoint written by `rloss train` ({why})")
 
 
-def _first_line(exc: BaseException, limit: int = 200) -> str:
-    text = [t.strip() for t in str(exc).strip().splitlines() if t.strip()]
-    line = text[0] if text else ""
-    if line.endswith(":") and len(text) > 1:  # e.g. "Error(s) in loading state_dict for ...:" then the detail
-        line = text[1]
-    line = line if len(line) <= limit else line[:limit] + "..."
-    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
-
-
 def load_predictor(checkpoint_path, device: str = "auto") -> Predictor:
     """The model of a ``checkpoint.pt`` written by ``rloss train``, in eval mode on ``device``.
 
@@ -205,28 +196,11 @@ def load_predictor(checkpoint_path, device: str = "auto") -> Predictor:
     path = Path(checkpoint_path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: checkpoint not found")
-    if not path.is_file():
-        raise _not_a_checkpoint(path, "not a file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError, KeyError,
-            ImportError, IndexError, UnicodeDecodeError, OSError) as exc:
-        raise _not_a_checkpoint(path, f"torch.load(weights_only=True) failed: {_first_line(exc)}") from None
-    if not isinstance(obj, dict):
-        raise _not_a_checkpoint(path, f"holds a {type(obj).__name__}, not a dict")
-    missing = [k for k in _REQUIRED_KEYS if k not in obj]
-    if missing:
-        raise _not_a_checkpoint(path, f"missing {', '.join(missing)}; a bare state dict cannot be used")
-    for key, kind in _REQUIRED_KEYS.items():
-        if not isinstance(obj[key], kind) or isinstance(obj[key], bool):
-            raise _not_a_checkpoint(path, f"'{key}' is a {type(obj[key]).__name__}, expected {kind.__name__}")
-    try:
-        config = config_from_dict(json.loads(obj["config"]), f"{path} (config)")
-    except (ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
-        raise _not_a_checkpoint(path, f"bad config: {_first_line(exc)}") from None
+        obj, config = read_checkpoint(path)
+    except NotACheckpoint as exc:
+        raise _not_a_checkpoint(path, str(exc)) from None
     class_names = [str(n) for n in obj["class_names"]]
-    if len(class_names) != obj["num_classes"]:
-        raise _not_a_checkpoint(path, f"{len(class_names)} class names for num_classes {obj['num_classes']}")
     try:
         model = build_model(obj["model_name"], obj["num_classes"], pretrained=False,
                             output_stride=config.model.output_stride)
@@ -236,7 +210,7 @@ def load_predictor(checkpoint_path, device: str = "auto") -> Predictor:
                                f"{len(given - expected)} unexpected (e.g. {min(given - expected, default=None)})")
         model.load_state_dict(obj["model"])
     except (RuntimeError, ValueError, TypeError) as exc:
-        raise _not_a_checkpoint(path, f"the weights do not fit {obj['model_name']}: {_first_line(exc)}") from None
+        raise _not_a_checkpoint(path, f"the weights do not fit {obj['model_name']}: {first_line(exc, typed=True)}") from None
     dev = resolve_device(device)
     model.to(dev).eval()
     return Predictor(model, config, class_names, obj["model_name"], dev, path)

@@ -10,12 +10,18 @@ on its first line, so the file stays a valid ``--config``), ``metrics.json``
 :func:`check_run_folder`: files of two different runs in one folder are a
 :class:`MixedRunFolder` error instead of one run's metrics under another's config.
 Folders written before run ids existed (no id in any file) are read as before.
+
+A run's ``config.yaml`` (and its checkpoint's config) holds ``data.root`` as an absolute path, so
+any reader finds the data wherever it runs; :func:`read_run_config` also opens configs written
+before that, whose root was relative to the folder training ran in (:func:`legacy_data_root`).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -23,9 +29,9 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
-from .config import TrainConfig, load_config
+from .config import LOSS_TYPES, TrainConfig, config_from_dict, load_config
 from .data.io import DataError, write_text_atomic
-from .errors import TrainingError
+from .errors import TrainingError, first_line
 from .progress import report_run
 
 CHECKPOINT, METRICS, CONFIG = "checkpoint.pt", "metrics.json", "config.yaml"
@@ -41,8 +47,65 @@ class MixedRunFolder(DataError):
     """A run folder holds files written by different runs."""
 
 
+class NotACheckpoint(ValueError):
+    """Why a file is not a checkpoint written by ``rloss train`` (the caller names the file and the use)."""
+
+
+# What every checkpoint.pt holds besides the training state, with its type.
+CHECKPOINT_KEYS = {"model": dict, "config": str, "num_classes": int, "class_names": list, "model_name": str}
+
+
 def new_run_id() -> str:
     return uuid.uuid4().hex[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# Run names, and finding the run folders
+# --------------------------------------------------------------------------------------------
+
+
+def run_name(name: str, loss: str, seed: int) -> str:
+    return f"{name}_{loss}_seed{seed}"
+
+
+_RUN_NAME = re.compile(r"^(?P<study>.+)_(?P<loss>" + "|".join(sorted(LOSS_TYPES, key=len, reverse=True))
+                       + r")_seed(?P<seed>\d+)$")
+
+
+def study_of(run: str) -> str | None:
+    """The study a run belongs to (``run_name``'s ``name``); None for a run not named by a study."""
+    match = _RUN_NAME.match(run)
+    return match["study"] if match else None
+
+
+def in_studies(run: str, study_names=None) -> bool:
+    """Whether ``run`` belongs to one of ``study_names`` (a name or a list; None: any), matched exactly:
+    ``small`` takes ``small_pce_seed0``, not ``small2_pce_seed0`` nor a sweep's ``small_sweep_w1``."""
+    if study_names is None:
+        return True
+    names = [study_names] if isinstance(study_names, str) else list(study_names)
+    return study_of(run) in {str(n) for n in names}
+
+
+def run_folders(results_dir: str | os.PathLike, study_names=None, needs=(CONFIG,), label: str = "runs") -> list[Path]:
+    """The run folders under ``results_dir``, sorted, that hold every file of ``needs``, belong to
+    ``study_names`` (see :func:`in_studies`) and whose files come from one run; a folder mixing two
+    runs' files is left out with a line ``<label>: skipped <why>`` on stderr (never one run's results
+    under another's name)."""
+    root = Path(results_dir)
+    if not root.is_dir():
+        return []
+    folders = []
+    for run_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if not all((run_dir / name).is_file() for name in needs) or not in_studies(run_dir.name, study_names):
+            continue
+        try:
+            check_run_folder(run_dir)
+        except DataError as exc:
+            print(f"{label}: skipped {exc}", file=sys.stderr)
+            continue
+        folders.append(run_dir)
+    return folders
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,6 +289,82 @@ def _one_run(cfg: TrainConfig) -> bool:
 def _same_config(cfg: TrainConfig) -> bool:
     """Whether the run folder's config.yaml holds exactly ``cfg`` (a missing or bad one does not)."""
     try:
-        return load_config(cfg.run_dir / CONFIG).to_dict() == cfg.to_dict()
+        return read_run_config(cfg.run_dir).to_dict() == with_absolute_data_root(cfg).to_dict()
     except (OSError, ValueError):
         return False
+
+
+# --------------------------------------------------------------------------------------------
+# The saved config and its data root
+# --------------------------------------------------------------------------------------------
+
+
+def with_absolute_data_root(cfg: TrainConfig) -> TrainConfig:
+    """A copy of ``cfg`` whose ``data.root`` is absolute (resolved here, where training opens it)."""
+    cfg = copy.deepcopy(cfg)
+    cfg.data.root = str(Path(cfg.data.root).resolve())
+    return cfg
+
+
+def legacy_root_candidates(config_root: str, results_dir: str | os.PathLike) -> list[Path]:
+    """Where a relative ``data.root`` of an older config.yaml may point: it was relative to the folder
+    training ran in, notebooks/ for the study's notebooks, else the project (the folder above results/)."""
+    base = Path(results_dir).resolve().parent
+    return [base / "notebooks" / config_root, Path.cwd() / config_root, base / config_root]
+
+
+def legacy_data_root(config_root: str, results_dir: str | os.PathLike) -> Path | None:
+    """The first of :func:`legacy_root_candidates` that exists, resolved; None when none does."""
+    return next((c.resolve() for c in legacy_root_candidates(config_root, results_dir) if c.is_dir()), None)
+
+
+def read_run_config(run_dir: str | os.PathLike) -> TrainConfig:
+    """A run folder's config.yaml. A relative ``data.root`` (a config written before roots were saved
+    absolute) is made absolute where :func:`legacy_data_root` finds it, else left as written."""
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / CONFIG)
+    if not Path(cfg.data.root).is_absolute():
+        found = legacy_data_root(cfg.data.root, run_dir.parent)
+        if found is not None:
+            cfg.data.root = str(found)
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------
+# The checkpoint
+# --------------------------------------------------------------------------------------------
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict, TrainConfig]:
+    """A ``checkpoint.pt`` written by ``rloss train`` and its config, for resuming and for inference.
+
+    Read with ``torch.load(weights_only=True)`` only: a file that would run code is refused, never
+    executed. Anything that is not such a checkpoint (another file, a bare state dict, a bad config,
+    class names that do not match) is a :class:`NotACheckpoint` saying why."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise NotACheckpoint("not a file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError, KeyError,
+            ImportError, IndexError, UnicodeDecodeError, OSError) as exc:
+        raise NotACheckpoint(f"torch.load(weights_only=True) failed: {first_line(exc, typed=True)}") from None
+    if not isinstance(obj, dict):
+        raise NotACheckpoint(f"holds a {type(obj).__name__}, not a dict")
+    missing = [k for k in CHECKPOINT_KEYS if k not in obj]
+    if missing:
+        raise NotACheckpoint(f"missing {', '.join(missing)}; a bare state dict cannot be used")
+    for key, kind in CHECKPOINT_KEYS.items():
+        if not isinstance(obj[key], kind) or isinstance(obj[key], bool):
+            raise NotACheckpoint(f"'{key}' is a {type(obj[key]).__name__}, expected {kind.__name__}")
+    try:
+        config = config_from_dict(json.loads(obj["config"]), f"{path} (config)")
+    except (ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
+        raise NotACheckpoint(f"bad config: {first_line(exc, typed=True)}") from None
+    if len(obj["class_names"]) != obj["num_classes"]:
+        raise NotACheckpoint(f"{len(obj['class_names'])} class names for num_classes {obj['num_classes']}")
+    return obj, config

@@ -30,11 +30,11 @@ from torch.utils.data import DataLoader, Sampler, Subset
 
 from . import distributed as D
 from . import runs
-from .config import AUTO, TrainConfig, config_from_dict
+from .config import AUTO, TrainConfig
 from .data.folder import SegmentationFolder, read_split, split_holdout
 from .data.io import IGNORE_INDEX, atomic_path, write_text_atomic
 from .data.transforms import EvalTransform, TrainTransform, resize_logits
-from .errors import TrainingError
+from .errors import TrainingError, first_line
 from .losses import DenseCRFLoss, partial_cross_entropy
 from .metrics import ConfusionMatrix
 from .models import build_model
@@ -123,7 +123,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("run.device is cuda but CUDA is not available (use run.device=cpu or auto)")
+        raise TrainingError("run.device is cuda but CUDA is not available (use run.device=cpu or auto)")
     return torch.device(name)
 
 
@@ -137,12 +137,6 @@ def _autocast(device: torch.device, amp: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = [t.strip() for t in str(exc).splitlines() if t.strip()]
-    line = lines[1] if len(lines) > 1 and lines[0].endswith(":") else (lines[0] if lines else type(exc).__name__)
-    return line[:200]
-
-
 def _init_weights(net: torch.nn.Module, path: str | Path, num_classes: int) -> None:
     """Loads ``loss.init_from`` (a checkpoint of rloss train or a bare state dict) into ``net``;
     a missing, truncated, foreign or ill-fitting file is one ValueError naming it."""
@@ -151,7 +145,7 @@ def _init_weights(net: torch.nn.Module, path: str | Path, num_classes: int) -> N
     try:  # weights_only: a file that would run code when loaded is refused
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"loss.init_from {path}: not a checkpoint ({_first_line(exc)})") from None
+        raise ValueError(f"loss.init_from {path}: not a checkpoint ({first_line(exc)})") from None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         if obj.get("num_classes", num_classes) != num_classes:
             raise ValueError(f"loss.init_from {path}: the checkpoint has {obj['num_classes']} classes, "
@@ -163,7 +157,7 @@ def _init_weights(net: torch.nn.Module, path: str | Path, num_classes: int) -> N
         net.load_state_dict(obj)
     except (RuntimeError, TypeError, ValueError) as exc:
         raise ValueError(f"loss.init_from {path}: the weights do not fit this model with {num_classes} classes "
-                         f"({_first_line(exc)})") from None
+                         f"({first_line(exc)})") from None
 
 
 @torch.no_grad()
@@ -337,7 +331,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     Stops with a :class:`TrainingError` on a non-finite loss, when memory runs out or
     when results cannot be written, leaving the last checkpoint as it was.
     """
-    cfg = config.validate()
+    cfg = runs.with_absolute_data_root(config.validate())  # saved configs name the data wherever they are read
     ctx = D.context_from_env()
     threads = D.cpu_threads(ctx, cfg.run.threads)
     threads_before = torch.get_num_threads()
@@ -372,12 +366,11 @@ def _crf_term(crf, raw, probs, roi):
 def _read_resume_checkpoint(path: Path, cfg: TrainConfig, ctx: D.DistContext) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"resume: no checkpoint at {path} (run once without resume first)")
-    try:  # weights_only: a checkpoint from elsewhere cannot run code when loaded
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        saved = config_from_dict(json.loads(checkpoint["config"]), str(path)).to_dict()
-    except Exception as exc:
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{path}: not a checkpoint written by rloss train ({reason})") from None
+    try:
+        checkpoint, saved_config = runs.read_checkpoint(path)
+    except runs.NotACheckpoint as exc:
+        raise ValueError(f"{path}: not a checkpoint written by rloss train ({exc})") from None
+    saved = saved_config.to_dict()
     changed = [f"{s}.{k}" for s, d in cfg.to_dict().items() for k, v in d.items() if saved[s][k] != v]
     if changed and ctx.is_main:
         print(f"resume: config differs from the checkpoint's in {', '.join(changed)}", file=sys.stderr)
@@ -615,7 +608,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.dev
             _restore_rng(checkpoint["rng"], ctx)
         except (KeyError, RuntimeError, TypeError, ValueError) as exc:
             raise ValueError(f"resume: {ckpt_path}: not a checkpoint of this model written by rloss train "
-                             f"({type(exc).__name__}: {_first_line(exc)})") from None
+                             f"({type(exc).__name__}: {first_line(exc)})") from None
         last_saved = iteration
 
     model = net

@@ -3,6 +3,7 @@ used to write outside the named folder, read garbage, mix two runs or end in a t
 
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -45,6 +46,12 @@ def checkpoint(data_root, tmp_path_factory):
 def run_cli(*args, cwd=ROOT):
     return subprocess.run([sys.executable, "-m", "rloss", *map(str, args)], capture_output=True, text=True, cwd=cwd,
                           env=ENV)
+
+
+def run_browser_check(*args):
+    """The developer tool tools/browser_check.py (make browser-check), as its command line runs it."""
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "browser_check.py"), *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT, env=ENV)
 
 
 def one_error_line(stderr: str) -> str:
@@ -323,10 +330,10 @@ def test_every_command_with_an_unusable_output_folder_is_one_line(data_root, che
         "infer": ["infer", "--checkpoint", checkpoint, "--input", image, "--output", blocker / "pred"],
         "study": ["study", "--params", params, "--only", "00", "--output", blocker / "notebooks"],
         "bench": ["bench", "crf", "--json", blocker / "bench.json"],
-        "browser-check": ["browser-check", "--results", checkpoint.parent.parent, "--out", blocker / "shot.png"],
+        "browser-check": ["check", "--results", checkpoint.parent.parent, "--out", blocker / "shot.png"],
     }
     for what, args in commands.items():
-        result = run_cli(*args)
+        result = run_browser_check(*args) if what == "browser-check" else run_cli(*args)
         assert result.returncode == 1, (what, result.stderr)
         line = one_error_line(result.stderr)
         assert str(blocker) in line and ("Not a directory" in line or "not a folder" in line), (what, line)
@@ -532,3 +539,52 @@ def test_a_common_key_no_notebook_declares_is_an_error(tmp_path):
         plan(path, notebooks)
     path.write_text("common:\n  results_dir: ../results\n  seed: 0\n")
     assert len(plan(path, notebooks)) == len(notebooks)
+
+
+def test_cuda_asked_for_where_there_is_none_is_one_line(checkpoint, data_root, tmp_path, monkeypatch, capsys):
+    # resolve_device's error is the package's one-line kind: train and infer report it without a traceback.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = ["train", "--set", f"data.root={data_root}", "--set", f"run.results_dir={tmp_path / 'r'}",
+            "--set", "run.device=cuda", "--set", "optim.epochs=1", "--set", "data.crop_size=32"]
+    assert cli.main(args) == 1
+    assert one_error_line(capsys.readouterr().err) == ("rloss train: run.device is cuda but CUDA is not available "
+                                                       "(use run.device=cpu or auto)")
+    image = tmp_path / "one.png"
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(image)
+    assert cli.main(["infer", "--checkpoint", str(checkpoint), "--input", str(image), "--device", "cuda",
+                     "--output", str(tmp_path / "out")]) == 1
+    assert one_error_line(capsys.readouterr().err).startswith("rloss infer: run.device is cuda but CUDA is not")
+    assert not (tmp_path / "out").exists()
+
+
+def test_one_checkpoint_reader_for_resume_and_inference(checkpoint, data_root, tmp_path):
+    # The same refusals, phrased for each use: a bare state dict and a truncated file.
+    from rloss.infer import load_predictor
+    from rloss.runs import NotACheckpoint, read_checkpoint
+
+    obj, config = read_checkpoint(checkpoint)
+    assert obj["num_classes"] == len(obj["class_names"]) and config.run.name == "trained"
+    bare = tmp_path / "bare" / "checkpoint.pt"
+    bare.parent.mkdir()
+    torch.save(obj["model"], bare)
+    truncated = tmp_path / "truncated" / "checkpoint.pt"
+    truncated.parent.mkdir()
+    truncated.write_bytes(checkpoint.read_bytes()[:5000])
+    for path, why in ((bare, "missing model, config"), (truncated, "torch.load(weights_only=True) failed: ")):
+        with pytest.raises(NotACheckpoint, match=re.escape(why)):
+            read_checkpoint(path)
+        with pytest.raises(ValueError, match=f"not a checkpoint written by `rloss train` \\({re.escape(why)}"):
+            load_predictor(path, "cpu")
+        resume = tiny(data_root, tmp_path, path.parent.name)  # its run folder is the bad file's
+        with pytest.raises(ValueError, match=f"not a checkpoint written by rloss train \\({re.escape(why)}"):
+            train(resume, resume=True)
+
+
+def test_first_line_of_an_exception():
+    from rloss.errors import first_line
+
+    header = RuntimeError("Error(s) in loading state_dict for Net:\n\tsize mismatch for w\n\tmore")
+    assert first_line(header) == "size mismatch for w"
+    assert first_line(header, typed=True) == "RuntimeError: size mismatch for w"
+    assert first_line(KeyError()) == "KeyError" and first_line(KeyError(), typed=True) == "KeyError"
+    assert first_line(ValueError("x" * 300), limit=10) == "x" * 10 + "..."

@@ -573,8 +573,11 @@ def build_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``check`` or ``setup``; what is missing or what the page showed is one line, exit code 1."""
+    """``check`` or ``setup``; what is missing, what the page showed or a screenshot that cannot be
+    written is one line, exit code 1 (as ``python -m rloss`` reports errors)."""
     import json
+
+    from rloss.errors import one_line
 
     args = build_parser().parse_args(argv)
     label = "rloss browser-check" if args.command == "check" else "rloss browser-setup"
@@ -585,8 +588,8 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or str(Path(args.results) / "result_browser.png")
         summary = check_result_browser(args.results, out, study_names=args.study, port=args.port,
                                        timeout_s=args.timeout, compare_run=args.compare)
-    except BrowserCheckError as exc:  # CI=true and no browser, or what the page showed: no traceback
-        print(f"{label}: {exc}", file=sys.stderr)
+    except (BrowserCheckError, ValueError, OSError) as exc:  # no browser, what the page showed, a bad folder
+        print(f"{label}: {one_line(exc)}", file=sys.stderr)
         return 1
     print(json.dumps(summary, indent=1, default=str))
     return 0

@@ -24,19 +24,16 @@ is given.
 from __future__ import annotations
 
 import io
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from ..config import TrainConfig, config_from_dict
+from ..config import TrainConfig
 from ..data.folder import SegmentationFolder
-from ..data.io import IGNORE_INDEX, DataError, voc_palette
+from ..data.io import IGNORE_INDEX, voc_palette
 from ..infer import Predictor, load_predictor
-from ..runs import CHECKPOINT, CONFIG, check_run_folder
-from .grid import in_studies
+from ..runs import CHECKPOINT, CONFIG, legacy_data_root, legacy_root_candidates, read_run_config, run_folders
 
 __all__ = ["ResultBrowser", "image_iou", "error_map", "scribble_panel", "colorize", "resolve_data_root", "find_runs"]
 
@@ -111,37 +108,24 @@ def side_by_side(panels: list[np.ndarray], gap: int = GAP) -> np.ndarray:
 def find_runs(results_dir, study_names=None) -> list[str]:
     """Names of the runs under ``results_dir`` with a checkpoint and a config, sorted; with
     ``study_names`` (a name or a list of them) only the runs of those studies (matched exactly)."""
-    root = Path(results_dir)
-    if not root.is_dir():
-        return []
-    names = []
-    for ckpt in sorted(root.glob(f"*/{CHECKPOINT}")):
-        name = ckpt.parent.name
-        if (ckpt.parent / CONFIG).is_file() and in_studies(name, study_names):
-            try:
-                check_run_folder(ckpt.parent)  # a folder mixing two runs' files would show one under the other's name
-            except DataError as exc:
-                print(f"result browser: left out {exc}", file=sys.stderr)
-                continue
-            names.append(name)
-    return names
+    # A folder mixing two runs' files would show one under the other's name: left out.
+    return [d.name for d in run_folders(results_dir, study_names, needs=(CHECKPOINT, CONFIG), label="result browser")]
 
 
 def resolve_data_root(config_root: str, results_dir, data_root=None) -> Path:
-    """``data_root`` if given; else the config's root: as is when absolute, otherwise the first of
-    ``<results_dir>/../notebooks/<root>``, ``<cwd>/<root>``, ``<results_dir>/../<root>`` that exists."""
+    """``data_root`` if given; else the config's root: as is when absolute (as runs save it), otherwise
+    (an older config) the first of ``<results_dir>/../notebooks/<root>``, ``<cwd>/<root>``,
+    ``<results_dir>/../<root>`` that exists (:func:`rloss.runs.legacy_data_root`)."""
     if data_root is not None:
         return Path(data_root)
     root = Path(config_root)
     if root.is_absolute():
         return root
-    base = Path(results_dir).resolve().parent
-    candidates = [base / "notebooks" / root, Path.cwd() / root, base / root]
-    for candidate in candidates:
-        if candidate.is_dir():
-            return candidate.resolve()
-    tried = ", ".join(str(c) for c in candidates)
-    raise FileNotFoundError(f"data root {config_root!r} not found (tried {tried}); pass data_root=")
+    found = legacy_data_root(config_root, results_dir)
+    if found is None:
+        tried = ", ".join(str(c) for c in legacy_root_candidates(config_root, results_dir))
+        raise FileNotFoundError(f"data root {config_root!r} not found (tried {tried}); pass data_root=")
+    return found
 
 
 @dataclass
@@ -199,8 +183,7 @@ class ResultBrowser:
 
     def config(self, run: str) -> TrainConfig:
         if run not in self._configs:
-            path = self.results_dir / run / CONFIG
-            self._configs[run] = config_from_dict(yaml.safe_load(path.read_text()), str(path))
+            self._configs[run] = read_run_config(self.results_dir / run)
         return self._configs[run]
 
     def predictor(self, run: str) -> Predictor:

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 import statistics
 import sys
 from pathlib import Path
 
-from ..config import TrainConfig, load_config
+from ..config import LOSS_TYPES, TrainConfig, load_config
 from ..crf_weight import relative_crf_weight
-from ..runs import CHECKPOINT, CONFIG, METRICS, check_run_folder, finished_metrics, train_runs  # noqa: F401 (the notebooks' calls)
+from ..runs import (CHECKPOINT, METRICS, finished_metrics, in_studies, read_run_config, run_folders,  # noqa: F401
+                    run_name, study_of, train_runs)  # (re-exported: the notebooks' calls)  # noqa: F401 (the notebooks' calls)
 
-LOSSES = ("pce", "pce_crf", "full")
+LOSSES = LOSS_TYPES  # the config's loss types, in the table's order
 LOSS_LABELS = {"pce": "pCE", "pce_crf": "pCE + DenseCRF", "full": "full supervision"}
 
 
@@ -37,29 +37,6 @@ def base_config(data_root: str, results_dir: str, **settings) -> TrainConfig:
             raise ValueError(f"study: setting {key!r} must be <section>_<key>, e.g. optim_epochs")
         overrides.append(f"{section}.{name}={json.dumps(value)}")
     return load_config(None, overrides)
-
-
-def run_name(name: str, loss: str, seed: int) -> str:
-    return f"{name}_{loss}_seed{seed}"
-
-
-_RUN_NAME = re.compile(r"^(?P<study>.+)_(?P<loss>" + "|".join(sorted(LOSSES, key=len, reverse=True))
-                       + r")_seed(?P<seed>\d+)$")
-
-
-def study_of(run: str) -> str | None:
-    """The study a run belongs to (``run_name``'s ``name``); None for a run not named by a study."""
-    match = _RUN_NAME.match(run)
-    return match["study"] if match else None
-
-
-def in_studies(run: str, study_names=None) -> bool:
-    """Whether ``run`` belongs to one of ``study_names`` (a name or a list; None: any), matched exactly:
-    ``small`` takes ``small_pce_seed0``, not ``small2_pce_seed0`` nor a sweep's ``small_sweep_w1``."""
-    if study_names is None:
-        return True
-    names = [study_names] if isinstance(study_names, str) else list(study_names)
-    return study_of(run) in {str(n) for n in names}
 
 
 def study_grid(base: TrainConfig, name: str, losses=LOSSES, seeds=(0,), two_phase: bool = False,
@@ -99,15 +76,13 @@ def _relative_weight(cfg: TrainConfig) -> float:
 def load_runs(results_dir: str | Path) -> list[dict]:
     """Every finished run under ``results_dir``: its name, settings, final and per-eval metrics, timings."""
     runs = []
-    for metrics_path in sorted(Path(results_dir).glob(f"*/{METRICS}")):
-        run_dir = metrics_path.parent
+    for run_dir in run_folders(results_dir, needs=(METRICS,), label="load_runs"):  # a mixed folder is skipped
         try:
-            metrics = json.loads(metrics_path.read_text())
+            metrics = json.loads((run_dir / METRICS).read_text())
             if metrics.get("final") is None:
                 continue  # unfinished
-            cfg = load_config(run_dir / CONFIG)
-            check_run_folder(run_dir)  # never one run's metrics under another's config
-        except (OSError, ValueError) as exc:  # DataError (a mixed folder, an unreadable file) is a ValueError
+            cfg = read_run_config(run_dir)
+        except (OSError, ValueError) as exc:  # an unreadable file
             print(f"load_runs: skipped {run_dir} ({exc})", file=sys.stderr)
             continue
         timings = metrics.get("timings", {})

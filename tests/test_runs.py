@@ -1,0 +1,44 @@
+"""The run folder: saved configs name their data by an absolute path; older configs, whose data.root
+was relative to the folder training ran in, are still read; a finished run is recognised either way."""
+
+import yaml
+
+from inputs import tiny_config, tiny_synthetic
+from rloss.runs import CHECKPOINT, CONFIG, finished_metrics, read_checkpoint, read_run_config
+from rloss.train import train
+
+
+def _rewrite_root(run_dir, root: str) -> None:
+    """config.yaml as an older rloss wrote it: the same run, its data root as given on the command line."""
+    lines = (run_dir / CONFIG).read_text().splitlines(keepends=True)
+    doc = yaml.safe_load("".join(lines[1:]))
+    doc["data"]["root"] = root
+    (run_dir / CONFIG).write_text(lines[0] + yaml.safe_dump(doc, sort_keys=False))
+
+
+def test_saved_configs_hold_absolute_roots_and_old_ones_are_still_read(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    data = tiny_synthetic(project / "data" / "set")
+    (project / "notebooks").mkdir()
+    monkeypatch.chdir(project / "notebooks")  # as a notebook trains: data and results relative to notebooks/
+    cfg = tiny_config("../data/set", "../results", "run", "optim.epochs=1", "loss.type=pce")
+    final = train(cfg)
+    run_dir = project / "results" / "run"
+    assert yaml.safe_load((run_dir / CONFIG).read_text())["data"]["root"] == str(data.resolve())
+    assert read_checkpoint(run_dir / CHECKPOINT)[1].data.root == str(data.resolve())
+    assert cfg.data.root == "../data/set"  # the caller's config is left as it was
+    assert finished_metrics(cfg) == final  # asked again with the relative root: the same run, not trained again
+
+    # An older config.yaml: the root relative to notebooks/. Read from anywhere, it names the data.
+    _rewrite_root(run_dir, "../data/set")
+    monkeypatch.chdir(tmp_path)
+    assert read_run_config(run_dir).data.root == str(data.resolve())
+    monkeypatch.chdir(project / "notebooks")
+    assert finished_metrics(cfg) == final
+
+    # Relative to the project (a run started from the repository root), and a root found nowhere.
+    _rewrite_root(run_dir, "data/set")
+    monkeypatch.chdir(tmp_path)
+    assert read_run_config(run_dir).data.root == str(data.resolve())
+    _rewrite_root(run_dir, "gone/set")
+    assert read_run_config(run_dir).data.root == "gone/set"
