@@ -18,7 +18,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from ..config import LOSS_TYPES, TrainConfig, load_config
+from ..config import LOSS_TYPES, TrainConfig, config_from_dict
 from ..crf_weight import relative_crf_weight
 from ..runs import (CHECKPOINT, METRICS, finished_metrics, in_studies, read_run_config, run_folders,  # noqa: F401
                     run_name, study_of, train_runs)  # (re-exported: the notebooks' calls)  # noqa: F401 (the notebooks' calls)
@@ -29,14 +29,63 @@ LOSS_LABELS = {"pce": "pCE", "pce_crf": "pCE + DenseCRF", "full": "full supervis
 
 def base_config(data_root: str, results_dir: str, **settings) -> TrainConfig:
     """A training config from the notebooks' flat parameters: each ``section_key=value``
-    (e.g. ``optim_epochs=30``, ``loss_crf_weight=5e-7``) sets ``section.key``; checked like ``--set``."""
-    overrides = [f"data.root={data_root}", f"run.results_dir={results_dir}"]
+    (e.g. ``optim_epochs=30``, ``loss_crf_weight=5e-7``) sets ``section.key`` to the value as it is;
+    the config dataclasses declare the keys, and check the values once, as they check a config file."""
+    values = {"data": {"root": str(data_root)}, "run": {"results_dir": str(results_dir)}}
     for key, value in settings.items():
         section, _, name = key.partition("_")
         if not name:
             raise ValueError(f"study: setting {key!r} must be <section>_<key>, e.g. optim_epochs")
-        overrides.append(f"{section}.{name}={json.dumps(value)}")
-    return load_config(None, overrides)
+        values.setdefault(section, {})[name] = value
+    return config_from_dict(values, "the study's settings").validate()
+
+
+def plan_grid(base: TrainConfig, name: str, losses=LOSSES, seeds=(0,), two_phase: bool = False,
+              finetune_epochs: int | None = None, crf_relative_weight: float | str = 1.0,
+              rerun: bool = False) -> list[TrainConfig]:
+    """The training notebooks' grid: :func:`study_grid` of ``base`` with ``crf_relative_weight``;
+    ``"sweep"`` first chooses that weight on a held-out share of train (``rloss.sweep``; val is never read)."""
+    if not seeds or not losses:
+        raise ValueError("give at least one seed and one loss")
+    sweep = crf_relative_weight == "sweep"
+    base = config_from_dict({"loss": {"crf_relative_weight": 1.0 if sweep else crf_relative_weight}},
+                            "crf_relative_weight", base=base).validate()
+    if sweep:  # the sweep's runs set their own weights
+        from ..sweep import sweep_crf_weight
+
+        base.loss.crf_relative_weight = sweep_crf_weight(base, name, rerun=rerun)["best"]
+        print(f"DenseCRF weight chosen by the sweep: {base.loss.crf_relative_weight:g}x the published balance")
+    configs = study_grid(base, name, losses=losses, seeds=seeds, two_phase=two_phase,
+                         finetune_epochs=finetune_epochs or None)
+    print(f"{len(configs)} runs: " + ", ".join(c.run.name for c in configs))
+    return configs
+
+
+def train_grid(configs: list[TrainConfig], rerun: bool = False) -> list[dict]:
+    """Trains the grid (:func:`train_runs`: finished runs skipped, interrupted ones resumed) and returns
+    its runs as :func:`load_runs` reads them back."""
+    train_runs(configs, rerun=rerun)
+    names = {cfg.run.name for cfg in configs}
+    results_dirs = dict.fromkeys(cfg.run.results_dir for cfg in configs)
+    return [r for results_dir in results_dirs for r in load_runs(results_dir) if r["run"] in names]
+
+
+def grid_summary(runs: list[dict]) -> str:
+    """Per setting, each loss's final mIoU (mean ± spread over seeds) and time per iteration, and the
+    DenseCRF loss's share of an iteration: the training notebooks' printed result."""
+    lines = []
+    for row in summarize(runs):
+        lines.append(f"{row['model']} on {row['data']} ({row['resolution']} px images, crop {row['crop_size']}):")
+        for loss in LOSSES:
+            mean, std, n = row[f"{loss}_miou"], row[f"{loss}_std"], row[f"{loss}_seeds"]
+            if n:
+                spread = f" ± {std:.4f}" if std is not None else ""
+                t = row[f"{loss}_s_per_iteration"]
+                lines.append(f"  {LOSS_LABELS[loss]:>17}: mIoU {mean:.4f}{spread} over {n} seed(s), "
+                             f"{t * 1000:.0f} ms/iteration")
+        if row.get("crf_share") is not None:
+            lines.append(f"  DenseCRF loss share of an iteration: {row['crf_share']:.1%}")
+    return "\n".join(lines)
 
 
 def study_grid(base: TrainConfig, name: str, losses=LOSSES, seeds=(0,), two_phase: bool = False,

@@ -39,3 +39,29 @@ def panel_grid(panels: list[tuple[str, torch.Tensor | np.ndarray]], ncols: int =
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+# One colour per loss, in every plot of the training notebooks.
+LOSS_COLOURS = {"pce": "tab:blue", "pce_crf": "tab:orange", "full": "tab:green"}
+
+
+def plot_grid_curves(runs: list[dict], title: str):
+    """Validation mIoU along training, one line per run (a colour per loss, labelled once)."""
+    import matplotlib.pyplot as plt
+
+    from .grid import LOSS_LABELS
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    labelled = set()
+    for run in sorted(runs, key=lambda r: (r["loss"], r["seed"])):
+        xs = [e["iteration"] for e in run["evals"]]
+        ys = [e["miou"] for e in run["evals"]]
+        ax.plot(xs, ys, marker="o", color=LOSS_COLOURS[run["loss"]], alpha=0.8,
+                label=None if run["loss"] in labelled else LOSS_LABELS[run["loss"]])
+        labelled.add(run["loss"])
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("validation mIoU")
+    ax.set_title(f"{title}: learning curves (one line per seed)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return fig
