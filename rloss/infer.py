@@ -43,7 +43,7 @@ from PIL import Image
 
 from .config import TrainConfig
 from .data.folder import IMAGE_SUFFIXES
-from .data.io import DataError, atomic_path, output_folder, read_rgb, save_label_png, save_rgb, voc_palette, write_text_atomic
+from .data.io import DataError, atomic_path, colorize, output_folder, read_rgb, save_label_png, save_rgb, write_text_atomic
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, choose_interpolation, network_size
 from .data.transforms import resize_logits as _resize_logits
 from .errors import first_line
@@ -263,8 +263,7 @@ def _output_paths(rel: Path, output_dir: Path, save_probs: bool) -> dict[str, Pa
 
 def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
     """The palette colours of ``labels`` blended over ``image`` (uint8 RGB)."""
-    palette = np.asarray(voc_palette(), dtype=np.float32).reshape(256, 3)
-    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * palette[labels]
+    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * colorize(labels).astype(np.float32)
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 

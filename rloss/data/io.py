@@ -35,6 +35,15 @@ def voc_palette() -> list[int]:
     return palette
 
 
+_COLOURS = np.asarray(voc_palette(), dtype=np.uint8).reshape(256, 3)
+
+
+def colorize(labels: np.ndarray) -> np.ndarray:
+    """Class ids -> their VOC palette colours (uint8 RGB); 255 (ignore) is white: every picture of
+    labels (overlays, the result browser, the notebooks' figures) takes its colours from here."""
+    return _COLOURS[np.asarray(labels, dtype=np.uint8)]
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..data.folder import SegmentationFolder
-from ..data.io import IGNORE_INDEX, voc_palette
+from ..data.io import IGNORE_INDEX, colorize
 from ..infer import Predictor, load_predictor
 from ..runs import CHECKPOINT, CONFIG, legacy_data_root, legacy_root_candidates, read_run_config, run_folders
 
@@ -41,7 +41,6 @@ SPLITS = ("train", "val")
 WRONG = np.array([255, 0, 0], dtype=np.uint8)  # wrong pixels in the error map
 IGNORED = np.array([128, 128, 128], dtype=np.uint8)  # ignore pixels (255 in the mask) in the error map
 GAP = 4  # white pixels between the panels of render_panel()
-_PALETTE = np.asarray(voc_palette(), dtype=np.uint8).reshape(256, 3)
 
 
 # --------------------------------------------------------------------------------------------
@@ -49,16 +48,11 @@ _PALETTE = np.asarray(voc_palette(), dtype=np.uint8).reshape(256, 3)
 # --------------------------------------------------------------------------------------------
 
 
-def colorize(labels: np.ndarray) -> np.ndarray:
-    """Class ids -> their VOC palette colours (uint8 RGB); 255 (ignore) is white."""
-    return _PALETTE[np.asarray(labels, dtype=np.uint8)]
-
-
 def scribble_panel(image: np.ndarray, scribble: np.ndarray) -> np.ndarray:
     """Scribbled pixels in their class colour over the photo dimmed to a third."""
     out = image // 3
     labeled = scribble != IGNORE_INDEX
-    out[labeled] = _PALETTE[scribble[labeled]]
+    out[labeled] = colorize(scribble[labeled])
     return out
 
 

@@ -583,9 +583,7 @@ def plot_examples(samples, predictions: dict, network_inputs: dict, title: str =
     """
     import matplotlib.pyplot as plt
 
-    from ..data.io import voc_palette
-
-    palette = np.array(voc_palette(), dtype=np.uint8).reshape(256, 3)
+    from ..data.io import colorize
     samples = list(samples)
     if not samples:
         raise ValueError("plot_examples: no samples")
@@ -595,7 +593,7 @@ def plot_examples(samples, predictions: dict, network_inputs: dict, title: str =
     fig, axes = plt.subplots(len(samples), ncols, figsize=(1.55 * ncols, 1.75 * len(samples) + 0.4), squeeze=False)
     for row, sample in enumerate(samples):
         h, w = sample.image.shape[:2]
-        panels = [(f"{sample.id} ({w}x{h})", sample.image), ("full mask", palette[sample.mask])]
+        panels = [(f"{sample.id} ({w}x{h})", sample.image), ("full mask", colorize(sample.mask))]
         for mode in modes:
             picture = network_inputs[sample.id][mode]
             panels.append((f"{mode} in ({picture.shape[1]}x{picture.shape[0]})", picture))
@@ -611,7 +609,7 @@ def plot_examples(samples, predictions: dict, network_inputs: dict, title: str =
             accuracy = float((labels[valid] == sample.mask[valid]).mean()) if valid.any() else float("nan")
             changed = int((labels != first).sum())
             note = f"acc {accuracy:.3f}" + (f", {changed} px ≠" if combo != combos[0] else "")
-            panels.append((f"{combo_name(*combo)}\n{note}", palette[labels]))
+            panels.append((f"{combo_name(*combo)}\n{note}", colorize(labels)))
         for col, (name, picture) in enumerate(panels):
             ax = axes[row, col]
             ax.imshow(picture, interpolation="nearest", **({"cmap": "gray", "vmin": 0, "vmax": 255} if picture.ndim == 2 else {}))

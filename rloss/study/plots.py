@@ -65,3 +65,25 @@ def plot_grid_curves(runs: list[dict], title: str):
     ax.legend()
     ax.grid(alpha=0.3)
     return fig
+
+
+def plot_samples(data, count: int = 4, title: str = ""):
+    """The first ``count`` samples of a split: image, full mask and scribbles (over the dimmed photo)."""
+    import matplotlib.pyplot as plt
+
+    from ..data.io import IGNORE_INDEX, colorize
+
+    fig, axes = plt.subplots(3, count, figsize=(2.6 * count, 7.8), squeeze=False)
+    for col, sample_id in enumerate(data.ids[:count]):
+        sample = data.load(sample_id)
+        unlabeled = sample.scribble == IGNORE_INDEX
+        scribble = colorize(sample.scribble).copy()
+        scribble[unlabeled] = sample.image[unlabeled] // 3  # dimmed photo under the strokes
+        mask = colorize(sample.mask) if sample.mask is not None else np.zeros_like(sample.image)
+        for row, (name, picture) in enumerate(zip(("image", "full mask", "scribbles"), (sample.image, mask, scribble))):
+            axes[row, col].imshow(picture, interpolation="nearest")
+            axes[row, col].set_title(f"{sample_id}: {name}", fontsize=8)
+            axes[row, col].axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
