@@ -83,6 +83,36 @@ def _cmd_study(args: argparse.Namespace) -> int:
     return run_study(args.params, only=args.only, rerun=args.rerun, overrides=args.set or [], output_dir=args.output)
 
 
+def _add_infer_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``infer`` options; also sets ``run=_cmd_infer`` as the parser's default."""
+    from .infer import INFER_INTERPOLATIONS
+
+    parser.add_argument("--checkpoint", required=True, help="checkpoint.pt written by `rloss train`")
+    parser.add_argument("--input", required=True, help="an image, or a folder searched recursively for .jpg/.jpeg/.png")
+    parser.add_argument("--output", help="output folder (default: results/inference/<the checkpoint's run name>)")
+    parser.add_argument("--interpolation", choices=INFER_INTERPOLATIONS, default="auto",
+                        help="input and logit upsampling; auto: bicubic below 128 px on a side, else bilinear")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (same-size images batch)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--save-probs", action="store_true", help="also write <stem>_probs.npy (float16 [K, H, W])")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip those images)")
+    parser.set_defaults(run=_cmd_infer)
+    return parser
+
+
+def _cmd_infer(args: argparse.Namespace) -> int:
+    from .infer import infer_path, load_predictor
+
+    predictor = load_predictor(args.checkpoint, args.device)
+    output = Path(args.output) if args.output else Path("results") / "inference" / predictor.run_name
+    s = infer_path(predictor, args.input, output, interpolation=args.interpolation, batch_size=args.batch_size,
+                   save_probs=args.save_probs, overwrite=args.overwrite)
+    rate = f"{s['images_per_s']:.1f} images/s" if s["images_per_s"] else "no images processed"
+    print(f"infer: {s['written']} of {s['images']} images written ({s['skipped_existing']} already there, "
+          f"{s['unreadable']} unreadable), {rate}; results in {output}")
+    return 1 if s["unreadable"] and not s["written"] and not s["skipped_existing"] else 0
+
+
 def _cmd_wandb_login(args: argparse.Namespace) -> int:
     from .credentials import cmd_wandb_login
 
@@ -233,9 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--output", default="results/notebooks", help="folder for the executed notebooks")
     study.set_defaults(run=_cmd_study)
 
-    from .infer import add_infer_arguments
-
-    add_infer_arguments(commands.add_parser("infer", help="segment an image or a folder with a trained checkpoint"))
+    _add_infer_arguments(commands.add_parser("infer", help="segment an image or a folder with a trained checkpoint"))
 
     from .gpu_check import STEP_NAMES
 

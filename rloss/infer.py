@@ -29,7 +29,6 @@ would need code to load is refused, never executed.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -56,8 +55,6 @@ __all__ = [
     "Predictor",
     "load_predictor",
     "infer_path",
-    "add_infer_arguments",
-    "cmd_infer",
 ]
 
 INFER_INTERPOLATIONS = ("auto", "bilinear", "bicubic", "nearest")
@@ -376,34 +373,3 @@ def infer_path(checkpoint, input_path, output_dir, interpolation: str = "auto", 
     }
     write_text_atomic(out / SUMMARY, json.dumps(summary, indent=1) + "\n")
     return summary
-
-
-# --------------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------------
-
-
-def add_infer_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The ``infer`` options; also sets ``run=cmd_infer`` as the parser's default."""
-    parser.add_argument("--checkpoint", required=True, help="checkpoint.pt written by `rloss train`")
-    parser.add_argument("--input", required=True, help="an image, or a folder searched recursively for .jpg/.jpeg/.png")
-    parser.add_argument("--output", help="output folder (default: results/inference/<the checkpoint's run name>)")
-    parser.add_argument("--interpolation", choices=INFER_INTERPOLATIONS, default="auto",
-                        help="input and logit upsampling; auto: bicubic below 128 px on a side, else bilinear")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (same-size images batch)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--save-probs", action="store_true", help="also write <stem>_probs.npy (float16 [K, H, W])")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip those images)")
-    parser.set_defaults(run=cmd_infer)
-    return parser
-
-
-def cmd_infer(args: argparse.Namespace) -> int:
-    predictor = load_predictor(args.checkpoint, args.device)
-    output = Path(args.output) if args.output else Path("results") / "inference" / predictor.run_name
-    s = infer_path(predictor, args.input, output, interpolation=args.interpolation, batch_size=args.batch_size,
-                   save_probs=args.save_probs, overwrite=args.overwrite)
-    rate = f"{s['images_per_s']:.1f} images/s" if s["images_per_s"] else "no images processed"
-    print(f"infer: {s['written']} of {s['images']} images written ({s['skipped_existing']} already there, "
-          f"{s['unreadable']} unreadable), {rate}; results in {output}")
-    return 1 if s["unreadable"] and not s["written"] and not s["skipped_existing"] else 0

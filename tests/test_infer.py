@@ -14,12 +14,9 @@ from PIL import Image
 
 from rloss.config import load_config
 from rloss.data.io import read_labels, read_rgb
-from rloss.infer import (
-    add_infer_arguments,
-    cmd_infer,
-    infer_path,
-    load_predictor,
-)
+from rloss.cli import _add_infer_arguments as add_infer_arguments
+from rloss.cli import _cmd_infer as cmd_infer
+from rloss.infer import infer_path, load_predictor
 from rloss.study.interpolation import DEFAULT_COMBOS, evaluate_interpolations
 from rloss.train import train
 
