@@ -22,7 +22,8 @@ from pathlib import Path
 from .config import TrainConfig, load_config
 from .crf_weight import relative_crf_weight
 from .data.io import DataError
-from .progress import report_run
+from .progress import progress_bar, report_run
+from .run_pool import resolve_processes, train_in_parallel
 from .runs import CHECKPOINT, CONFIG, METRICS, check_run_folder
 from .train import train
 
@@ -104,24 +105,53 @@ def finished_metrics(cfg: TrainConfig) -> dict | None:
     return metrics["final"]
 
 
-def train_runs(configs: list[TrainConfig], rerun: bool = False) -> list[dict]:
-    """Trains each config in turn and returns their final metrics. A run already finished
-    with the same config is skipped unless ``rerun``; an interrupted one (a checkpoint and the
-    same config, no final metrics) is resumed."""
-    finals = []
-    for i, cfg in enumerate(configs, 1):
+def train_runs(configs: list[TrainConfig], rerun: bool = False, parallel_runs: int | str = 1) -> list[dict]:
+    """Trains each config and returns their final metrics. A run already finished with the same
+    config is skipped unless ``rerun``; an interrupted one (a checkpoint and the same config, no
+    final metrics) is resumed. ``parallel_runs``: how many train at once, each in its own process
+    (``"auto"``: one per CPU core as memory allows, one on a GPU; see ``rloss.run_pool``)."""
+    finals: list[dict | None] = [None] * len(configs)
+    pending = []  # (index, resume)
+    for i, cfg in enumerate(configs):
         done = None if rerun else finished_metrics(cfg)
         if done is not None:
-            print(f"[{i}/{len(configs)}] {cfg.run.name}: finished before (mIoU {done['miou']:.4f}), skipped",
+            print(f"[{i + 1}/{len(configs)}] {cfg.run.name}: finished before (mIoU {done['miou']:.4f}), skipped",
                   file=sys.stderr)
-            report_run(i, len(configs), cfg.run.name, skipped=True)
-            finals.append(done)
-            continue
-        print(f"[{i}/{len(configs)}] {cfg.run.name}", file=sys.stderr)
-        report_run(i, len(configs), cfg.run.name)  # to the study runner's terminal, when there is one
-        resumable = not rerun and (cfg.run_dir / CHECKPOINT).is_file() and _same_config(cfg) and _one_run(cfg)
-        finals.append(train(cfg, resume=resumable))
-    return finals
+            report_run(i + 1, len(configs), cfg.run.name, skipped=True)
+            finals[i] = done
+        else:
+            resumable = not rerun and (cfg.run_dir / CHECKPOINT).is_file() and _same_config(cfg) and _one_run(cfg)
+            pending.append((i, resumable))
+    processes = resolve_processes(parallel_runs, configs[0].run.device if configs else "cpu", len(pending))
+
+    def announce(j: int) -> None:
+        i = pending[j][0]
+        print(f"[{i + 1}/{len(configs)}] {configs[i].run.name}", file=sys.stderr)
+        report_run(i + 1, len(configs), configs[i].run.name)  # to the study runner's terminal, when there is one
+
+    if processes == 1:
+        for j, (i, resumable) in enumerate(pending):
+            announce(j)
+            finals[i] = train(configs[i], resume=resumable)
+        return finals  # type: ignore[return-value]
+
+    print(f"training {len(pending)} runs, {processes} at once (one process each)", file=sys.stderr)
+    bar = progress_bar(total=len(pending), desc=f"{processes} runs at once", unit="run")
+
+    def finished(j: int, final: dict, printed: str) -> None:
+        i = pending[j][0]
+        sys.stderr.write(printed)
+        bar.write(f"{configs[i].run.name}: done, mIoU {final['miou']:.4f}", file=sys.stderr)
+        bar.update(1)
+
+    try:
+        done = train_in_parallel([(configs[i], resumable) for i, resumable in pending], processes,
+                                 on_start=announce, on_done=finished)
+    finally:
+        bar.close()
+    for (i, _), final in zip(pending, done):
+        finals[i] = final
+    return finals  # type: ignore[return-value]
 
 
 def _one_run(cfg: TrainConfig) -> bool:
@@ -186,24 +216,26 @@ def load_runs(results_dir: str | Path) -> list[dict]:
 CONVERGED_GAIN, LATE_SHARE, MIN_EVALS = 0.01, 0.25, 8
 
 
-def _miou_at(points: list[tuple[int, float]], iteration: float) -> float:
-    """Validation mIoU at ``iteration``, linear between the evaluations (the first one before them)."""
-    if iteration <= points[0][0]:
-        return points[0][1]
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
-        if x0 <= iteration <= x1:
-            return y0 + (y1 - y0) * (iteration - x0) / (x1 - x0) if x1 > x0 else y1
-    return points[-1][1]
+def _median_slope(points: list[tuple[int, float]]) -> float:
+    """The Theil-Sen slope: the median of the slopes between every pair of points, which one
+    outlying point cannot move far."""
+    slopes = [(y1 - y0) / (x1 - x0) for i, (x0, y0) in enumerate(points) for x1, y1 in points[i + 1:] if x1 != x0]
+    return statistics.median(slopes) if slopes else 0.0
 
 
 def convergence(run: dict) -> dict:
-    """``late_gain``: the mIoU gained over the run's last quarter of iterations; ``converged``: that gain
-    is below ``CONVERGED_GAIN`` and the curve has at least ``MIN_EVALS`` evaluations to tell."""
+    """``late_gain``: the validation mIoU the run gained over its last quarter of iterations: the
+    median slope between the evaluations in that quarter (at least the last three) times its
+    length, so that one noisy evaluation at either end does not decide it;
+    ``converged``: that gain is below ``CONVERGED_GAIN`` and the curve has at least ``MIN_EVALS``
+    evaluations to tell."""
     points = sorted((e["iteration"], e["miou"]) for e in run["evals"] if e.get("miou") is not None)
-    if not points:
-        return {"late_gain": None, "evals": 0, "converged": False}
+    if len(points) < 2:
+        return {"late_gain": None, "evals": len(points), "converged": False}
     last = points[-1][0]
-    late_gain = points[-1][1] - _miou_at(points, (1 - LATE_SHARE) * last)
+    late = [p for p in points if p[0] >= (1 - LATE_SHARE) * last]
+    late = points[-max(len(late), 3):]
+    late_gain = _median_slope(late) * LATE_SHARE * last
     return {"late_gain": late_gain, "evals": len(points),
             "converged": len(points) >= MIN_EVALS and late_gain < CONVERGED_GAIN}
 
