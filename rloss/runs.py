@@ -255,26 +255,57 @@ def finished_metrics(cfg: TrainConfig) -> dict | None:
     return metrics["final"]
 
 
-def train_runs(configs: list[TrainConfig], rerun: bool = False) -> list[dict]:
-    """Trains each config in turn and returns their final metrics. A run already finished
-    with the same config is skipped unless ``rerun``; an interrupted one (a checkpoint and the
-    same config, no final metrics) is resumed."""
+def train_runs(configs: list[TrainConfig], rerun: bool = False, parallel_runs: int | str = 1) -> list[dict]:
+    """Trains each config and returns their final metrics. A run already finished with the same
+    config is skipped unless ``rerun``; an interrupted one (a checkpoint and the same config, no
+    final metrics) is resumed. ``parallel_runs``: how many train at once, each in its own process
+    (``"auto"``: one per CPU core as memory allows, one on a GPU; see ``rloss.run_pool``)."""
+    from .progress import progress_bar
+    from .run_pool import resolve_processes, train_in_parallel
     from .train import train  # train.py imports this module
 
-    finals = []
-    for i, cfg in enumerate(configs, 1):
+    finals: list[dict | None] = [None] * len(configs)
+    pending = []  # (index, resume)
+    for i, cfg in enumerate(configs):
         done = None if rerun else finished_metrics(cfg)
         if done is not None:
-            print(f"[{i}/{len(configs)}] {cfg.run.name}: finished before (mIoU {done['miou']:.4f}), skipped",
+            print(f"[{i + 1}/{len(configs)}] {cfg.run.name}: finished before (mIoU {done['miou']:.4f}), skipped",
                   file=sys.stderr)
-            report_run(i, len(configs), cfg.run.name, skipped=True)
-            finals.append(done)
-            continue
-        print(f"[{i}/{len(configs)}] {cfg.run.name}", file=sys.stderr)
-        report_run(i, len(configs), cfg.run.name)  # to the study runner's terminal, when there is one
-        resumable = not rerun and (cfg.run_dir / CHECKPOINT).is_file() and _same_config(cfg) and _one_run(cfg)
-        finals.append(train(cfg, resume=resumable))
-    return finals
+            report_run(i + 1, len(configs), cfg.run.name, skipped=True)
+            finals[i] = done
+        else:
+            resumable = not rerun and (cfg.run_dir / CHECKPOINT).is_file() and _same_config(cfg) and _one_run(cfg)
+            pending.append((i, resumable))
+    processes = resolve_processes(parallel_runs, configs[0].run.device if configs else "cpu", len(pending))
+
+    def announce(j: int) -> None:
+        i = pending[j][0]
+        print(f"[{i + 1}/{len(configs)}] {configs[i].run.name}", file=sys.stderr)
+        report_run(i + 1, len(configs), configs[i].run.name)  # to the study runner's terminal, when there is one
+
+    if processes == 1:
+        for j, (i, resumable) in enumerate(pending):
+            announce(j)
+            finals[i] = train(configs[i], resume=resumable)
+        return finals  # type: ignore[return-value]
+
+    print(f"training {len(pending)} runs, {processes} at once (one process each)", file=sys.stderr)
+    bar = progress_bar(total=len(pending), desc=f"{processes} runs at once", unit="run")
+
+    def finished(j: int, final: dict, printed: str) -> None:
+        i = pending[j][0]
+        sys.stderr.write(printed)
+        bar.write(f"{configs[i].run.name}: done, mIoU {final['miou']:.4f}", file=sys.stderr)
+        bar.update(1)
+
+    try:
+        done = train_in_parallel([(configs[i], resumable) for i, resumable in pending], processes,
+                                 on_start=announce, on_done=finished)
+    finally:
+        bar.close()
+    for (i, _), final in zip(pending, done):
+        finals[i] = final
+    return finals  # type: ignore[return-value]
 
 
 def _one_run(cfg: TrainConfig) -> bool:

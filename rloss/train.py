@@ -583,10 +583,12 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.dev
         {"params": list(net.backbone_parameters()), "initial_lr": o.lr},
         {"params": list(net.head_parameters()), "initial_lr": o.lr * o.head_lr_mult},
     ]
+    # The fused update is one kernel for all tensors: the per-tensor loop cost ~15% of a tiny CPU step.
+    fused = device.type in ("cpu", "cuda")
     if o.name == "adamw":
-        optimizer = torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay, fused=fused)
     else:
-        optimizer = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        optimizer = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, fused=fused)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.run.amp == "fp16")
     if ctx.rank > 0:  # the model starts from rank 0's weights (DDP broadcasts them); dropout draws differ
         torch.manual_seed(cfg.run.seed * 1_000_003 + ctx.rank)

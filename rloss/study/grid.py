@@ -21,7 +21,7 @@ from pathlib import Path
 from ..config import LOSS_TYPES, TrainConfig, config_from_dict
 from ..crf_weight import relative_crf_weight
 from ..runs import (CHECKPOINT, METRICS, finished_metrics, in_studies, read_run_config, run_folders,  # noqa: F401
-                    run_name, study_of, train_runs)  # (re-exported: the notebooks' calls)  # noqa: F401 (the notebooks' calls)
+                    run_name, study_of, train_runs)  # re-exported: the notebooks' calls
 
 LOSSES = LOSS_TYPES  # the config's loss types, in the table's order
 LOSS_LABELS = {"pce": "pCE", "pce_crf": "pCE + DenseCRF", "full": "full supervision"}
@@ -61,10 +61,10 @@ def plan_grid(base: TrainConfig, name: str, losses=LOSSES, seeds=(0,), two_phase
     return configs
 
 
-def train_grid(configs: list[TrainConfig], rerun: bool = False) -> list[dict]:
-    """Trains the grid (:func:`train_runs`: finished runs skipped, interrupted ones resumed) and returns
-    its runs as :func:`load_runs` reads them back."""
-    train_runs(configs, rerun=rerun)
+def train_grid(configs: list[TrainConfig], rerun: bool = False, parallel_runs: int | str = 1) -> list[dict]:
+    """Trains the grid (:func:`train_runs`: finished runs skipped, interrupted ones resumed, ``parallel_runs``
+    at once) and returns its runs as :func:`load_runs` reads them back."""
+    train_runs(configs, rerun=rerun, parallel_runs=parallel_runs)
     names = {cfg.run.name for cfg in configs}
     results_dirs = dict.fromkeys(cfg.run.results_dir for cfg in configs)
     return [r for results_dir in results_dirs for r in load_runs(results_dir) if r["run"] in names]
@@ -153,24 +153,26 @@ def load_runs(results_dir: str | Path) -> list[dict]:
 CONVERGED_GAIN, LATE_SHARE, MIN_EVALS = 0.01, 0.25, 8
 
 
-def _miou_at(points: list[tuple[int, float]], iteration: float) -> float:
-    """Validation mIoU at ``iteration``, linear between the evaluations (the first one before them)."""
-    if iteration <= points[0][0]:
-        return points[0][1]
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
-        if x0 <= iteration <= x1:
-            return y0 + (y1 - y0) * (iteration - x0) / (x1 - x0) if x1 > x0 else y1
-    return points[-1][1]
+def _median_slope(points: list[tuple[int, float]]) -> float:
+    """The Theil-Sen slope: the median of the slopes between every pair of points, which one
+    outlying point cannot move far."""
+    slopes = [(y1 - y0) / (x1 - x0) for i, (x0, y0) in enumerate(points) for x1, y1 in points[i + 1:] if x1 != x0]
+    return statistics.median(slopes) if slopes else 0.0
 
 
 def convergence(run: dict) -> dict:
-    """``late_gain``: the mIoU gained over the run's last quarter of iterations; ``converged``: that gain
-    is below ``CONVERGED_GAIN`` and the curve has at least ``MIN_EVALS`` evaluations to tell."""
+    """``late_gain``: the validation mIoU the run gained over its last quarter of iterations: the
+    median slope between the evaluations in that quarter (at least the last three) times its
+    length, so that one noisy evaluation at either end does not decide it;
+    ``converged``: that gain is below ``CONVERGED_GAIN`` and the curve has at least ``MIN_EVALS``
+    evaluations to tell."""
     points = sorted((e["iteration"], e["miou"]) for e in run["evals"] if e.get("miou") is not None)
-    if not points:
-        return {"late_gain": None, "evals": 0, "converged": False}
+    if len(points) < 2:
+        return {"late_gain": None, "evals": len(points), "converged": False}
     last = points[-1][0]
-    late_gain = points[-1][1] - _miou_at(points, (1 - LATE_SHARE) * last)
+    late = [p for p in points if p[0] >= (1 - LATE_SHARE) * last]
+    late = points[-max(len(late), 3):]
+    late_gain = _median_slope(late) * LATE_SHARE * last
     return {"late_gain": late_gain, "evals": len(points),
             "converged": len(points) >= MIN_EVALS and late_gain < CONVERGED_GAIN}
 

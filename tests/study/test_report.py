@@ -301,6 +301,13 @@ def test_convergence_is_the_gain_over_the_last_quarter(tmp_path):
     assert convergence(flat)["late_gain"] == pytest.approx(0.005) and convergence(flat)["converged"]
     assert convergence(rising)["late_gain"] == pytest.approx(0.07) and not convergence(rising)["converged"]
     assert convergence(few)["evals"] == 2 and not convergence(few)["converged"]
+    # 16 evaluations, flat at 0.80 over the last quarter (120..160) but for one low evaluation at its
+    # start: the end points alone would read +4 pp; the median of the 10 pairwise slopes is 0.
+    dip = {"evals": _curve([0.5 + 0.02 * i for i in range(11)] + [0.76, 0.80, 0.80, 0.80, 0.80])}
+    assert convergence(dip)["late_gain"] == pytest.approx(0.0) and convergence(dip)["converged"]
+    # Rising steadily by 1 pp per evaluation over the last quarter (40 iterations): +4 pp.
+    steady = {"evals": _curve([0.5 + 0.01 * i for i in range(16)])}
+    assert convergence(steady)["late_gain"] == pytest.approx(0.04) and not convergence(steady)["converged"]
 
     write_run(tmp_path, "c", "/data/d", 40, "pce", 0, 0.705, 0.1, None, evals=flat["evals"])
     write_run(tmp_path, "c", "/data/d", 40, "full", 0, 0.70, 0.1, None, evals=rising["evals"])

@@ -1,0 +1,114 @@
+"""Several training runs at once, one process each, sharing one machine's CPU cores.
+
+A small network on small images keeps two threads of one process busy only part of the time
+(per-operation overhead, the single-threaded data pipeline), so on a CPU two runs with one
+thread each train more iterations per second than one run with two (benchmarks/README.md,
+"Runs in parallel"). Each run is a spawned process (nothing shared with a notebook kernel) with
+the cores divided among the processes; a run's checkpoint, resume and metrics are those of the
+run trained alone. On a GPU the runs would share one device, so ``auto`` trains one at a time.
+
+    finals = train_in_parallel([(cfg_a, False), (cfg_b, True)], processes=2)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import multiprocessing
+import os
+import sys
+from typing import Callable
+
+import torch
+
+from .config import TrainConfig
+from .progress import PROGRESS_ENV
+
+# Room left per run before ``auto`` adds another: a tiny run peaks near 0.4 GiB, a 513 px one far
+# above; ``auto`` is for the small runs a CPU can train, larger ones are best given one at a time.
+MEMORY_PER_RUN = 2 << 30
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def available_memory() -> int | None:
+    """Bytes the kernel says can be allocated without swapping (``MemAvailable``), None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def resolve_processes(setting: int | str, device: str, pending: int) -> int:
+    """How many runs to train at once: an int as given (at most ``pending``), or ``"auto"``: on a
+    CPU one per usable core, as far as ``MEMORY_PER_RUN`` each fits in the available memory; on a
+    GPU (``device`` cuda, or auto with one present) one."""
+    if isinstance(setting, bool) or not (setting == "auto" or (isinstance(setting, int) and setting >= 1)):
+        raise ValueError(f"parallel_runs must be a whole number >= 1 or 'auto', got {setting!r}")
+    if pending <= 1:
+        return 1
+    if setting != "auto":
+        return min(setting, pending)
+    on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if on_gpu:
+        return 1
+    memory = available_memory()
+    by_memory = pending if memory is None else max(1, memory // MEMORY_PER_RUN)
+    return max(1, min(pending, usable_cores(), by_memory))
+
+
+def _start_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+    # The parent reports progress (one bar over the runs); a child's bars would interleave with it.
+    os.environ.pop(PROGRESS_ENV, None)
+    os.environ["TQDM_DISABLE"] = "1"
+
+
+def _train_quietly(task: tuple[int, TrainConfig, bool]) -> tuple[int, dict, str]:
+    """Runs in a worker: trains and returns the task's index, final scores and what the run printed."""
+    from .train import train  # imported in the worker, after its threads are set
+
+    index, cfg, resume = task
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        final = train(cfg, resume=resume)
+    return index, final, printed.getvalue()
+
+
+def train_in_parallel(tasks: list[tuple[TrainConfig, bool]], processes: int,
+                      on_start: Callable[[int], None] | None = None,
+                      on_done: Callable[[int, dict, str], None] | None = None) -> list[dict]:
+    """Trains each ``(config, resume)`` in ``tasks``, ``processes`` runs at once, and returns their
+    final scores in the order given. Runs start in that order: ``on_start(i)`` is called as run i
+    gets a process, ``on_done(i, final, printed)`` as it finishes. The first failure ends the runs
+    in flight (their checkpoints let a later call resume them) and is raised here."""
+    threads = max(1, usable_cores() // processes)
+    finals: list[dict | None] = [None] * len(tasks)
+    pool = multiprocessing.get_context("spawn").Pool(processes, initializer=_start_worker, initargs=(threads,))
+    try:
+        started = min(processes, len(tasks))
+        for i in range(started):
+            if on_start:
+                on_start(i)
+        work = [(i, cfg, resume) for i, (cfg, resume) in enumerate(tasks)]
+        for i, final, printed in pool.imap_unordered(_train_quietly, work, chunksize=1):
+            finals[i] = final
+            if on_done:
+                on_done(i, final, printed)
+            if started < len(tasks):
+                if on_start:
+                    on_start(started)
+                started += 1
+        pool.close()
+    except BaseException:
+        pool.terminate()  # a failed run or a KeyboardInterrupt ends the runs in flight now
+        raise
+    finally:
+        pool.join()
+    return finals  # type: ignore[return-value]

@@ -1,0 +1,66 @@
+"""Several runs at once (rloss.run_pool, study.train_runs(parallel_runs=...)): the same runs as
+one at a time, failures raised, the number of processes chosen sensibly."""
+
+import json
+
+import pytest
+import torch
+
+from inputs import tiny_config, tiny_synthetic
+from rloss import run_pool
+from rloss.data.io import DataError
+from rloss.runs import CHECKPOINT, METRICS
+from rloss.runs import train_runs
+
+
+def _configs(data_root, results, names):
+    # One thread each, as a worker on this 2-core machine gets it: the same arithmetic both ways.
+    return [tiny_config(data_root, results, name, "run.threads=1", f"run.seed={seed}", "loss.type=pce_crf")
+            for seed, name in enumerate(names)]
+
+
+def test_parallel_runs_equal_the_runs_trained_one_at_a_time(tmp_path):
+    data_root = tiny_synthetic(tmp_path / "data")
+    serial = train_runs(_configs(data_root, tmp_path / "serial", ["a", "b", "c"]), parallel_runs=1)
+    parallel = train_runs(_configs(data_root, tmp_path / "parallel", ["a", "b", "c"]), parallel_runs=2)
+    assert [f["miou"] for f in parallel] == [f["miou"] for f in serial]
+    for name in "abc":
+        one = torch.load(tmp_path / "serial" / name / CHECKPOINT, weights_only=True)["model"]
+        other = torch.load(tmp_path / "parallel" / name / CHECKPOINT, weights_only=True)["model"]
+        assert all(torch.equal(one[k], other[k]) for k in one)
+        metrics = json.loads((tmp_path / "parallel" / name / METRICS).read_text())
+        assert metrics["final"]["miou"] == parallel["abc".index(name)]["miou"]
+    # Finished runs are skipped, in either mode: nothing is trained again.
+    again = train_runs(_configs(data_root, tmp_path / "parallel", ["a", "b", "c"]), parallel_runs=2)
+    assert [f["miou"] for f in again] == [f["miou"] for f in parallel]
+
+
+def test_a_failing_run_is_raised_with_its_own_message(tmp_path):
+    data_root = tiny_synthetic(tmp_path / "data")
+    good, bad = _configs(data_root, tmp_path / "results", ["good", "bad"])
+    bad.data.root = str(tmp_path / "missing")
+    with pytest.raises(DataError, match="missing"):
+        train_runs([good, bad], parallel_runs=2)
+
+
+def test_auto_takes_one_run_per_core_as_memory_allows(monkeypatch):
+    monkeypatch.setattr(run_pool.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(run_pool, "usable_cores", lambda: 4)
+    monkeypatch.setattr(run_pool, "available_memory", lambda: 64 * run_pool.MEMORY_PER_RUN)
+    assert run_pool.resolve_processes("auto", "cpu", pending=9) == 4
+    assert run_pool.resolve_processes("auto", "auto", pending=3) == 3
+    assert run_pool.resolve_processes("auto", "cpu", pending=1) == 1
+    monkeypatch.setattr(run_pool, "available_memory", lambda: 2 * run_pool.MEMORY_PER_RUN + 1)
+    assert run_pool.resolve_processes("auto", "cpu", pending=9) == 2
+    monkeypatch.setattr(run_pool, "available_memory", lambda: run_pool.MEMORY_PER_RUN // 2)
+    assert run_pool.resolve_processes("auto", "cpu", pending=9) == 1
+    # A GPU is one device: its runs go one at a time.
+    assert run_pool.resolve_processes("auto", "cuda", pending=9) == 1
+    assert run_pool.resolve_processes(3, "cpu", pending=9) == 3
+    assert run_pool.resolve_processes(3, "cpu", pending=2) == 2
+
+
+@pytest.mark.parametrize("setting", [0, -1, 1.5, "two", True, None])
+def test_bad_parallel_runs_setting_is_one_line(setting):
+    with pytest.raises(ValueError, match="parallel_runs must be a whole number >= 1 or 'auto'"):
+        run_pool.resolve_processes(setting, "cpu", pending=3)
