@@ -22,6 +22,7 @@ import statistics
 import sys
 import time
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -517,7 +518,54 @@ def _scribble_loss(logits, target, device, ctx: D.DistContext):
     return total * ctx.world_size / count.clamp(min=1)
 
 
-def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.device) -> dict:
+@dataclass
+class _Progress:
+    """Where a run stands, in one place: what the loop advances and a checkpoint stores."""
+
+    iteration: int = 0
+    epoch: int = 0
+    position: int = 0  # samples of this epoch's shuffled order already trained on
+    evals: list = field(default_factory=list)
+    last_saved: int | None = None  # the iteration of the last checkpoint written
+    iter_times: list = field(default_factory=list)
+    crf_times: list = field(default_factory=list)
+
+
+@dataclass
+class _Run:
+    """Everything a run is trained with, set up once by :func:`_set_up` (data, model, optimizer,
+    loss, logger) and its :class:`_Progress`."""
+
+    cfg: TrainConfig
+    ctx: D.DistContext
+    device: torch.device
+    run_id: str
+    ckpt_path: Path
+    train_set: SegmentationFolder
+    train_tf: TrainTransform
+    val_loader: DataLoader
+    num_classes: int
+    class_names: list
+    batch: int  # the global batch
+    per_process: int
+    data_facts: dict
+    iters_per_epoch: int
+    total_iters: int
+    num_epochs: int
+    net: torch.nn.Module  # the model itself: its weights are what a checkpoint holds
+    forward: torch.nn.Module  # what a step calls: the model, wrapped by DDP and torch.compile when asked
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    crf: DenseCRFLoss | None
+    tracker: object
+    pending: _PendingSteps
+    read_every: int
+    progress: _Progress
+    bar: object = None
+
+
+def _set_up(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.device) -> _Run:
+    """The run's data, model, optimizer and loss; a resumed run's state restored from its checkpoint."""
     from .tracking import RunLogger
 
     run_dir = cfg.run_dir
@@ -561,7 +609,6 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.dev
         raise ValueError(f"data.batch_size {batch} is larger than the {len(train_set)} training images")
     total_iters = cfg.optim.iterations or cfg.optim.epochs * iters_per_epoch
     num_epochs = math.ceil(total_iters / iters_per_epoch)
-    pin = device.type == "cuda"
     val_share = Subset(val_set, range(ctx.rank, len(val_set), ctx.world_size))
     val_loader = DataLoader(val_share, batch_size=per_process, shuffle=False, num_workers=d.num_workers,
                             collate_fn=list, generator=torch.Generator().manual_seed(cfg.run.seed))
@@ -593,7 +640,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.dev
     if ctx.rank > 0:  # the model starts from rank 0's weights (DDP broadcasts them); dropout draws differ
         torch.manual_seed(cfg.run.seed * 1_000_003 + ctx.rank)
 
-    iteration, epoch, position, evals, last_saved = 0, 0, 0, [], None
+    progress = _Progress()
     wandb_id = None
     if checkpoint is not None:
         saved_classes = checkpoint.get("num_classes", num_classes)
@@ -604,14 +651,15 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.dev
             net.load_state_dict(checkpoint["model"])
             optimizer.load_state_dict(checkpoint["optimizer"])
             scaler.load_state_dict(checkpoint["scaler"])
-            iteration, epoch, position = checkpoint["iteration"], checkpoint["epoch"], checkpoint["position"]
-            evals = json.loads(checkpoint["evals"])
+            progress.iteration, progress.epoch = checkpoint["iteration"], checkpoint["epoch"]
+            progress.position = checkpoint["position"]
+            progress.evals = json.loads(checkpoint["evals"])
             wandb_id = checkpoint.get("wandb_id")
             _restore_rng(checkpoint["rng"], ctx)
         except (KeyError, RuntimeError, TypeError, ValueError) as exc:
             raise ValueError(f"resume: {ckpt_path}: not a checkpoint of this model written by rloss train "
                              f"({type(exc).__name__}: {first_line(exc)})") from None
-        last_saved = iteration
+        progress.last_saved = progress.iteration
 
     model = net
     if ctx.enabled:
@@ -625,138 +673,168 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.dev
         run_name=cfg.run.name, run_dir=run_dir, config=cfg.to_dict(), class_names=list(class_names),
         resume_id=wandb_id,
     )
+    return _Run(cfg=cfg, ctx=ctx, device=device, run_id=run_id, ckpt_path=ckpt_path, train_set=train_set,
+                train_tf=train_tf, val_loader=val_loader, num_classes=num_classes, class_names=class_names,
+                batch=batch, per_process=per_process, data_facts=data_facts, iters_per_epoch=iters_per_epoch,
+                total_iters=total_iters, num_epochs=num_epochs, net=net, forward=forward, optimizer=optimizer,
+                scaler=scaler, crf=crf, tracker=tracker, pending=_PendingSteps(device),
+                read_every=_read_interval(cfg, device), progress=progress)
 
-    def state() -> dict:
-        rngs = D.gather_objects(rng_states(), ctx)  # every process's, so a resume repeats each one's draws
-        return {
-            "model": net.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-            "iteration": iteration, "epoch": epoch, "position": position, "evals": json.dumps(evals),
-            "rng": rngs, "config": json.dumps(cfg.to_dict()), "num_classes": num_classes,
-            "class_names": list(class_names), "model_name": m.name, "wandb_id": tracker.run_id, "run_id": run_id,
-            "batch_size": batch,
-        }
 
-    def save() -> None:
-        nonlocal last_saved
-        snapshot = state()  # collective: every process takes part
-        if ctx.is_main:
-            _written(ckpt_path, lambda: _save_checkpoint(ckpt_path, snapshot))
-        last_saved = iteration
+def _checkpoint_state(run: _Run) -> dict:
+    p = run.progress
+    rngs = D.gather_objects(rng_states(), run.ctx)  # every process's, so a resume repeats each one's draws
+    return {
+        "model": run.net.state_dict(), "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
+        "iteration": p.iteration, "epoch": p.epoch, "position": p.position, "evals": json.dumps(p.evals),
+        "rng": rngs, "config": json.dumps(run.cfg.to_dict()), "num_classes": run.num_classes,
+        "class_names": list(run.class_names), "model_name": run.cfg.model.name, "wandb_id": run.tracker.run_id,
+        "run_id": run.run_id, "batch_size": run.batch,
+    }
 
-    def run_evaluation(epoch_number: int) -> dict:
-        want = cfg.wandb.num_images if tracker.active else 0
-        scores, examples = evaluate(net, val_loader, device, num_classes, class_names, cfg.run.amp,
-                                    m.channels_last, num_examples=want)
-        evals.append({"epoch": epoch_number, "iteration": iteration, **scores})
-        if ctx.is_main:
-            _write_metrics(run_dir, cfg, run_id, evals, None, _timings(iter_times, crf_times, device, ctx.world_size), data_facts)
-            tracker.log({"val/miou": scores["miou"], "val/pixel_accuracy": scores["pixel_accuracy"],
+
+def _save(run: _Run) -> None:
+    snapshot = _checkpoint_state(run)  # collective: every process takes part
+    if run.ctx.is_main:
+        _written(run.ckpt_path, lambda: _save_checkpoint(run.ckpt_path, snapshot))
+    run.progress.last_saved = run.progress.iteration
+
+
+def _run_timings(run: _Run) -> dict:
+    return _timings(run.progress.iter_times, run.progress.crf_times, run.device, run.ctx.world_size)
+
+
+def _evaluate_run(run: _Run, epoch_number: int) -> dict:
+    """Scores the model on the validation share, records them in metrics.json and the logger."""
+    cfg, p = run.cfg, run.progress
+    want = cfg.wandb.num_images if run.tracker.active else 0
+    scores, examples = evaluate(run.net, run.val_loader, run.device, run.num_classes, run.class_names, cfg.run.amp,
+                                cfg.model.channels_last, num_examples=want)
+    p.evals.append({"epoch": epoch_number, "iteration": p.iteration, **scores})
+    if run.ctx.is_main:
+        _write_metrics(cfg.run_dir, cfg, run.run_id, p.evals, None, _run_timings(run), run.data_facts)
+        run.tracker.log({"val/miou": scores["miou"], "val/pixel_accuracy": scores["pixel_accuracy"],
                          **{f"val/iou/{k}": v for k, v in scores["per_class_iou"].items() if v is not None}},
-                        step=iteration)
-            if want:
-                tracker.log_images(*(torch.stack(examples[k]).numpy() for k in ("image", "prediction", "scribble", "mask")),
-                                   step=iteration)
-        return scores
+                        step=p.iteration)
+        if want:
+            run.tracker.log_images(*(torch.stack(examples[k]).numpy() for k in ("image", "prediction", "scribble", "mask")),
+                                   step=p.iteration)
+    return scores
 
-    iter_times: list[float] = []
-    crf_times: list[float] = []
-    pending = _PendingSteps(device)
-    read_every = _read_interval(cfg, device)
 
-    def read_pending() -> None:
-        steps = pending.read()
-        if not steps:
-            return
-        bad = next((s for s in steps if not math.isfinite(s["loss"])), None)
-        if D.any_true(bad is not None, device, ctx):
-            where = (f"at iteration {bad['iteration']} ({', '.join(f'{k} {v:.4g}' for k, v in bad['terms'].items())})"
-                     if bad is not None else "in another process")
-            kept = (f"the last checkpoint ({ckpt_path}, iteration {last_saved}) is intact"
-                    if last_saved is not None else "no checkpoint had been written yet")
-            raise TrainingError(f"the loss is not finite {where}; stopped, {kept}. "
-                                "Lower optim.lr or loss.crf_relative_weight, or use run.amp=bf16 or off")
-        iter_times.extend(s["seconds"] for s in steps)
-        crf_times.extend(s["crf_seconds"] for s in steps if s["crf_seconds"] is not None)
-        last = steps[-1]
-        if tracker.active and last["iteration"] % cfg.wandb.log_every_iters == 0:
-            tracker.log({**{f"train/{k}": v for k, v in last["terms"].items()}, "train/loss": last["loss"],
-                         "train/lr": optimizer.param_groups[0]["lr"]}, step=last["iteration"])
-        if bar is not None:
-            bar.set_postfix({k: f"{v:.4g}" for k, v in last["terms"].items()}, refresh=False)
+def _read_pending(run: _Run) -> None:
+    """Reads the queued steps back: a non-finite loss stops the run; timings and logs are recorded."""
+    cfg, p = run.cfg, run.progress
+    steps = run.pending.read()
+    if not steps:
+        return
+    bad = next((s for s in steps if not math.isfinite(s["loss"])), None)
+    if D.any_true(bad is not None, run.device, run.ctx):
+        where = (f"at iteration {bad['iteration']} ({', '.join(f'{k} {v:.4g}' for k, v in bad['terms'].items())})"
+                 if bad is not None else "in another process")
+        kept = (f"the last checkpoint ({run.ckpt_path}, iteration {p.last_saved}) is intact"
+                if p.last_saved is not None else "no checkpoint had been written yet")
+        raise TrainingError(f"the loss is not finite {where}; stopped, {kept}. "
+                            "Lower optim.lr or loss.crf_relative_weight, or use run.amp=bf16 or off")
+    p.iter_times.extend(s["seconds"] for s in steps)
+    p.crf_times.extend(s["crf_seconds"] for s in steps if s["crf_seconds"] is not None)
+    last = steps[-1]
+    if run.tracker.active and last["iteration"] % cfg.wandb.log_every_iters == 0:
+        run.tracker.log({**{f"train/{k}": v for k, v in last["terms"].items()}, "train/loss": last["loss"],
+                         "train/lr": run.optimizer.param_groups[0]["lr"]}, step=last["iteration"])
+    if run.bar is not None:
+        run.bar.set_postfix({k: f"{v:.4g}" for k, v in last["terms"].items()}, refresh=False)
 
-    model.train()
-    bar = _progress(total_iters, iteration, cfg.run.name) if ctx.is_main else None
+
+def _epoch_loader(run: _Run) -> DataLoader:
+    """This epoch's batches, from the position a resumed run stopped at."""
+    cfg, p = run.cfg, run.progress
+    run.train_tf.set_epoch(p.epoch)
+    sampler = EpochSampler(len(run.train_set), cfg.run.seed, p.epoch, p.position, run.batch, run.ctx.rank,
+                           run.ctx.world_size)
+    # Its own generator: a DataLoader iterator otherwise draws its workers' base seed from the
+    # global torch RNG, and a resumed epoch (a new iterator) would shift the dropout masks.
+    loader_rng = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + p.epoch)
+    return DataLoader(run.train_set, batch_size=run.per_process, sampler=sampler, drop_last=True,
+                      num_workers=cfg.data.num_workers, pin_memory=run.device.type == "cuda", generator=loader_rng)
+
+
+def _train_step(run: _Run, data: dict) -> None:
+    """One optimizer step on one batch; its losses and timing marks are queued (read by _read_pending)."""
+    cfg, p, device, pending = run.cfg, run.progress, run.device, run.pending
+    L = cfg.loss
+    step_start = pending.mark()
+    crf_start = crf_end = None
+    for group in run.optimizer.param_groups:
+        group["lr"] = poly_lr(group["initial_lr"], p.iteration, run.total_iters, cfg.optim.poly_power)
+    with _out_of_memory_as_advice(cfg, run.per_process, device):
+        image = data["image"].to(device, non_blocking=True)
+        if cfg.model.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, cfg.run.amp):
+            logits = run.forward(image)
+        # non_blocking: from pinned memory a blocking copy would wait for the GPU to catch up
+        target = (data["mask"] if L.type == "full" else data["scribble"]).to(device, non_blocking=True)
+        terms = {"ce" if L.type == "full" else "pce": _scribble_loss(logits, target, device, run.ctx)}
+        if run.crf is not None:
+            probs = torch.softmax(logits.float(), dim=1)
+            raw = data["image_raw"].to(device, non_blocking=True)
+            roi = data["roi"].to(device, non_blocking=True)
+            crf_start = pending.mark()
+            terms["crf"] = _crf_term(run.crf, raw, probs, roi)
+            crf_end = pending.mark()
+        loss = sum(terms.values())
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        pending.add(p.iteration + 1, terms, loss, (step_start, pending.mark(), crf_start, crf_end))
+
+
+def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.device) -> dict:
+    run = _set_up(cfg, resume, ctx, device)
+    p = run.progress
+    run.forward.train()
+    run.bar = _progress(run.total_iters, p.iteration, cfg.run.name) if ctx.is_main else None
     try:
-        while epoch < num_epochs and iteration < total_iters:
-            train_tf.set_epoch(epoch)
-            sampler = EpochSampler(len(train_set), cfg.run.seed, epoch, position, batch, ctx.rank, ctx.world_size)
-            # Its own generator: a DataLoader iterator otherwise draws its workers' base seed from the
-            # global torch RNG, and a resumed epoch (a new iterator) would shift the dropout masks.
-            loader_rng = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + epoch)
-            loader = DataLoader(train_set, batch_size=per_process, sampler=sampler, drop_last=True,
-                                num_workers=d.num_workers, pin_memory=pin, generator=loader_rng)
-            for data in loader:
-                if iteration >= total_iters:
+        while p.epoch < run.num_epochs and p.iteration < run.total_iters:
+            for data in _epoch_loader(run):
+                if p.iteration >= run.total_iters:
                     break
-                step_start = pending.mark()
-                crf_start = crf_end = None
-                for group in optimizer.param_groups:
-                    group["lr"] = poly_lr(group["initial_lr"], iteration, total_iters, o.poly_power)
-                with _out_of_memory_as_advice(cfg, per_process, device):
-                    image = data["image"].to(device, non_blocking=True)
-                    if m.channels_last:
-                        image = image.contiguous(memory_format=torch.channels_last)
-                    with _autocast(device, cfg.run.amp):
-                        logits = forward(image)
-                    # non_blocking: from pinned memory a blocking copy would wait for the GPU to catch up
-                    target = (data["mask"] if L.type == "full" else data["scribble"]).to(device, non_blocking=True)
-                    terms = {"ce" if L.type == "full" else "pce": _scribble_loss(logits, target, device, ctx)}
-                    if crf is not None:
-                        probs = torch.softmax(logits.float(), dim=1)
-                        raw = data["image_raw"].to(device, non_blocking=True)
-                        roi = data["roi"].to(device, non_blocking=True)
-                        crf_start = pending.mark()
-                        terms["crf"] = _crf_term(crf, raw, probs, roi)
-                        crf_end = pending.mark()
-                    loss = sum(terms.values())
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                    pending.add(iteration + 1, terms, loss, (step_start, pending.mark(), crf_start, crf_end))
-                iteration += 1
-                position += batch
-                if bar is not None:
-                    bar.update(1)
-                will_save = iteration % cfg.run.checkpoint_every_iters == 0 and iteration < total_iters
-                if will_save or iteration % read_every == 0:
-                    read_pending()
+                _train_step(run, data)
+                p.iteration += 1
+                p.position += run.batch
+                if run.bar is not None:
+                    run.bar.update(1)
+                will_save = p.iteration % cfg.run.checkpoint_every_iters == 0 and p.iteration < run.total_iters
+                if will_save or p.iteration % run.read_every == 0:
+                    _read_pending(run)
                 if will_save:
-                    save()
-            read_pending()
+                    _save(run)
+            _read_pending(run)
             # end of the epoch (or of the run)
-            epoch_done = iteration >= total_iters or position >= iters_per_epoch * batch
+            epoch_done = p.iteration >= run.total_iters or p.position >= run.iters_per_epoch * run.batch
             if not epoch_done:
                 break
-            last = iteration >= total_iters
-            if last or (epoch + 1) % cfg.run.eval_every_epochs == 0:
-                scores = run_evaluation(epoch + 1)
-                if bar is not None:
-                    bar.write(f"{cfg.run.name}: epoch {epoch + 1} iteration {iteration} mIoU {scores['miou']:.4f}")
-            epoch += 1
-            position = 0
+            last = p.iteration >= run.total_iters
+            if last or (p.epoch + 1) % cfg.run.eval_every_epochs == 0:
+                scores = _evaluate_run(run, p.epoch + 1)
+                if run.bar is not None:
+                    run.bar.write(f"{cfg.run.name}: epoch {p.epoch + 1} iteration {p.iteration} mIoU {scores['miou']:.4f}")
+            p.epoch += 1
+            p.position = 0
 
-        if not evals or evals[-1]["iteration"] != iteration:  # e.g. resumed from the final checkpoint
-            run_evaluation(epoch)
-        final = evals[-1]
-        save()
+        if not p.evals or p.evals[-1]["iteration"] != p.iteration:  # e.g. resumed from the final checkpoint
+            _evaluate_run(run, p.epoch)
+        final = p.evals[-1]
+        _save(run)
         if ctx.is_main:
-            _write_metrics(run_dir, cfg, run_id, evals, final, _timings(iter_times, crf_times, device, ctx.world_size), data_facts)
-            tracker.log({"final/miou": final["miou"]}, step=iteration)
+            _write_metrics(cfg.run_dir, cfg, run.run_id, p.evals, final, _run_timings(run), run.data_facts)
+            run.tracker.log({"final/miou": final["miou"]}, step=p.iteration)
     finally:
-        if bar is not None:
-            bar.close()
-        tracker.finish()
+        if run.bar is not None:
+            run.bar.close()
+        run.tracker.finish()
     return final
 
 
