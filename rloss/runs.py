@@ -32,7 +32,8 @@ from pathlib import Path
 from .config import LOSS_TYPES, TrainConfig, config_from_dict, load_config
 from .data.io import DataError, write_text_atomic
 from .errors import TrainingError, first_line
-from .progress import report_run
+from .progress import progress_bar, report_run
+from .run_pool import resolve_processes, train_in_parallel
 
 CHECKPOINT, METRICS, CONFIG = "checkpoint.pt", "metrics.json", "config.yaml"
 LOCK = ".lock"
@@ -260,8 +261,6 @@ def train_runs(configs: list[TrainConfig], rerun: bool = False, parallel_runs: i
     config is skipped unless ``rerun``; an interrupted one (a checkpoint and the same config, no
     final metrics) is resumed. ``parallel_runs``: how many train at once, each in its own process
     (``"auto"``: one per CPU core as memory allows, one on a GPU; see ``rloss.run_pool``)."""
-    from .progress import progress_bar
-    from .run_pool import resolve_processes, train_in_parallel
     from .train import train  # train.py imports this module
 
     finals: list[dict | None] = [None] * len(configs)
