@@ -16,7 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .filtering import (
-    BACKENDS, KERNELS, bilateral_features, exact_filter, gaussian_filter, permutohedral_crf, resolve_kernel,
+    BACKENDS,
+    KERNELS,
+    bilateral_features,
+    exact_filter,
+    gaussian_filter,
+    permutohedral_crf,
+    resolve_kernel,
 )
 
 
