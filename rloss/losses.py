@@ -234,17 +234,27 @@ class _CutTerms(torch.autograd.Function):
     @staticmethod
     def forward(ctx, features, probs, roi, nc_scale, crf_scale, kernel, backend):
         n, k, h, w = probs.shape
-        roi_flat = roi.reshape(n, 1, h * w)
-        segmentation = probs.reshape(n, k, h * w) * roi_flat
-        filtered = gaussian_filter(features, torch.cat([segmentation, roi_flat], dim=1), kernel, backend)
-        filtered_seg, degree = filtered[:, :k], filtered[:, k:]
-        association = (segmentation * filtered_seg).sum(-1)  # a_k [N, K]
-        volume = (segmentation * degree).sum(-1) + NC_EPS  # b_k + eps [N, K]
+        probs, roi = probs.reshape(n, k, h * w), roi.reshape(n, h * w)
+        # roi * A [S, roi]: with probs and a channel of ones, the lattice's fused op masks by
+        # the ROI on the way in and out, so no masked copy of probs is made.
+        augmented = torch.cat([probs, probs.new_ones(n, 1, h * w)], dim=1)
+        if resolve_kernel(kernel) == "permutohedral":
+            masked = permutohedral_crf(features, augmented, roi, backend=backend)[1].to(probs.dtype)
+        else:
+            masked = exact_filter(features, augmented.mul_(roi.unsqueeze(1))).mul_(roi.unsqueeze(1))
+        filtered_seg, degree = masked[:, :k], masked[:, k:]  # roi * A S_k, roi * d
+        # One batched product gives every probs_k . (roi A S_j) and probs_k . (roi d): far faster
+        # than elementwise products and sums over [N, K, P]; the diagonal is a_k = S_k^T A S_k and
+        # the last column b_k = d^T S_k.
+        products = torch.bmm(probs, masked.transpose(1, 2))  # [N, K, K + 1]
+        association = products.diagonal(dim1=1, dim2=2)  # [N, K]
+        volume = products[:, :, k] + NC_EPS
         ratio = association / volume
         cut = k * n - ratio.sum()
-        step = (nc_scale * ratio / volume).unsqueeze(-1) * degree
-        gradient = step.sub_(filtered_seg * ((2 * nc_scale / volume).unsqueeze(-1) + 2 * crf_scale))
-        ctx.save_for_backward(gradient.mul_(roi_flat).view(n, k, h, w))
+        # roi * (nc_scale * (a_k d / (b_k + eps)^2 - 2 A S_k / (b_k + eps)) - 2 crf_scale A S_k), in place
+        gradient = filtered_seg.mul_((-2 * (nc_scale / volume + crf_scale)).unsqueeze(-1))
+        gradient.addcmul_(degree, (nc_scale * ratio / volume).unsqueeze(-1))
+        ctx.save_for_backward(gradient.view(n, k, h, w))
         return nc_scale * cut - crf_scale * association.sum()
 
     @staticmethod
