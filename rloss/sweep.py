@@ -28,11 +28,13 @@ import sys
 import time
 from pathlib import Path
 
-from .config import CRF_LOSS_TYPES, NC_LOSS_TYPES, TrainConfig
+from .config import CRF_LOSS_TYPES, NC_LOSS_TYPES, LossConfig, TrainConfig
 from .data.io import write_text_atomic
 from .study import train_runs
 
 DEFAULT_WEIGHTS = (0.0, 0.25, 1.0, 4.0, 16.0)  # relative; x4 steps around the published balance
+# The same x4 steps around the default normalized cut weight.
+DEFAULT_NC_WEIGHTS = tuple(w * LossConfig().nc_weight for w in DEFAULT_WEIGHTS)
 DEFAULT_HOLDOUT = 0.2
 # The weights a sweep can choose: key -> (the loss types with that term, the type with it alone,
 # run-name infix).
@@ -55,11 +57,13 @@ def sweep_path(results_dir: str | Path, name: str) -> Path:
     return Path(results_dir) / f"{name}_weight_sweep.json"
 
 
-def sweep_configs(base: TrainConfig, name: str, weights=DEFAULT_WEIGHTS,
+def sweep_configs(base: TrainConfig, name: str, weights=None,
                   holdout_fraction: float = DEFAULT_HOLDOUT, key: str = DEFAULT_KEY) -> list[TrainConfig]:
     """One config per weight: ``base`` trained on train minus the held-out share, scored on it."""
     if key not in SWEEP_KEYS:
         raise ValueError(f"sweep: the swept key must be one of {', '.join(SWEEP_KEYS)}; got {key!r}")
+    if weights is None:
+        weights = DEFAULT_WEIGHTS if key == DEFAULT_KEY else DEFAULT_NC_WEIGHTS
     if not weights:
         raise ValueError("sweep: give at least one weight")
     configs = []
@@ -79,7 +83,7 @@ def sweep_configs(base: TrainConfig, name: str, weights=DEFAULT_WEIGHTS,
     return configs
 
 
-def sweep_crf_weight(base: TrainConfig, name: str, weights=DEFAULT_WEIGHTS, holdout_fraction: float = DEFAULT_HOLDOUT,
+def sweep_crf_weight(base: TrainConfig, name: str, weights=None, holdout_fraction: float = DEFAULT_HOLDOUT,
                      rerun: bool = False, time_budget_s: float | None = None, plot: bool = True,
                      key: str = DEFAULT_KEY) -> dict:
     """Trains the sweep's runs (in order of weight) and writes and returns the result.
