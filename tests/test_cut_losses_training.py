@@ -82,3 +82,17 @@ def test_sweep_weight_cli_sweeps_the_normalized_cut_weight_on_held_out_train(dat
     bad = rloss_cli("sweep-weight", "--name", "t", "--key", "loss.sigma_xy", *(x for s in sets for x in ("--set", s)))
     assert bad.returncode != 0 and bad.stderr.strip().splitlines() == [
         "rloss sweep-weight: sweep: the swept key must be one of loss.crf_relative_weight, loss.nc_weight; got 'loss.sigma_xy'"]
+
+
+def test_bench_losses_times_the_three_regularizers_side_by_side(capsys):
+    from rloss.bench import bench_losses, regularized_losses
+
+    losses = regularized_losses(16)
+    assert [type(v).__name__ for v in losses.values()] == ["DenseCRFLoss", "NormalizedCutLoss", "KernelCutLoss"]
+    assert all(v.validate is None and v.kernel == "auto" for v in losses.values())  # as users get them
+    result = bench_losses(repeats=2, n=1, k=3, size=16)
+    assert list(result) == list(losses) and result["DenseCRF"]["ratio_to_densecrf"] == 1.0
+    for name, r in result.items():
+        assert 0 < r["min_ms"] <= r["median_ms"]
+        assert r["ratio_to_densecrf"] == pytest.approx(r["median_ms"] / result["DenseCRF"]["median_ms"])
+    assert "| KernelCut |" in capsys.readouterr().out
