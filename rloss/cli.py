@@ -71,12 +71,12 @@ def _cmd_sweep_weight(args: argparse.Namespace) -> int:
     extra = {"weights": weights} if weights else {}
     budget = args.time_budget * 60 if args.time_budget else None
     result = sweep_crf_weight(base, args.name, holdout_fraction=args.holdout, rerun=args.rerun, time_budget_s=budget,
-                              key=args.key, **extra)
-    if args.key == "loss.crf_relative_weight":
+                              **extra, **({"key": args.key} if args.key else {}))
+    if result["key"] == "loss.crf_relative_weight":
         print(f"best relative DenseCRF weight: {result['best']:g} (absolute {result['best_absolute']:.3g}); "
               f"use loss.crf_relative_weight={result['best']:g}")
     else:
-        print(f"best {args.key}: {result['best']:g}; use {args.key}={result['best']:g}")
+        print(f"best {result['key']}: {result['best']:g}; use {result['key']}={result['best']:g}")
     return 0
 
 
@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--name", required=True, help="runs are NAME_sweep_w<weight>; result: RESULTS/NAME_weight_sweep.json")
     sweep.add_argument("--weights", help="weights, comma-separated (default: 0,0.25,1,4,16 for DenseCRF, "
                                          "0,0.0125,0.05,0.2,0.8 for normalized cut; 0 = without the term)")
-    sweep.add_argument("--key", default="loss.crf_relative_weight",
+    sweep.add_argument("--key",
                        help="the weight swept: loss.crf_relative_weight (DenseCRF, relative to the published balance; "
                             "the default) or loss.nc_weight (normalized cut)")
     sweep.add_argument("--holdout", type=float, default=0.2, help="share of the train split held out to score on")

@@ -20,7 +20,6 @@ from .filtering import (
     KERNELS,
     bilateral_features,
     exact_filter,
-    gaussian_filter,
     permutohedral_crf,
     resolve_kernel,
 )
@@ -269,8 +268,8 @@ class NormalizedCutLoss(_AffinityLoss):
     """The normalized cut loss, called as ``loss(images, probs, roi)`` like ``DenseCRFLoss``.
 
     Tang, Djelouah, Perazzi, Boykov, Schroers, "Normalized Cut Loss for Weakly-supervised
-    CNN Segmentation", CVPR 2018 (the loss of its Section 3, the relaxed normalized cut of
-    Shi & Malik): per image, with the soft segment ``S_k`` of class k, the affinity ``A``
+    CNN Segmentation", CVPR 2018 (its normalized cut loss: Shi & Malik's normalized cut,
+    relaxed to soft segments): per image, with the soft segment ``S_k`` of class k, the affinity ``A``
     (the same Gaussian over (x, y, r, g, b) as ``DenseCRFLoss``) and the degree ``d = A 1``,
 
         NC = sum_k S_k^T A (1 - S_k) / (d^T S_k) = K - sum_k S_k^T A S_k / (d^T S_k)
