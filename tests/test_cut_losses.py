@@ -168,7 +168,7 @@ def test_lattice_and_exact_normalized_cut_agree_on_a_smooth_image(lattice_availa
     roi = torch.ones(1, 24, 24)
     exact = NormalizedCutLoss(1.0, 30, 6, kernel="exact")(images, probs, roi).item()
     lattice = NormalizedCutLoss(1.0, 30, 6, kernel="permutohedral")(images, probs, roi).item()
-    assert lattice == pytest.approx(exact, rel=0.1)
+    assert lattice == pytest.approx(exact, rel=0.05)  # DenseCRF's lattice value is about 0.55x the exact one
 
 
 def test_float32_under_autocast_and_bad_input_named():
