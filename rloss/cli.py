@@ -251,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser("sweep-weight", help="choose a regularizer's weight on a share of train held out (never val)")
     sweep.add_argument("--config", help="YAML training config (the schedule every weight is trained with)")
     sweep.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. data.root=data/mine")
-    sweep.add_argument("--name", required=True, help="runs are NAME_sweep_w<weight>; result: RESULTS/NAME_weight_sweep.json")
+    sweep.add_argument("--name", required=True, help="runs are NAME_sweep_w<weight> (NAME_sweep_nc_w<weight> for "
+                                                     "loss.nc_weight); result: RESULTS/NAME_weight_sweep.json")
     sweep.add_argument("--weights", help="weights, comma-separated (default: 0,0.25,1,4,16 for DenseCRF, "
                                          "0,0.0125,0.05,0.2,0.8 for normalized cut; 0 = without the term)")
     sweep.add_argument("--key",
