@@ -3,8 +3,8 @@
 Tang et al., "On Regularized Losses for Weakly-supervised CNN Segmentation", ECCV 2018.
 """
 
-from .losses import DenseCRFLoss, partial_cross_entropy
+from .losses import DenseCRFLoss, KernelCutLoss, NormalizedCutLoss, partial_cross_entropy
 
 __version__ = "0.1.0"
 
-__all__ = ["DenseCRFLoss", "partial_cross_entropy", "__version__"]
+__all__ = ["DenseCRFLoss", "KernelCutLoss", "NormalizedCutLoss", "partial_cross_entropy", "__version__"]

@@ -1,4 +1,5 @@
-"""Speed and memory of the DenseCRF loss (forward + backward), per kernel.
+"""Speed and memory of the DenseCRF loss (forward + backward), per kernel; the cost of the
+other regularized losses (normalized cut, KernelCut) relative to it.
 
 Inputs are real photos (scikit-image's sample images, resized) with random
 soft segmentations that are smooth at 1/8 resolution, as a network's are.
@@ -282,6 +283,62 @@ def bench_checks(repeats: int = 20, threads: int | None = None, n: int = 12, k: 
         )
         result[name] = {"median_ms": 1e3 * median, "mean_ms": 1e3 * mean, "overhead_median": over_median,
                         "overhead_mean": over_mean}
+    return result
+
+
+def regularized_losses(size: int) -> dict:
+    """The three regularized losses as users get them (default kernel, backend and checks;
+    the config's default bandwidths), sigma_xy scaled to ``size`` as in the cases above."""
+    from .config import LossConfig
+    from .losses import DenseCRFLoss, KernelCutLoss, NormalizedCutLoss
+
+    defaults = LossConfig()
+    sigma_xy = 100.0 * size / 513
+    nc_sigma_xy = sigma_xy * defaults.nc_sigma_xy / defaults.sigma_xy  # the config's ratio between the two
+    return {
+        "DenseCRF": DenseCRFLoss(2e-9, defaults.sigma_rgb, sigma_xy),
+        "normalized cut": NormalizedCutLoss(defaults.nc_weight, defaults.nc_sigma_rgb, nc_sigma_xy),
+        "KernelCut": KernelCutLoss(defaults.nc_weight, 2e-9, defaults.nc_sigma_rgb, nc_sigma_xy, defaults.sigma_rgb, sigma_xy),
+    }
+
+
+def bench_losses(repeats: int = 10, threads: int | None = None, n: int = 12, k: int = 21, size: int = 256,
+                 device: str = "cpu") -> dict:
+    """Forward + backward of DenseCRF, normalized cut and KernelCut side by side in one
+    process, interleaved call by call, each as users get it; ratios to DenseCRF."""
+    if threads:
+        torch.set_num_threads(threads)
+    generator = torch.Generator().manual_seed(0)
+    images = photo_batch(n, size).to(device)
+    probs = smooth_softmax(n, k, size, generator).to(device).requires_grad_(True)
+    roi = torch.ones(n, size, size, device=device)
+    variants = regularized_losses(size)
+
+    def call(loss_fn) -> float:
+        start = time.perf_counter()
+        torch.autograd.grad(loss_fn(images, probs, roi), probs)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    from .losses import CHECK_FIRST_CALLS
+
+    for _ in range(CHECK_FIRST_CALLS):  # warm-up, past the default checks' fully checked first calls
+        for loss_fn in variants.values():
+            call(loss_fn)
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, loss_fn in variants.items():
+            times[name].append(call(loss_fn))
+    base = statistics.median(times["DenseCRF"])
+    print(f"Regularized losses forward+backward, N={n} K={k} {size}x{size}, {torch.get_num_threads()} threads, "
+          f"{repeats} interleaved calls each, {machine_description()}, {time.strftime('%Y-%m-%d')}")
+    print("| loss | median ms | min ms | x DenseCRF (median) |\n|---|---:|---:|---:|")
+    result = {}
+    for name, t in times.items():
+        median = statistics.median(t)
+        print(f"| {name} | {1e3 * median:.1f} | {1e3 * min(t):.1f} | {median / base:.2f} |")
+        result[name] = {"median_ms": 1e3 * median, "min_ms": 1e3 * min(t), "ratio_to_densecrf": median / base}
     return result
 
 

@@ -71,9 +71,12 @@ def _cmd_sweep_weight(args: argparse.Namespace) -> int:
     extra = {"weights": weights} if weights else {}
     budget = args.time_budget * 60 if args.time_budget else None
     result = sweep_crf_weight(base, args.name, holdout_fraction=args.holdout, rerun=args.rerun, time_budget_s=budget,
-                              **extra)
-    print(f"best relative DenseCRF weight: {result['best']:g} (absolute {result['best_absolute']:.3g}); "
-          f"use loss.crf_relative_weight={result['best']:g}")
+                              **extra, **({"key": args.key} if args.key else {}))
+    if result["key"] == "loss.crf_relative_weight":
+        print(f"best relative DenseCRF weight: {result['best']:g} (absolute {result['best_absolute']:.3g}); "
+              f"use loss.crf_relative_weight={result['best']:g}")
+    else:
+        print(f"best {result['key']}: {result['best']:g}; use {result['key']}={result['best']:g}")
     return 0
 
 
@@ -126,6 +129,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from .bench import bench_checks
 
         bench_checks(repeats=args.repeats, threads=args.threads)
+        return 0
+    if args.losses:
+        from .bench import bench_losses
+
+        for n, size in ((12, 256), (32, 64)):
+            bench_losses(repeats=args.repeats, threads=args.threads, n=n, size=size, device=args.device)
         return 0
     bench_crf(repeats=args.repeats, threads=args.threads, crossover=args.crossover, json_path=args.json, device=args.device,
               checks=args.checks)
@@ -238,17 +247,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_data_commands(commands)
 
-    train = commands.add_parser("train", help="train a segmenter (pCE, pCE + DenseCRF, or full supervision)")
+    train = commands.add_parser("train", help="train a segmenter (pCE, pCE + DenseCRF, normalized cut or KernelCut, or full supervision)")
     train.add_argument("--config", help="YAML file (see rloss/config.py for the keys and defaults)")
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. loss.type=pce_crf")
     train.add_argument("--resume", action="store_true", help="continue from results/<run.name>/checkpoint.pt")
     train.set_defaults(run=_cmd_train)
 
-    sweep = commands.add_parser("sweep-weight", help="choose the DenseCRF weight on a share of train held out (never val)")
+    sweep = commands.add_parser("sweep-weight", help="choose a regularizer's weight on a share of train held out (never val)")
     sweep.add_argument("--config", help="YAML training config (the schedule every weight is trained with)")
     sweep.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. data.root=data/mine")
-    sweep.add_argument("--name", required=True, help="runs are NAME_sweep_w<weight>; result: RESULTS/NAME_weight_sweep.json")
-    sweep.add_argument("--weights", help="relative weights, comma-separated (default: 0,0.25,1,4,16; 0 = pCE)")
+    sweep.add_argument("--name", required=True, help="runs are NAME_sweep_w<weight> (NAME_sweep_nc_w<weight> for "
+                                                     "loss.nc_weight); result: RESULTS/NAME_weight_sweep.json")
+    sweep.add_argument("--weights", help="weights, comma-separated (default: 0,0.25,1,4,16 for DenseCRF, "
+                                         "0,0.0125,0.05,0.2,0.8 for normalized cut; 0 = without the term)")
+    sweep.add_argument("--key",
+                       help="the weight swept: loss.crf_relative_weight (DenseCRF, relative to the published balance; "
+                            "the default) or loss.nc_weight (normalized cut)")
     sweep.add_argument("--holdout", type=float, default=0.2, help="share of the train split held out to score on")
     sweep.add_argument("--time-budget", type=float, metavar="MIN", help="start no run that would end after this")
     sweep.add_argument("--rerun", action="store_true", help="train finished runs again")
@@ -287,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     crf.add_argument("--threads", type=int, help="torch/OpenMP threads (default: torch's)")
     crf.add_argument("--crossover", action="store_true", help="small sizes: the exact kernel vs the lattice")
     crf.add_argument("--check-cost", action="store_true", help="the cost of the loss's input checks (CPU, side by side)")
+    crf.add_argument("--losses", action="store_true",
+                     help="normalized cut and KernelCut beside DenseCRF, side by side, as users get them")
     crf.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: the GPU set, timed with CUDA events")
     crf.add_argument("--checks", action="store_true",
                      help="with the loss's default input checks, as users get it (default: off, the filter's own speed)")

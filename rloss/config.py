@@ -27,7 +27,10 @@ from .data.transforms import INTERPOLATIONS
 from .filtering import BACKENDS, KERNELS
 from .models import MODEL_NAMES
 
-LOSS_TYPES = ("pce", "pce_crf", "full")
+LOSS_TYPES = ("pce", "pce_crf", "pce_nc", "pce_kernelcut", "full")
+# The loss types with each regularizer: KernelCut is normalized cut plus the DenseCRF term.
+CRF_LOSS_TYPES = ("pce_crf", "pce_kernelcut")
+NC_LOSS_TYPES = ("pce_nc", "pce_kernelcut")
 AMP_MODES = ("off", "bf16", "fp16")
 OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "cuda")
@@ -64,7 +67,7 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    type: str = "pce_crf"  # pce | pce_crf | full
+    type: str = "pce_crf"  # pce | pce_crf | pce_nc | pce_kernelcut (nc + crf) | full
     # DenseCRF weight as a multiple of the paper's balance with pCE (2e-9 at 513 px crops, scale
     # 0.5, sigma_xy 100), which means the same at every crop size, scale factor and sigma_xy
     # (rloss/crf_weight.py derives it). 1.0 = the published setting; `rloss sweep-weight` chooses
@@ -74,7 +77,16 @@ class LossConfig:
     sigma_rgb: float = 15.0
     sigma_xy: float = 12.5
     scale_factor: float = 1.0
-    kernel: str = "auto"  # auto | exact | permutohedral
+    # The normalized cut term (pce_nc, pce_kernelcut; rloss.losses.NormalizedCutLoss). NC is a ratio, so
+    # its weight needs no normalisation across crop sizes or kernels (unlike DenseCRF's). 0.05 is a
+    # starting point, not a published setting: at 64 px with 3 classes present, NC at weight 1 pushes
+    # the logits 17-18x harder than DenseCRF at relative weight 1 (x K: 31-34x with 6, 93-109x with
+    # 21), so 0.05 is about DenseCRF's strength. `rloss sweep-weight --key loss.nc_weight` chooses one.
+    # Its bandwidths default to the DenseCRF's (then KernelCut filters once for both terms).
+    nc_weight: float = 0.05
+    nc_sigma_rgb: float = 15.0
+    nc_sigma_xy: float = 12.5  # pixels of the crop, like sigma_xy
+    kernel: str = "auto"  # auto | exact | permutohedral (every regularizer's)
     backend: str = "auto"  # the lattice's: auto | extension | torch (portable)
     init_from: str | None = None  # checkpoint to start from (the paper's pCE-then-pCE+CRF schedule)
 
@@ -180,13 +192,15 @@ class TrainConfig:
         for key, value in (
             ("optim.lr", self.optim.lr), ("optim.head_lr_mult", self.optim.head_lr_mult),
             ("loss.sigma_rgb", self.loss.sigma_rgb), ("loss.sigma_xy", self.loss.sigma_xy),
-            ("loss.scale_factor", self.loss.scale_factor),
+            ("loss.scale_factor", self.loss.scale_factor), ("loss.nc_sigma_rgb", self.loss.nc_sigma_rgb),
+            ("loss.nc_sigma_xy", self.loss.nc_sigma_xy),
         ):
             if not value > 0:
                 raise ValueError(f"config: {key} must be > 0, got {value}")
         for key, value in (
             ("optim.momentum", self.optim.momentum), ("optim.weight_decay", self.optim.weight_decay),
             ("optim.poly_power", self.optim.poly_power), ("loss.crf_relative_weight", self.loss.crf_relative_weight),
+            ("loss.nc_weight", self.loss.nc_weight),
         ):
             if value < 0:
                 raise ValueError(f"config: {key} must be >= 0, got {value}")

@@ -1,4 +1,5 @@
-"""Losses for training from scribbles: partial cross-entropy and the DenseCRF loss.
+"""Losses for training from scribbles: partial cross-entropy and the regularized losses
+built on the Gaussian affinity ``A``: DenseCRF, normalized cut and KernelCut.
 
 The DenseCRF loss of Tang et al. (ECCV 2018) is ``-sum_k S_k^T A S_k`` with
 ``A`` the fully connected Gaussian affinity over (x, y, r, g, b); its gradient
@@ -14,7 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .filtering import BACKENDS, KERNELS, bilateral_features, exact_filter, permutohedral_crf, resolve_kernel
+from .filtering import (
+    BACKENDS,
+    KERNELS,
+    bilateral_features,
+    exact_filter,
+    permutohedral_crf,
+    resolve_kernel,
+)
 
 
 def partial_cross_entropy(
@@ -84,7 +92,70 @@ class _DenseCRFTerm(torch.autograd.Function):
         return None, gradient * grad_output, None, None, None, None
 
 
-class DenseCRFLoss(nn.Module):
+class _AffinityLoss(nn.Module):
+    """What the losses built on the Gaussian affinity share: the call ``loss(images, probs,
+    roi)``, the input checks (``validate``), float32 under autocast and the resize by
+    ``scale_factor``. A subclass gives its terms in ``_terms(images, probs, roi)``."""
+
+    def __init__(self, scale_factor: float, kernel: str, backend: str, validate: bool | None):
+        super().__init__()
+        name = type(self).__name__
+        if kernel not in KERNELS:
+            raise ValueError(f"{name}: kernel must be one of {KERNELS}, got {kernel!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"{name}: backend must be one of {BACKENDS}, got {backend!r}")
+        self.scale_factor = float(scale_factor)
+        self.kernel = kernel
+        self.backend = backend
+        self.validate = validate
+        self._calls = 0  # forward calls so far, for the scheduled checks
+
+    def _positive(self, **values: float) -> None:
+        for key, value in values.items():
+            if not value > 0:
+                raise ValueError(f"{type(self).__name__}: {key} must be > 0, got {value}")
+
+    def forward(self, images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor) -> torch.Tensor:
+        name = type(self).__name__
+        _check_shapes(images, probs, roi, name)
+        # Default (validate=None) on CPU tensors: every check on scheduled calls; on the
+        # others a non-finite result or an error of the op (both free to see) brings the
+        # checks in, so that they name the input at fault.
+        watch = self.validate is None and not probs.is_cuda
+        call, self._calls = self._calls, self._calls + 1
+        if self.validate or (watch and _scheduled_check(call)):
+            _check_values(images, probs, roi, name)
+        try:
+            loss = self._loss(images, probs, roi)
+        except RuntimeError:
+            if watch:
+                _check_values(images, probs, roi, name)
+            raise
+        if watch and not torch.isfinite(loss):
+            _check_values(images, probs, roi, name)
+            raise ValueError(f"{name}: the loss is not finite although the inputs are in range")
+        return loss
+
+    def _loss(self, images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor) -> torch.Tensor:
+        dtype = torch.float64 if probs.dtype == torch.float64 else torch.float32
+        with torch.autocast(device_type=probs.device.type, enabled=False):
+            images, probs, roi = images.to(dtype), probs.to(dtype), roi.to(dtype)
+            if self.scale_factor != 1.0:
+                s = self.scale_factor
+                images = F.interpolate(images, scale_factor=s, mode="nearest")
+                probs = F.interpolate(probs, scale_factor=s, mode="bilinear", align_corners=False)
+                roi = F.interpolate(roi.unsqueeze(1), scale_factor=s, mode="nearest").squeeze(1)
+            return self._terms(images, probs, roi)
+
+    def _features(self, images: torch.Tensor, sigma_rgb: float, sigma_xy: float) -> torch.Tensor:
+        """Features of the resized images; ``sigma_xy`` is in pixels of the full-size input."""
+        return bilateral_features(images, sigma_rgb, sigma_xy * self.scale_factor)
+
+    def _terms(self, images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class DenseCRFLoss(_AffinityLoss):
     """The DenseCRF regularised loss, called as ``loss(images, probs, roi)``.
 
     Args:
@@ -125,22 +196,11 @@ class DenseCRFLoss(nn.Module):
         backend: str = "auto",
         validate: bool | None = None,
     ):
-        super().__init__()
-        if kernel not in KERNELS:
-            raise ValueError(f"DenseCRFLoss: kernel must be one of {KERNELS}, got {kernel!r}")
-        if backend not in BACKENDS:
-            raise ValueError(f"DenseCRFLoss: backend must be one of {BACKENDS}, got {backend!r}")
-        for name, value in (("sigma_rgb", sigma_rgb), ("sigma_xy", sigma_xy), ("scale_factor", scale_factor)):
-            if not value > 0:
-                raise ValueError(f"DenseCRFLoss: {name} must be > 0, got {value}")
+        super().__init__(scale_factor, kernel, backend, validate)
+        self._positive(sigma_rgb=sigma_rgb, sigma_xy=sigma_xy, scale_factor=scale_factor)
         self.weight = float(weight)
         self.sigma_rgb = float(sigma_rgb)
         self.sigma_xy = float(sigma_xy)
-        self.scale_factor = float(scale_factor)
-        self.kernel = kernel
-        self.backend = backend
-        self.validate = validate
-        self._calls = 0  # forward calls so far, for the scheduled checks
 
     def extra_repr(self) -> str:
         return (
@@ -148,57 +208,199 @@ class DenseCRFLoss(nn.Module):
             f"scale_factor={self.scale_factor}, kernel={self.kernel!r}, backend={self.backend!r}"
         )
 
-    def forward(self, images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor) -> torch.Tensor:
-        _check_shapes(images, probs, roi)
-        # Default (validate=None) on CPU tensors: every check on scheduled calls; on the
-        # others a non-finite result or an error of the op (both free to see) brings the
-        # checks in, so that they name the input at fault.
-        watch = self.validate is None and not probs.is_cuda
-        call, self._calls = self._calls, self._calls + 1
-        if self.validate or (watch and _scheduled_check(call)):
-            _check_values(images, probs, roi)
-        try:
-            loss = self._loss(images, probs, roi)
-        except RuntimeError:
-            if watch:
-                _check_values(images, probs, roi)
-            raise
-        if watch and not torch.isfinite(loss):
-            _check_values(images, probs, roi)
-            raise ValueError("DenseCRFLoss: the loss is not finite although the inputs are in range")
-        return loss
-
-    def _loss(self, images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor) -> torch.Tensor:
-        dtype = torch.float64 if probs.dtype == torch.float64 else torch.float32
-        with torch.autocast(device_type=probs.device.type, enabled=False):
-            images, probs, roi = images.to(dtype), probs.to(dtype), roi.to(dtype)
-            sigma_xy = self.sigma_xy
-            if self.scale_factor != 1.0:
-                s = self.scale_factor
-                images = F.interpolate(images, scale_factor=s, mode="nearest")
-                probs = F.interpolate(probs, scale_factor=s, mode="bilinear", align_corners=False)
-                roi = F.interpolate(roi.unsqueeze(1), scale_factor=s, mode="nearest").squeeze(1)
-                sigma_xy = sigma_xy * s
-            features = bilateral_features(images, self.sigma_rgb, sigma_xy)
-            return _DenseCRFTerm.apply(features, probs, roi, self.weight / probs.shape[0], self.kernel, self.backend)
+    def _terms(self, images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor) -> torch.Tensor:
+        features = self._features(images, self.sigma_rgb, self.sigma_xy)
+        return _DenseCRFTerm.apply(features, probs, roi, self.weight / probs.shape[0], self.kernel, self.backend)
 
 
-def _check_shapes(images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor) -> None:
+# Added to each class's denominator d^T S_k: an absent class (S_k = 0) then counts as
+# 1 - 0/EPS = 1 with a zero gradient instead of 0/0. A class holding even one pixel has
+# d^T S_k >= its self-affinity (1 for the exact kernel, about 0.5 on the lattice), so the
+# shift changes a present class's term by under 2e-6 relative.
+NC_EPS = 1e-6
+
+
+class _CutTerms(torch.autograd.Function):
+    """``nc_scale * sum_n NC_n - crf_scale * sum S (A S)`` from one filtering of ``[S, roi]``.
+
+    With ``S_k = probs_k * roi`` and the degree ``d = A roi`` (the extra channel),
+    per image and class ``a_k = S_k^T A S_k`` and ``b_k = d^T S_k``:
+    ``NC = sum_k (1 - a_k / (b_k + eps))`` and, A being symmetric,
+    ``dNC/dS_k = a_k d / (b_k + eps)^2 - 2 A S_k / (b_k + eps)``; the DenseCRF part's
+    gradient is ``-2 crf_scale A S``. Both are times ``roi`` for ``probs``.
+    """
+
+    @staticmethod
+    def forward(ctx, features, probs, roi, nc_scale, crf_scale, kernel, backend):
+        n, k, h, w = probs.shape
+        probs, roi = probs.reshape(n, k, h * w), roi.reshape(n, h * w)
+        # roi * A [S, roi]: with probs and a channel of ones, the lattice's fused op masks by
+        # the ROI on the way in and out, so no masked copy of probs is made.
+        augmented = torch.cat([probs, probs.new_ones(n, 1, h * w)], dim=1)
+        if resolve_kernel(kernel) == "permutohedral":
+            masked = permutohedral_crf(features, augmented, roi, backend=backend)[1].to(probs.dtype)
+        else:
+            masked = exact_filter(features, augmented.mul_(roi.unsqueeze(1))).mul_(roi.unsqueeze(1))
+        filtered_seg, degree = masked[:, :k], masked[:, k:]  # roi * A S_k, roi * d
+        # One batched product gives every probs_k . (roi A S_j) and probs_k . (roi d): far faster
+        # than elementwise products and sums over [N, K, P]; the diagonal is a_k = S_k^T A S_k and
+        # the last column b_k = d^T S_k.
+        products = torch.bmm(probs, masked.transpose(1, 2))  # [N, K, K + 1]
+        association = products.diagonal(dim1=1, dim2=2)  # [N, K]
+        volume = products[:, :, k] + NC_EPS
+        ratio = association / volume
+        cut = k * n - ratio.sum()
+        # roi * (nc_scale * (a_k d / (b_k + eps)^2 - 2 A S_k / (b_k + eps)) - 2 crf_scale A S_k), in place
+        gradient = filtered_seg.mul_((-2 * (nc_scale / volume + crf_scale)).unsqueeze(-1))
+        gradient.addcmul_(degree, (nc_scale * ratio / volume).unsqueeze(-1))
+        ctx.save_for_backward(gradient.view(n, k, h, w))
+        return nc_scale * cut - crf_scale * association.sum()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (gradient,) = ctx.saved_tensors
+        if grad_output.device.type == "cpu" and grad_output.item() == 1.0:  # as in _DenseCRFTerm
+            return None, gradient, None, None, None, None, None
+        return None, gradient * grad_output, None, None, None, None, None
+
+
+class NormalizedCutLoss(_AffinityLoss):
+    """The normalized cut loss, called as ``loss(images, probs, roi)`` like ``DenseCRFLoss``.
+
+    Tang, Djelouah, Perazzi, Boykov, Schroers, "Normalized Cut Loss for Weakly-supervised
+    CNN Segmentation", CVPR 2018 (its normalized cut loss: Shi & Malik's normalized cut,
+    relaxed to soft segments): per image, with the soft segment ``S_k`` of class k, the affinity ``A``
+    (the same Gaussian over (x, y, r, g, b) as ``DenseCRFLoss``) and the degree ``d = A 1``,
+
+        NC = sum_k S_k^T A (1 - S_k) / (d^T S_k) = K - sum_k S_k^T A S_k / (d^T S_k)
+
+    (equal since the classes' probabilities sum to 1), with gradient
+    ``S_k^T A S_k d / (d^T S_k)^2 - 2 A S_k / (d^T S_k)``. Returns
+    ``weight / N * sum_n NC_n`` over the batch.
+
+    Choices where the paper is silent, and why:
+    - The ROI restricts the graph: ``S = probs * roi`` and ``d = A roi``, computed in the
+      same filtering as ``A S`` (``roi`` is one extra channel), not a second pass.
+    - ``NC_EPS`` (1e-6) is added to every ``d^T S_k``: a class absent from an image
+      counts 1 (its cut/association ratio is 0/0) with a zero gradient; an ROI of zeros
+      gives ``weight * K`` and no gradient.
+    - No size normalisation of the weight: NC is a ratio, each class's term in [0, 1], so
+      its value and total gradient do not grow with the image (unlike DenseCRF's,
+      ``rloss/crf_weight.py``), and the lattice's overall scale (about 0.55x the exact
+      Gaussian) cancels between numerator and denominator, so one weight means the same
+      on either kernel.
+
+    Args: ``weight``, ``sigma_rgb`` and ``sigma_xy`` (pixels of the full-size input) of
+    the affinity; ``scale_factor``, ``kernel``, ``backend`` and ``validate`` as in
+    ``DenseCRFLoss``. Computed in float32 (float64 for float64 inputs) under autocast too.
+    """
+
+    def __init__(
+        self,
+        weight: float,
+        sigma_rgb: float,
+        sigma_xy: float,
+        scale_factor: float = 1.0,
+        kernel: str = "auto",
+        backend: str = "auto",
+        validate: bool | None = None,
+    ):
+        super().__init__(scale_factor, kernel, backend, validate)
+        self._positive(sigma_rgb=sigma_rgb, sigma_xy=sigma_xy, scale_factor=scale_factor)
+        self.weight = float(weight)
+        self.sigma_rgb = float(sigma_rgb)
+        self.sigma_xy = float(sigma_xy)
+
+    def extra_repr(self) -> str:
+        return (
+            f"weight={self.weight}, sigma_rgb={self.sigma_rgb}, sigma_xy={self.sigma_xy}, "
+            f"scale_factor={self.scale_factor}, kernel={self.kernel!r}, backend={self.backend!r}"
+        )
+
+    def _terms(self, images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor) -> torch.Tensor:
+        features = self._features(images, self.sigma_rgb, self.sigma_xy)
+        return _CutTerms.apply(features, probs, roi, self.weight / probs.shape[0], 0.0, self.kernel, self.backend)
+
+
+class KernelCutLoss(_AffinityLoss):
+    """Normalized cut plus the DenseCRF (Potts) term: the KernelCut loss.
+
+    KernelCut is the energy of Tang, Marin, Ben Ayed, Boykov, "Normalized Cut Meets MRF"
+    (ECCV 2016) and "Kernel Cuts: Kernel and Spectral Clustering Meet Regularization"
+    (IJCV 2019): a kernel clustering term (normalized cut) plus a pairwise Potts (MRF/CRF)
+    regulariser. Tang et al., "On Regularized Losses for Weakly-supervised CNN
+    Segmentation" (ECCV 2018) trains with it as a regularized loss beside pCE. Here
+
+        L = nc_weight / N * sum_n NC_n  -  crf_weight / N * sum_n sum_k S_k^T B S_k
+
+    with ``NC`` exactly as ``NormalizedCutLoss`` (affinity ``A``: ``nc_sigma_rgb``,
+    ``nc_sigma_xy``) and the second term exactly ``DenseCRFLoss`` (the relaxed dense Potts
+    term, affinity ``B``: ``crf_sigma_rgb``, ``crf_sigma_xy``). Assumed where the papers
+    are silent for this setting: the Potts term is the dense Gaussian CRF (not a 4- or
+    8-neighbour grid), and the two terms are simply added with their own weights. When
+    both affinities are the same, one filtering of ``[S, roi]`` serves both terms; else
+    each term filters once.
+
+    ``scale_factor``, ``kernel``, ``backend`` and ``validate`` as in ``DenseCRFLoss``.
+    """
+
+    def __init__(
+        self,
+        nc_weight: float,
+        crf_weight: float,
+        nc_sigma_rgb: float,
+        nc_sigma_xy: float,
+        crf_sigma_rgb: float,
+        crf_sigma_xy: float,
+        scale_factor: float = 1.0,
+        kernel: str = "auto",
+        backend: str = "auto",
+        validate: bool | None = None,
+    ):
+        super().__init__(scale_factor, kernel, backend, validate)
+        self._positive(nc_sigma_rgb=nc_sigma_rgb, nc_sigma_xy=nc_sigma_xy, crf_sigma_rgb=crf_sigma_rgb,
+                       crf_sigma_xy=crf_sigma_xy, scale_factor=scale_factor)
+        self.nc_weight = float(nc_weight)
+        self.crf_weight = float(crf_weight)
+        self.nc_sigma_rgb = float(nc_sigma_rgb)
+        self.nc_sigma_xy = float(nc_sigma_xy)
+        self.crf_sigma_rgb = float(crf_sigma_rgb)
+        self.crf_sigma_xy = float(crf_sigma_xy)
+
+    def extra_repr(self) -> str:
+        return (
+            f"nc_weight={self.nc_weight}, crf_weight={self.crf_weight}, nc_sigma_rgb={self.nc_sigma_rgb}, "
+            f"nc_sigma_xy={self.nc_sigma_xy}, crf_sigma_rgb={self.crf_sigma_rgb}, crf_sigma_xy={self.crf_sigma_xy}, "
+            f"scale_factor={self.scale_factor}, kernel={self.kernel!r}, backend={self.backend!r}"
+        )
+
+    def _terms(self, images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor) -> torch.Tensor:
+        n = probs.shape[0]
+        nc_scale, crf_scale = self.nc_weight / n, self.crf_weight / n
+        nc_features = self._features(images, self.nc_sigma_rgb, self.nc_sigma_xy)
+        if (self.nc_sigma_rgb, self.nc_sigma_xy) == (self.crf_sigma_rgb, self.crf_sigma_xy):
+            return _CutTerms.apply(nc_features, probs, roi, nc_scale, crf_scale, self.kernel, self.backend)
+        crf_features = self._features(images, self.crf_sigma_rgb, self.crf_sigma_xy)
+        return (_CutTerms.apply(nc_features, probs, roi, nc_scale, 0.0, self.kernel, self.backend)
+                + _DenseCRFTerm.apply(crf_features, probs, roi, crf_scale, self.kernel, self.backend))
+
+
+def _check_shapes(images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor, name: str = "DenseCRFLoss") -> None:
     if probs.dim() != 4:
-        raise ValueError(f"DenseCRFLoss: probs must be [N, K, H, W], got shape {tuple(probs.shape)}")
+        raise ValueError(f"{name}: probs must be [N, K, H, W], got shape {tuple(probs.shape)}")
     n, _, h, w = probs.shape
     if images.shape != (n, 3, h, w):
         raise ValueError(
-            f"DenseCRFLoss: images must be [N, 3, H, W] = {(n, 3, h, w)} to match probs, got {tuple(images.shape)}"
+            f"{name}: images must be [N, 3, H, W] = {(n, 3, h, w)} to match probs, got {tuple(images.shape)}"
         )
     if roi.shape != (n, h, w):
-        raise ValueError(f"DenseCRFLoss: roi must be [N, H, W] = {(n, h, w)} to match probs, got {tuple(roi.shape)}")
-    for name, t in (("images", images), ("probs", probs)):
+        raise ValueError(f"{name}: roi must be [N, H, W] = {(n, h, w)} to match probs, got {tuple(roi.shape)}")
+    for input_name, t in (("images", images), ("probs", probs)):
         if not t.is_floating_point():
-            raise ValueError(f"DenseCRFLoss: {name} must be a floating-point tensor, got {t.dtype}")
+            raise ValueError(f"{name}: {input_name} must be a floating-point tensor, got {t.dtype}")
     if not (images.device == probs.device == roi.device):
         raise ValueError(
-            f"DenseCRFLoss: images, probs and roi must be on one device, got {images.device}, {probs.device}, {roi.device}"
+            f"{name}: images, probs and roi must be on one device, got {images.device}, {probs.device}, {roi.device}"
         )
 
 
@@ -216,36 +418,36 @@ def _scheduled_check(call: int) -> bool:
 
 
 @torch.no_grad()
-def _check_values(images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor) -> None:
+def _check_values(images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor, name: str = "DenseCRFLoss") -> None:
     """Raises ValueError naming the first input out of its range: one aminmax per input
     (NaN propagates into it; infinity fails the range) and the per-pixel sums of probs."""
     lo, hi = (float(v) for v in torch.aminmax(images))
-    _check_finite("images", lo, hi)
+    _check_finite(name, "images", lo, hi)
     if lo < -1e-3 or hi > 255.0 + 1e-3:
         raise ValueError(
-            f"DenseCRFLoss: images must be RGB in 0..255 (not normalised), got values in [{lo:.3g}, {hi:.3g}]"
+            f"{name}: images must be RGB in 0..255 (not normalised), got values in [{lo:.3g}, {hi:.3g}]"
         )
     tol = 1e-3 if probs.dtype in (torch.float32, torch.float64) else 3e-2
     lo, hi = (float(v) for v in torch.aminmax(probs))
-    _check_finite("probs", lo, hi)
+    _check_finite(name, "probs", lo, hi)
     if lo < -tol or hi > 1.0 + tol:
-        raise ValueError(f"DenseCRFLoss: probs must be probabilities (softmax output), got values in [{lo:.3g}, {hi:.3g}]")
+        raise ValueError(f"{name}: probs must be probabilities (softmax output), got values in [{lo:.3g}, {hi:.3g}]")
     sum_lo, sum_hi = (float(v) for v in torch.aminmax(probs.sum(dim=1, dtype=torch.float32)))
     error = max(abs(sum_lo - 1.0), abs(sum_hi - 1.0))
     if error > tol:
         raise ValueError(
-            f"DenseCRFLoss: probs must sum to 1 over the class dimension (softmax output); "
+            f"{name}: probs must sum to 1 over the class dimension (softmax output); "
             f"the largest deviation is {error:.3g}"
         )
     if roi.is_floating_point():
         lo, hi = (float(v) for v in torch.aminmax(roi))
-        _check_finite("roi", lo, hi)
+        _check_finite(name, "roi", lo, hi)
     else:
         lo, hi = int(roi.min()), int(roi.max())
     if lo < 0.0 or hi > 1.0:
-        raise ValueError(f"DenseCRFLoss: roi must be in 0..1 (1 where the loss applies), got values in [{lo:.3g}, {hi:.3g}]")
+        raise ValueError(f"{name}: roi must be in 0..1 (1 where the loss applies), got values in [{lo:.3g}, {hi:.3g}]")
 
 
-def _check_finite(name: str, lo: float, hi: float) -> None:
+def _check_finite(loss_name: str, name: str, lo: float, hi: float) -> None:
     if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise ValueError(f"DenseCRFLoss: {name} contains NaN or infinite values")
+        raise ValueError(f"{loss_name}: {name} contains NaN or infinite values")

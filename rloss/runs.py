@@ -289,7 +289,7 @@ def train_runs(configs: list[TrainConfig], rerun: bool = False, parallel_runs: i
         return finals  # type: ignore[return-value]
 
     print(f"training {len(pending)} runs, {processes} at once (one process each)", file=sys.stderr)
-    bar = progress_bar(total=len(pending), desc=f"{processes} runs at once", unit="run")
+    bar = progress_bar(total=len(pending), desc=f"runs finished ({processes} at once)", unit="run")
 
     def finished(j: int, final: dict, printed: str) -> None:
         i = pending[j][0]

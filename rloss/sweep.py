@@ -1,13 +1,20 @@
-"""Choosing the DenseCRF weight on your own data, without looking at val.
+"""Choosing a regularizer's weight on your own data, without looking at val.
 
     result = sweep_crf_weight(base_config, name="mine40")   # trains one run per weight
     result["best"]                                          # the chosen relative weight
+    sweep_crf_weight(base_config, name="mine40nc", key="loss.nc_weight")  # the normalized cut weight
+
+``key`` is the weight swept: ``loss.crf_relative_weight`` (DenseCRF, the default) or
+``loss.nc_weight`` (normalized cut). Weight 0 drops that term: pCE, or for a
+``pce_kernelcut`` base the other term alone. A positive weight trains ``base``'s loss
+type if it has the term (``pce_kernelcut`` keeps the other term at its configured
+weight), else the term's own type (``pce_crf``, ``pce_nc``).
 
 Each weight (relative to the paper's balance, ``rloss/crf_weight.py``) trains one run
 of ``base``'s schedule on the train split minus a held-out share of it, and is scored
 by mIoU on that held-out share (``data.holdout_fraction``): the val split is never
-read, so val stays a fair test of the chosen weight. Weight 0 is plain pCE. Runs are
-``<name>_sweep_w<weight>`` in ``base``'s results folder; finished ones are skipped,
+read, so val stays a fair test of the chosen weight. Runs are
+``<name>_sweep_w<weight>`` (``<name>_sweep_nc_w<weight>`` for ``loss.nc_weight``) in ``base``'s results folder; finished ones are skipped,
 so a sweep interrupted or extended with more weights only trains what is missing.
 The result goes to ``<results>/<name>_weight_sweep.json`` (what the study's
 notebooks read with ``crf_relative_weight = "sweep"``) and a plot beside it.
@@ -21,21 +28,42 @@ import sys
 import time
 from pathlib import Path
 
-from .config import TrainConfig
+from .config import CRF_LOSS_TYPES, NC_LOSS_TYPES, LossConfig, TrainConfig
 from .data.io import save_figure, write_text_atomic
 from .runs import train_runs
 
 DEFAULT_WEIGHTS = (0.0, 0.25, 1.0, 4.0, 16.0)  # relative; x4 steps around the published balance
+# The same x4 steps around the default normalized cut weight.
+DEFAULT_NC_WEIGHTS = tuple(w * LossConfig().nc_weight for w in DEFAULT_WEIGHTS)
 DEFAULT_HOLDOUT = 0.2
+# The weights a sweep can choose: key -> (the loss types with that term, the type with it alone,
+# run-name infix).
+SWEEP_KEYS = {
+    "loss.crf_relative_weight": (CRF_LOSS_TYPES, "pce_crf", ""),
+    "loss.nc_weight": (NC_LOSS_TYPES, "pce_nc", "nc_"),
+}
+DEFAULT_KEY = "loss.crf_relative_weight"
+
+
+def swept_loss_type(base_type: str, key: str, weight: float) -> str:
+    """The loss type trained at ``weight`` of ``key``: without the term at 0, else with it."""
+    with_term, alone, _ = SWEEP_KEYS[key]
+    if weight > 0:
+        return base_type if base_type in with_term else alone
+    return {"pce_kernelcut": "pce_nc" if key == DEFAULT_KEY else "pce_crf"}.get(base_type, "pce")
 
 
 def sweep_path(results_dir: str | Path, name: str) -> Path:
     return Path(results_dir) / f"{name}_weight_sweep.json"
 
 
-def sweep_configs(base: TrainConfig, name: str, weights=DEFAULT_WEIGHTS,
-                  holdout_fraction: float = DEFAULT_HOLDOUT) -> list[TrainConfig]:
+def sweep_configs(base: TrainConfig, name: str, weights=None,
+                  holdout_fraction: float = DEFAULT_HOLDOUT, key: str = DEFAULT_KEY) -> list[TrainConfig]:
     """One config per weight: ``base`` trained on train minus the held-out share, scored on it."""
+    if key not in SWEEP_KEYS:
+        raise ValueError(f"sweep: the swept key must be one of {', '.join(SWEEP_KEYS)}; got {key!r}")
+    if weights is None:
+        weights = DEFAULT_WEIGHTS if key == DEFAULT_KEY else DEFAULT_NC_WEIGHTS
     if not weights:
         raise ValueError("sweep: give at least one weight")
     configs = []
@@ -43,24 +71,28 @@ def sweep_configs(base: TrainConfig, name: str, weights=DEFAULT_WEIGHTS,
         if weight < 0:
             raise ValueError(f"sweep: weights must be >= 0, got {weight:g}")
         cfg = copy.deepcopy(base)
-        cfg.loss.type = "pce_crf" if weight > 0 else "pce"
-        cfg.loss.crf_relative_weight, cfg.loss.crf_weight = weight, None
+        cfg.loss.type = swept_loss_type(base.loss.type, key, weight)
+        if key == DEFAULT_KEY:
+            cfg.loss.crf_relative_weight, cfg.loss.crf_weight = weight, None
+        else:
+            cfg.loss.nc_weight = weight
         cfg.data.holdout_fraction = holdout_fraction
-        cfg.run.name = f"{name}_sweep_w{weight:g}"
+        cfg.run.name = f"{name}_sweep_{SWEEP_KEYS[key][2]}w{weight:g}"
         cfg.wandb.enabled = False
         configs.append(cfg.validate())
     return configs
 
 
-def sweep_crf_weight(base: TrainConfig, name: str, weights=DEFAULT_WEIGHTS, holdout_fraction: float = DEFAULT_HOLDOUT,
-                     rerun: bool = False, time_budget_s: float | None = None, plot: bool = True) -> dict:
+def sweep_crf_weight(base: TrainConfig, name: str, weights=None, holdout_fraction: float = DEFAULT_HOLDOUT,
+                     rerun: bool = False, time_budget_s: float | None = None, plot: bool = True,
+                     key: str = DEFAULT_KEY) -> dict:
     """Trains the sweep's runs (in order of weight) and writes and returns the result.
 
     With ``time_budget_s``, no new run starts once the time spent plus the longest run so
     far would exceed it; the choice is then made among the finished weights (``complete``
     is false in the result).
     """
-    configs = sweep_configs(base, name, weights, holdout_fraction)
+    configs = sweep_configs(base, name, weights, holdout_fraction, key)
     started, longest, points = time.monotonic(), 0.0, []
     for i, cfg in enumerate(configs):
         spent = time.monotonic() - started
@@ -68,26 +100,31 @@ def sweep_crf_weight(base: TrainConfig, name: str, weights=DEFAULT_WEIGHTS, hold
             print(f"sweep {name}: time budget of {time_budget_s:.0f} s reached after {len(points)} of "
                   f"{len(configs)} weights", file=sys.stderr)
             break
-        print(f"sweep {name}: weight {cfg.loss.crf_relative_weight:g} ({i + 1}/{len(configs)})", file=sys.stderr)
+        weight = cfg.loss.crf_relative_weight if key == DEFAULT_KEY else cfg.loss.nc_weight
+        print(f"sweep {name}: {key} {weight:g} ({i + 1}/{len(configs)})", file=sys.stderr)
         t0 = time.monotonic()
         final = train_runs([cfg], rerun=rerun)[0]
         longest = max(longest, time.monotonic() - t0)
-        points.append({"relative_weight": cfg.loss.crf_relative_weight,
-                       "absolute_weight": cfg.absolute_crf_weight() if cfg.loss.type == "pce_crf" else 0.0,
-                       "heldout_miou": final["miou"], "run": cfg.run.name})
-    best = max(points, key=lambda p: (p["heldout_miou"], -p["relative_weight"]))  # a tie goes to the smaller weight
+        if key == DEFAULT_KEY:  # relative to the published balance; the loss got the absolute one
+            absolute = cfg.absolute_crf_weight() if cfg.loss.type in CRF_LOSS_TYPES else 0.0
+        else:  # the normalized cut weight is the loss's own (no size normalisation)
+            absolute = weight
+        points.append({"weight": weight, "relative_weight": weight, "absolute_weight": absolute,
+                       "loss_type": cfg.loss.type, "heldout_miou": final["miou"], "run": cfg.run.name})
+    best = max(points, key=lambda p: (p["heldout_miou"], -p["weight"]))  # a tie goes to the smaller weight
     result = {
-        "name": name, "data_root": base.data.root, "crop_size": base.data.crop_size, "sigma_xy": base.loss.sigma_xy,
+        "name": name, "key": key, "loss_type": base.loss.type,
+        "data_root": base.data.root, "crop_size": base.data.crop_size, "sigma_xy": base.loss.sigma_xy,
         "scale_factor": base.loss.scale_factor, "holdout_fraction": holdout_fraction,
         "iterations": base.optim.iterations, "epochs": base.optim.epochs, "seed": base.run.seed,
         "points": points, "complete": len(points) == len(configs),
-        "best": best["relative_weight"], "best_absolute": best["absolute_weight"], "best_heldout_miou": best["heldout_miou"],
+        "best": best["weight"], "best_absolute": best["absolute_weight"], "best_heldout_miou": best["heldout_miou"],
     }
     path = sweep_path(base.run.results_dir, name)
     write_text_atomic(path, json.dumps(result, indent=1) + "\n")
     if plot:
         save_figure(plot_sweep(result), path.with_suffix(".png"))
-    print(f"sweep {name}: best relative weight {result['best']:g} (held-out mIoU {best['heldout_miou']:.4f}); "
+    print(f"sweep {name}: best {key} {result['best']:g} (held-out mIoU {best['heldout_miou']:.4f}); "
           f"written to {path}", file=sys.stderr)
     return result
 
@@ -105,19 +142,20 @@ def read_sweep(results_dir: str | Path, name: str) -> dict:
 
 
 def plot_sweep(result: dict):
-    """Held-out mIoU against the relative DenseCRF weight (0 = pCE, drawn at the left edge)."""
+    """Held-out mIoU against the swept weight (0 = without the term, drawn at the left edge)."""
     import matplotlib.pyplot as plt
 
     points = result["points"]
-    positive = [p["relative_weight"] for p in points if p["relative_weight"] > 0]
-    zero_at = min(positive) / 4 if positive else 1.0  # where weight 0 (pCE) is drawn on the log axis
-    xs = [p["relative_weight"] or zero_at for p in points]
+    key = result.get("key", DEFAULT_KEY)
+    positive = [p["weight"] for p in points if p["weight"] > 0]
+    zero_at = min(positive) / 4 if positive else 1.0  # where weight 0 is drawn on the log axis
+    xs = [p["weight"] or zero_at for p in points]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(xs, [p["heldout_miou"] for p in points], marker="o")
     ax.set_xscale("log")
-    ax.set_xticks(xs, [f"{p['relative_weight']:g}" if p["relative_weight"] else "0 (pCE)" for p in points])
+    ax.set_xticks(xs, [f"{p['weight']:g}" if p["weight"] else f"0 ({p['loss_type']})" for p in points])
     ax.axvline(result["best"] or zero_at, color="tab:orange", linestyle="--", label=f"chosen: {result['best']:g}")
-    ax.set_xlabel("DenseCRF weight (x the published balance)")
+    ax.set_xlabel("DenseCRF weight (x the published balance)" if key == DEFAULT_KEY else "normalized cut weight")
     ax.set_ylabel("mIoU on the held-out share of train")
     ax.set_title(f"{result['name']}: weight sweep ({result['holdout_fraction']:.0%} of train held out)")
     ax.grid(alpha=0.3)

@@ -3,7 +3,8 @@
 SGD with momentum (or AdamW: ``optim.name``), poly learning-rate decay per iteration, the head at
 ``head_lr_mult`` x the backbone's rate. Losses: ``pce`` (partial cross-entropy
 on the scribbles), ``pce_crf`` (plus the DenseCRF loss on the softmax, in
-float32), ``full`` (cross-entropy on the full masks: the upper bound).
+float32), ``pce_nc`` (plus normalized cut), ``pce_kernelcut`` (plus normalized cut and
+DenseCRF), ``full`` (cross-entropy on the full masks: the upper bound).
 
 Results go to ``<results_dir>/<run.name>/``: ``config.yaml``, ``metrics.json``
 and ``checkpoint.pt``, each written atomically. A checkpoint holds only plain
@@ -31,12 +32,12 @@ from torch.utils.data import DataLoader, Sampler, Subset
 
 from . import distributed as D
 from . import runs
-from .config import AUTO, TrainConfig
+from .config import AUTO, CRF_LOSS_TYPES, NC_LOSS_TYPES, TrainConfig
 from .data.folder import SegmentationFolder, read_split, split_holdout
 from .data.io import IGNORE_INDEX, atomic_path, write_text_atomic
 from .data.transforms import EvalTransform, TrainTransform, resize_logits
 from .errors import TrainingError, first_line
-from .losses import DenseCRFLoss, partial_cross_entropy
+from .losses import DenseCRFLoss, KernelCutLoss, NormalizedCutLoss, partial_cross_entropy
 from .metrics import ConfusionMatrix
 from .models import build_model
 from .runs import CHECKPOINT, CONFIG, METRICS
@@ -220,8 +221,10 @@ def _written(path: Path, write) -> None:
 
 def _write_metrics(run_dir: Path, cfg: TrainConfig, run_id: str, evals: list, final, timings: dict,
                    data: dict) -> None:
-    crf_weight = cfg.absolute_crf_weight() if cfg.loss.type == "pce_crf" else None  # what the loss was given
-    doc = {"run": cfg.run.name, "run_id": run_id, "data": data, "crf_weight": crf_weight, "evals": evals,
+    crf_weight = cfg.absolute_crf_weight() if cfg.loss.type in CRF_LOSS_TYPES else None  # what the loss was given
+    nc_weight = cfg.loss.nc_weight if cfg.loss.type in NC_LOSS_TYPES else None
+    doc = {"run": cfg.run.name, "run_id": run_id, "data": data, "crf_weight": crf_weight, "nc_weight": nc_weight,
+           "evals": evals,
            "final": final, "timings": timings}
     path = run_dir / METRICS
     _written(path, lambda: write_text_atomic(path, json.dumps(doc, indent=1) + "\n"))
@@ -353,7 +356,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
 
 
 def _crf_term(crf, raw, probs, roi):
-    """The DenseCRF term. Non-finite probabilities (the network diverged) give NaN rather than
+    """The regularizer's term. Non-finite probabilities (the network diverged) give NaN rather than
     the loss's own input error, so the step's finiteness check stops the run with the same
     advice as under pce."""
     try:
@@ -388,12 +391,21 @@ def _restore_rng(saved, ctx: D.DistContext) -> None:
               "dropout will not repeat the original run's draws", file=sys.stderr)
 
 
-def _crf_loss(cfg: TrainConfig) -> DenseCRFLoss | None:
-    """The run's DenseCRF term (None unless loss.type is pce_crf)."""
+# The name each regularizer's term is logged under (train/<name>), by loss.type.
+REGULARIZER_TERMS = {"pce_crf": "crf", "pce_nc": "nc", "pce_kernelcut": "kernelcut"}
+
+
+def _crf_loss(cfg: TrainConfig) -> DenseCRFLoss | NormalizedCutLoss | KernelCutLoss | None:
+    """The run's regularizer term: DenseCRF, normalized cut or KernelCut (None for pce and full)."""
     L = cfg.loss
-    if L.type != "pce_crf":
-        return None
-    return DenseCRFLoss(cfg.absolute_crf_weight(), L.sigma_rgb, L.sigma_xy, L.scale_factor, L.kernel, L.backend)
+    if L.type == "pce_crf":
+        return DenseCRFLoss(cfg.absolute_crf_weight(), L.sigma_rgb, L.sigma_xy, L.scale_factor, L.kernel, L.backend)
+    if L.type == "pce_nc":
+        return NormalizedCutLoss(L.nc_weight, L.nc_sigma_rgb, L.nc_sigma_xy, L.scale_factor, L.kernel, L.backend)
+    if L.type == "pce_kernelcut":
+        return KernelCutLoss(L.nc_weight, cfg.absolute_crf_weight(), L.nc_sigma_rgb, L.nc_sigma_xy, L.sigma_rgb,
+                             L.sigma_xy, L.scale_factor, L.kernel, L.backend)
+    return None
 
 
 def _preflight(model, cfg: TrainConfig, per_process: int, crf, device: torch.device) -> None:
@@ -556,7 +568,7 @@ class _Run:
     forward: torch.nn.Module  # what a step calls: the model, wrapped by DDP and torch.compile when asked
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    crf: DenseCRFLoss | None
+    crf: DenseCRFLoss | NormalizedCutLoss | KernelCutLoss | None  # the regularizer (None for pce and full)
     tracker: object
     pending: _PendingSteps
     read_every: int
@@ -781,7 +793,7 @@ def _train_step(run: _Run, data: dict) -> None:
             raw = data["image_raw"].to(device, non_blocking=True)
             roi = data["roi"].to(device, non_blocking=True)
             crf_start = pending.mark()
-            terms["crf"] = _crf_term(run.crf, raw, probs, roi)
+            terms[REGULARIZER_TERMS[L.type]] = _crf_term(run.crf, raw, probs, roi)
             crf_end = pending.mark()
         loss = sum(terms.values())
         run.optimizer.zero_grad(set_to_none=True)
