@@ -1,5 +1,6 @@
 """The study layer: this paper's experiments on top of the library and the run layer.
 
+    data_prep.py      notebook 01's steps: the data set made once, its scribbles measured
     grid.py           training grids (loss x seed), reading finished runs back, the summary over seeds
     interpolation.py  the bicubic-vs-bilinear study of notebook 04
     report.py         the mIoU table, its conclusions and figures (notebook 05)
