@@ -16,7 +16,6 @@ import contextlib
 import io
 import multiprocessing
 import os
-import sys
 from typing import Callable
 
 import torch

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import nbformat
+import pytest
 from rloss import progress
 from rloss.progress import PROGRESS_ENV, StudyDisplay, progress_bar, report_run
 
@@ -120,8 +121,11 @@ def _moved_paths(values: dict, root: Path) -> dict:
             if is_path_parameter(name) and isinstance(value, str) and Path(value).is_relative_to(ROOT)}
 
 
-def test_make_study_shows_each_run_its_iterations_and_no_kernel_warning(tmp_path, capfd):
-    """The smoke parameters' notebooks 01 and 02 (folders moved to tmp_path), as `make study` runs them."""
+@pytest.mark.parametrize("parallel_runs", [1, 2])
+def test_make_study_shows_each_run_its_iterations_and_no_kernel_warning(tmp_path, capfd, parallel_runs):
+    """The smoke parameters' notebooks 01 and 02 (folders moved to tmp_path), as `make study` runs them:
+    one run at a time, each with its iteration bar; or two at once, each run named as it starts and
+    one bar counting the finished runs."""
     from rloss.study.runner import plan, run_study, study_notebooks
 
     smoke = ROOT / "params" / "smoke.yaml"
@@ -129,8 +133,8 @@ def test_make_study_shows_each_run_its_iterations_and_no_kernel_warning(tmp_path
     moved = [f"{nb.stem}.{name}={path}" for nb, values in plan(smoke, notebooks)
              for name, path in _moved_paths(values, tmp_path / "project").items()]
     assert len(moved) == 4  # 01: data_root, low_res_root; 02: data_root, results_dir
-    assert run_study(smoke, only=["01", "02"], overrides=moved, output_dir=tmp_path / "executed",
-                     notebooks_dir=ROOT / "notebooks") == 0
+    assert run_study(smoke, only=["01", "02"], overrides=moved + [f"02_train_40px.parallel_runs={parallel_runs}"],
+                     output_dir=tmp_path / "executed", notebooks_dir=ROOT / "notebooks") == 0
     err = capfd.readouterr().err
     lines = _lines(err)
 
@@ -138,9 +142,14 @@ def test_make_study_shows_each_run_its_iterations_and_no_kernel_warning(tmp_path
     for i, loss in enumerate(("pce", "pce_crf", "full"), 1):  # 8 images, batch 4, 2 epochs: 4 iterations
         name = f"smoke40_{loss}_seed0"
         assert (tmp_path / "project" / "results" / name / "metrics.json").is_file()
-        shown = [line for line in lines if line.startswith(f"[2/2] 02_train_40px run {i}/3 {name}:")]
+        if parallel_runs == 1:
+            shown = [line for line in lines if line.startswith(f"[2/2] 02_train_40px run {i}/3 {name}:")]
+            assert shown, err[-3000:]
+            assert re.search(r"100%\|█+\| 4/4 \[[\d:]+<00:00, +[\d.]+(it/s|s/it), study \d+:\d\d\]$", shown[-1]), shown[-1]
+    if parallel_runs == 2:
+        shown = [line for line in lines if line.startswith("[2/2] 02_train_40px runs finished (2 at once):")]
         assert shown, err[-3000:]
-        assert re.search(r"100%\|█+\| 4/4 \[[\d:]+<00:00, +[\d.]+(it/s|s/it), study \d+:\d\d\]$", shown[-1]), shown[-1]
+        assert re.search(r"100%\|█+\| 3/3 \[[\d:]+<00:00, ", shown[-1]), shown[-1]
     assert re.search(r"\[1/2\] 01_data_prep: 100%\|█+\| cell (\d+)/\1 ", err)
     assert re.search(r"02_train_40px\.ipynb done in \d+:\d\d \(study \d+:\d\d\)", err)
     assert "without encryption" not in err and "WARNING" not in err
