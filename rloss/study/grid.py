@@ -5,8 +5,9 @@
     runs = load_runs("results")             # every results/*/metrics.json with its config
     table = summarize(runs)                 # mean, spread and count over seeds per setting
 
-Runs are named ``<name>_<loss>_seed<seed>``. With ``two_phase=True`` the DenseCRF
-run is the paper's schedule: it starts from the finished pCE run of the same seed
+``losses`` may add the regularizers beyond Table 1 (:data:`EXTRA_LOSSES`: pCE + normalized cut,
+pCE + KernelCut). Runs are named ``<name>_<loss>_seed<seed>``. With ``two_phase=True`` each regularized
+run follows the paper's DenseCRF schedule: it starts from the finished pCE run of the same seed
 (``loss.init_from``) and fine-tunes for ``finetune_epochs``.
 """
 

@@ -40,6 +40,7 @@ __all__ = [
     "to_markdown",
     "to_csv",
     "published_markdown",
+    "published_note",
     "conclusions",
     "report_markdown",
     "write_report",
@@ -239,6 +240,16 @@ def published_markdown(title: bool = True) -> str:
     return "\n".join(lines) + "\n"
 
 
+def published_note(table: list[dict]) -> str:
+    """The line under the published table when our table shows regularizers beyond Table 1: the published
+    table has none of their figures (no source verified); empty otherwise."""
+    extras = extra_losses_shown(table)
+    if not extras:
+        return ""
+    return (f"\nNo published figures are shown for {' or '.join(LOSS_LABELS[loss] for loss in extras)}: "
+            "no source for them has been verified.\n")
+
+
 # --------------------------------------------------------------------------------------------
 # Conclusions computed from the numbers
 # --------------------------------------------------------------------------------------------
@@ -332,9 +343,11 @@ def conclusions(table: list[dict], runs: list[dict] | None = None) -> list[str]:
         pce, crf, full = r["pce_miou"], r["pce_crf_miou"], r["full_miou"]
         converged = convergence_note(r, runs) if runs is not None else ""
         converged = f" Convergence: {converged}." if converged else ""
+        # The other regularizers' sentences, then whether the runs converged, end each row's line.
+        tail = "".join(_extra_conclusion(r, loss) for loss in EXTRA_LOSSES) + converged
         if pce is None or crf is None:
             missing = " and ".join(LOSS_LABELS[k] for k, v in (("pce", pce), ("pce_crf", crf)) if v is None)
-            lines.append(f"{_setting(r)}: no {missing} runs, so the DenseCRF gain cannot be measured.{converged}")
+            lines.append(f"{_setting(r)}: no {missing} runs, so the DenseCRF gain cannot be measured.{tail}")
             continue
         gain = crf - pce
         if full is None:
@@ -355,8 +368,8 @@ def conclusions(table: list[dict], runs: list[dict] | None = None) -> list[str]:
         timing = f"; the DenseCRF loss takes {100 * share:.0f}% of an iteration" if share is not None else ""
         flagged = regression(r)
         flagged = f" {flagged}" if flagged else ""
-        lines.append(f"{_setting(r)}: {order}; {spread}{timing}.{flagged}{converged}")
-    return [line + "".join(_extra_conclusion(r, loss) for loss in EXTRA_LOSSES) for line, r in zip(lines, table)]
+        lines.append(f"{_setting(r)}: {order}; {spread}{timing}.{flagged}{tail}")
+    return lines
 
 
 def _extra_conclusion(r: dict, loss: str) -> str:
@@ -387,11 +400,7 @@ def report_markdown(table: list[dict], title: str = "mIoU: pCE, pCE + DenseCRF l
              "gains in percentage points; s/it = median seconds per training iteration.", "",
              to_markdown(table), "### Conclusions", ""]
     parts += [f"- {line}" for line in conclusions(table, runs)]
-    parts += ["", "## " + PUBLISHED_TITLE, "", published_markdown(title=False)]
-    extras = extra_losses_shown(table)
-    if extras:
-        parts += [f"No published figures are shown for {' or '.join(LOSS_LABELS[loss] for loss in extras)}: "
-                  "no source for them has been verified.", ""]
+    parts += ["", "## " + PUBLISHED_TITLE, "", published_markdown(title=False) + published_note(table)]
     return "\n".join(parts)
 
 
