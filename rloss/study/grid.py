@@ -60,7 +60,8 @@ def plan_grid(base: TrainConfig, name: str, losses=LOSSES, seeds=(0,), two_phase
     if nc_weight is not None:
         weights["nc_weight"] = base.loss.nc_weight if sweep_nc else nc_weight
     base = config_from_dict({"loss": weights}, "the study's weights", base=base).validate()
-    from ..sweep import sweep_crf_weight  # the sweep trains through the study's run pool
+    if sweep or sweep_nc:
+        from ..sweep import sweep_crf_weight  # only when asked: it is the training side of the study
 
     if sweep:  # the sweep's runs set their own weights
         base.loss.crf_relative_weight = sweep_crf_weight(base, name, rerun=rerun)["best"]
@@ -304,7 +305,9 @@ def summarize(runs: list[dict]) -> list[dict]:
             row = {"model": first["model"], "data": first["data"], "resolution": first["resolution"],
                    "crop_size": first["crop_size"], "schedule": "two-phase" if two_phase else "one-phase",
                    "crf_relative_weight": members_of["pce_crf"][0]["crf_relative_weight"] if members_of["pce_crf"] else None,
-                   "nc_weight": nc_runs[0].get("nc_weight") if nc_runs else None,
+                   "nc_weight": nc_runs[0].get("nc_weight") if nc_runs else None,  # the table's column
+                   "nc_weights": {loss: members_of[loss][0].get("nc_weight")  # each NC loss's own
+                                  for loss in ("pce_nc", "pce_kernelcut") if members_of[loss]},
                    "iterations": statistics.median(r["iterations"] for m in members_of.values() for r in m)}
             for loss in ALL_LOSSES:
                 members = members_of[loss]

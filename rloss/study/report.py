@@ -133,6 +133,7 @@ def miou_table(rows: list[dict]) -> list[dict]:
         out = {"network": row.get("model"), "data": row.get("data"), "resolution_px": row.get("resolution"),
                "crop_px": row.get("crop_size"), "schedule": row.get("schedule", "one-phase"),
                "crf_relative_weight": row.get("crf_relative_weight"), "nc_weight": row.get("nc_weight"),
+               "nc_weights": row.get("nc_weights", {}),
                "iterations": row.get("iterations"), "differs": row.get("differs") or ""}
         for loss in ALL_LOSSES:
             out[f"{loss}_miou"] = _pct(row.get(f"{loss}_miou"))
@@ -186,8 +187,9 @@ def to_markdown(table: list[dict]) -> str:
     header = _MD_HEADER + (("normalized cut weight",) if extras else ()) + tuple(
         h for loss in extras for h in _extra_header(loss))
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    fine_tuned = " (regularized losses fine-tuned from pCE)" if extras else " (DenseCRF fine-tuned from pCE)"
     for r in table:
-        network = str(r["network"]) + (" (DenseCRF fine-tuned from pCE)" if r["schedule"] == "two-phase" else "")
+        network = str(r["network"]) + (fine_tuned if r["schedule"] == "two-phase" else "")
         cells = [network, str(r["data"]), _fmt(r["resolution_px"], "d"), _fmt(r["crop_px"], "d"),
                  _fmt(r["crf_relative_weight"], ".3g"), _fmt(r["iterations"], ".0f")]
         cells += [_fmt_miou(r[f"{loss}_miou"], r[f"{loss}_std"], r[f"{loss}_seeds"]) for loss in LOSSES]
@@ -298,7 +300,8 @@ def regression(r: dict, loss: str = "pce_crf") -> str | None:
 def _weight_fix(r: dict, loss: str) -> str:
     """Which weight to lower for ``loss``'s regularizer, and the sweep that chooses it on held-out train."""
     crf = f" (now {r['crf_relative_weight']:.3g}x the published balance)" if r.get("crf_relative_weight") else ""
-    nc = f" (now {r['nc_weight']:.3g})" if r.get("nc_weight") is not None else ""
+    weight = r.get("nc_weights", {}).get(loss)
+    nc = f" (now {weight:.3g})" if weight is not None else ""
     crf_fix = f"loss.crf_relative_weight{crf}"
     nc_fix = f"loss.nc_weight{nc}"
     sweep = "`python -m rloss sweep-weight`"

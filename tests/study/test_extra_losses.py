@@ -115,6 +115,19 @@ def test_two_nc_weights_never_share_a_row(tmp_path):
     assert "pce_nc:loss.nc_weight=0.05" in by_weight[0.05]["differs"]
 
 
+def test_each_nc_loss_is_flagged_with_its_own_nc_weight(tmp_path):
+    for seed, miou in enumerate((0.70, 0.72)):
+        write_run(tmp_path, "r", "/data/d", 40, "pce", seed, miou, 0.1, None)
+    for loss, weight in (("pce_nc", 0.1), ("pce_kernelcut", 0.4)):
+        for seed, miou in enumerate((0.45, 0.47)):
+            write_run(tmp_path, "r", "/data/d", 40, loss, seed, miou, 0.1, 0.2, settings=[f"loss.nc_weight={weight}"])
+    [row] = report.miou_table(summarize(load_runs(tmp_path)))
+    assert "loss.nc_weight (now 0.1)" in report.regression(row, "pce_nc")
+    flag = report.regression(row, "pce_kernelcut")
+    assert flag.startswith("REGRESSION: pCE + KernelCut is 25.0 pp below pCE")
+    assert "loss.nc_weight (now 0.4)" in flag and "loss.crf_relative_weight" in flag
+
+
 def test_a_normalized_cut_below_pce_is_flagged_with_its_own_weight(tmp_path):
     for seed, miou in enumerate((0.70, 0.72)):
         write_run(tmp_path, "r", "/data/d", 40, "pce", seed, miou, 0.1, None)
