@@ -5,14 +5,16 @@
     runs = load_runs("results")             # every results/*/metrics.json with its config
     table = summarize(runs)                 # mean, spread and count over seeds per setting
 
-Runs are named ``<name>_<loss>_seed<seed>``. With ``two_phase=True`` the DenseCRF
-run is the paper's schedule: it starts from the finished pCE run of the same seed
+``losses`` may add the regularizers beyond Table 1 (:data:`EXTRA_LOSSES`: pCE + normalized cut,
+pCE + KernelCut). Runs are named ``<name>_<loss>_seed<seed>``. With ``two_phase=True`` each regularized
+run follows the paper's DenseCRF schedule: it starts from the finished pCE run of the same seed
 (``loss.init_from``) and fine-tunes for ``finetune_epochs``.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import statistics
 import sys
@@ -24,7 +26,12 @@ from ..runs import (CHECKPOINT, METRICS, finished_metrics, in_studies, read_run_
                     run_name, study_of, train_runs)  # re-exported: the notebooks' calls
 
 LOSSES = ("pce", "pce_crf", "full")  # the losses of the paper's Table 1 this study compares, in its order
-LOSS_LABELS = {"pce": "pCE", "pce_crf": "pCE + DenseCRF", "full": "full supervision"}
+# The regularized losses beyond Table 1 (issue 19): extra columns, shown only where such runs exist.
+EXTRA_LOSSES = ("pce_nc", "pce_kernelcut")
+ALL_LOSSES = LOSSES + EXTRA_LOSSES
+REGULARIZERS = ("pce_crf",) + EXTRA_LOSSES  # the losses with a regularizer term, compared with pCE
+LOSS_LABELS = {"pce": "pCE", "pce_crf": "pCE + DenseCRF", "full": "full supervision",
+               "pce_nc": "pCE + normalized cut", "pce_kernelcut": "pCE + KernelCut"}
 
 
 def base_config(data_root: str, results_dir: str, **settings) -> TrainConfig:
@@ -42,19 +49,27 @@ def base_config(data_root: str, results_dir: str, **settings) -> TrainConfig:
 
 def plan_grid(base: TrainConfig, name: str, losses=LOSSES, seeds=(0,), two_phase: bool = False,
               finetune_epochs: int | None = None, crf_relative_weight: float | str = 1.0,
-              rerun: bool = False) -> list[TrainConfig]:
-    """The training notebooks' grid: :func:`study_grid` of ``base`` with ``crf_relative_weight``;
-    ``"sweep"`` first chooses that weight on a held-out share of train (``rloss.sweep``; val is never read)."""
+              rerun: bool = False, nc_weight: float | str | None = None) -> list[TrainConfig]:
+    """The training notebooks' grid: :func:`study_grid` of ``base`` with ``crf_relative_weight`` and (None:
+    ``base``'s) ``nc_weight``; ``"sweep"`` first chooses that weight on a held-out share of train
+    (``rloss.sweep``; val is never read). The normalized cut sweep (``<name>_nc``) trains pCE + normalized cut."""
     if not seeds or not losses:
         raise ValueError("give at least one seed and one loss")
-    sweep = crf_relative_weight == "sweep"
-    base = config_from_dict({"loss": {"crf_relative_weight": 1.0 if sweep else crf_relative_weight}},
-                            "crf_relative_weight", base=base).validate()
-    if sweep:  # the sweep's runs set their own weights
-        from ..sweep import sweep_crf_weight
+    sweep, sweep_nc = crf_relative_weight == "sweep", nc_weight == "sweep"
+    weights = {"crf_relative_weight": 1.0 if sweep else crf_relative_weight}
+    if nc_weight is not None:
+        weights["nc_weight"] = base.loss.nc_weight if sweep_nc else nc_weight
+    base = config_from_dict({"loss": weights}, "the study's weights", base=base).validate()
+    if sweep or sweep_nc:
+        from ..sweep import sweep_crf_weight  # only when asked: it is the training side of the study
 
+    if sweep:  # the sweep's runs set their own weights
         base.loss.crf_relative_weight = sweep_crf_weight(base, name, rerun=rerun)["best"]
         print(f"DenseCRF weight chosen by the sweep: {base.loss.crf_relative_weight:g}x the published balance")
+    if sweep_nc:
+        nc_base = config_from_dict({"loss": {"type": "pce_nc"}}, "the normalized cut sweep", base=base).validate()
+        base.loss.nc_weight = sweep_crf_weight(nc_base, f"{name}_nc", rerun=rerun, key="loss.nc_weight")["best"]
+        print(f"normalized cut weight chosen by the sweep: {base.loss.nc_weight:g}")
     configs = study_grid(base, name, losses=losses, seeds=seeds, two_phase=two_phase,
                          finetune_epochs=finetune_epochs or None)
     print(f"{len(configs)} runs: " + ", ".join(c.run.name for c in configs))
@@ -76,7 +91,7 @@ def grid_summary(runs: list[dict]) -> str:
     lines = []
     for row in summarize(runs):
         lines.append(f"{row['model']} on {row['data']} ({row['resolution']} px images, crop {row['crop_size']}):")
-        for loss in LOSSES:
+        for loss in ALL_LOSSES:
             mean, std, n = row[f"{loss}_miou"], row[f"{loss}_std"], row[f"{loss}_seeds"]
             if n:
                 spread = f" ± {std:.4f}" if std is not None else ""
@@ -91,19 +106,19 @@ def grid_summary(runs: list[dict]) -> str:
 def study_grid(base: TrainConfig, name: str, losses=LOSSES, seeds=(0,), two_phase: bool = False,
                finetune_epochs: int | None = None) -> list[TrainConfig]:
     """One config per (loss, seed), in an order that trains a two-phase run after its pCE run."""
-    unknown = [loss for loss in losses if loss not in LOSSES]
+    unknown = [loss for loss in losses if loss not in ALL_LOSSES]
     if unknown:
-        raise ValueError(f"study: unknown loss {unknown[0]!r} (choose from {', '.join(LOSSES)})")
-    if two_phase and "pce_crf" in losses and "pce" not in losses:
-        raise ValueError("study: two_phase needs the pce runs (the DenseCRF runs start from them)")
+        raise ValueError(f"study: unknown loss {unknown[0]!r} (choose from {', '.join(ALL_LOSSES)})")
+    if two_phase and any(loss in REGULARIZERS for loss in losses) and "pce" not in losses:
+        raise ValueError("study: two_phase needs the pce runs (the regularized runs start from them)")
     configs = []
     for seed in seeds:
-        for loss in sorted(losses, key=LOSSES.index):
+        for loss in sorted(losses, key=ALL_LOSSES.index):
             cfg = copy.deepcopy(base)
             cfg.loss.type = loss
             cfg.run.seed = int(seed)
             cfg.run.name = run_name(name, loss, seed)
-            if loss == "pce_crf" and two_phase:
+            if loss in REGULARIZERS and two_phase:
                 cfg.loss.init_from = str(Path(cfg.run.results_dir) / run_name(name, "pce", seed) / CHECKPOINT)
                 cfg.optim.epochs = finetune_epochs or base.optim.epochs
             configs.append(cfg.validate())
@@ -140,7 +155,7 @@ def load_runs(results_dir: str | Path) -> list[dict]:
             "resolution": metrics.get("data", {}).get("image_side"),
             "crop_size": cfg.data.crop_size, "loss": cfg.loss.type, "two_phase": cfg.loss.init_from is not None,
             "seed": cfg.run.seed, "miou": metrics["final"]["miou"], "iterations": metrics["final"].get("iteration"),
-            "crf_relative_weight": _relative_weight(cfg),
+            "crf_relative_weight": _relative_weight(cfg), "nc_weight": cfg.loss.nc_weight,
             "pixel_accuracy": metrics["final"]["pixel_accuracy"],
             "per_class_iou": metrics["final"]["per_class_iou"], "evals": metrics["evals"],
             "s_per_iteration": timings.get("median_iteration_s"), "crf_share": timings.get("crf_share"),
@@ -202,6 +217,13 @@ NEUTRAL_SECTIONS = ("wandb",)
 # Settings of the DenseCRF term alone: they tell DenseCRF runs apart and mean nothing to pCE or full runs.
 CRF_SETTINGS = ("loss.crf_relative_weight", "loss.crf_weight", "loss.sigma_rgb", "loss.sigma_xy",
                 "loss.scale_factor", "loss.kernel", "loss.init_from")
+# Settings of the normalized cut term alone, likewise.
+NC_SETTINGS = ("loss.nc_weight", "loss.nc_sigma_rgb", "loss.nc_sigma_xy")
+# What tells one setting of each regularized loss from another (the lattice's scale and kernel, and
+# the two-phase start, apply to every regularizer).
+VARIANT_SETTINGS = {"pce_crf": CRF_SETTINGS,
+                    "pce_nc": NC_SETTINGS + ("loss.scale_factor", "loss.kernel", "loss.init_from"),
+                    "pce_kernelcut": CRF_SETTINGS + NC_SETTINGS}
 
 
 def _flat_settings(config: dict) -> dict:
@@ -220,21 +242,23 @@ def _shared_settings(run: dict, by_dir: dict) -> tuple:
     """The settings a run shares with the pCE and full runs it is compared with. A two-phase
     DenseCRF run is compared with the pCE run it starts from: its settings are that run's."""
     init_from = run["config"]["loss"].get("init_from")
-    if run["loss"] == "pce_crf" and init_from and Path(init_from).parent.name in by_dir:
+    if run["loss"] in REGULARIZERS and init_from and Path(init_from).parent.name in by_dir:
         run = by_dir[Path(init_from).parent.name]
     flat = _flat_settings(run["config"])
-    return tuple(sorted((k, v) for k, v in flat.items() if k not in CRF_SETTINGS))
+    return tuple(sorted((k, v) for k, v in flat.items() if k not in CRF_SETTINGS + NC_SETTINGS))
 
 
-def _crf_variant(run: dict) -> tuple:
-    """What tells one DenseCRF setting from another: its own settings, and for the two-phase schedule
-    its fine-tuning length (the path it starts from differs per seed, so only its presence counts)."""
+def _variant(run: dict) -> tuple:
+    """What tells one setting of a regularized loss from another: its own settings, and for the two-phase
+    schedule its fine-tuning length (the path it starts from differs per seed, so only its presence counts).
+    Beyond DenseCRF the names carry the loss (``pce_nc:loss.nc_weight``): each regularizer has its own."""
     flat = _flat_settings(run["config"])
-    variant = {k: flat.get(k) for k in CRF_SETTINGS}
+    variant = {k: flat.get(k) for k in VARIANT_SETTINGS[run["loss"]]}
     variant["loss.init_from"] = bool(variant["loss.init_from"])
     if variant["loss.init_from"]:
         variant["optim.epochs"], variant["optim.iterations"] = flat["optim.epochs"], flat["optim.iterations"]
-    return tuple(sorted(variant.items()))
+    prefix = "" if run["loss"] == "pce_crf" else f"{run['loss']}:"  # DenseCRF's names as before issue 19
+    return tuple(sorted((prefix + k, v) for k, v in variant.items()))
 
 
 def _differences(keys: list[tuple]) -> list[str]:
@@ -251,31 +275,41 @@ def summarize(runs: list[dict]) -> list[dict]:
 
     Runs are pooled over seeds only when *every* setting that changes what a run learns is the
     same (data, model, crop, schedule, learning rate, ...; not its name, folder or device), so
-    runs of two weights, two epoch counts or two data sets never share a row. Each DenseCRF
-    setting (weight, bandwidths, schedule) gets its own row, beside the pCE and full-supervision
-    runs of the same shared settings; a two-phase DenseCRF run (``loss.init_from``) sits beside
-    the pCE run it was fine-tuned from. ``differs`` names what tells a row from the others of
-    its model, data and crop.
+    runs of two weights, two epoch counts or two data sets never share a row. Each setting of a
+    regularized loss (DenseCRF, normalized cut, KernelCut: weight, bandwidths, schedule) is a
+    variant; a row is one combination of variants (usually one of each), beside the pCE and
+    full-supervision runs of the same shared settings; a two-phase run (``loss.init_from``) sits
+    beside the pCE run it was fine-tuned from. Every loss of :data:`ALL_LOSSES` has its keys (no
+    runs: ``<loss>_seeds`` 0). ``differs`` names what tells a row from the others of its model,
+    data and crop.
     """
     by_dir = {run["run"]: run for run in runs}
     groups: dict[tuple, dict] = {}
     for run in runs:
-        group = groups.setdefault(_shared_settings(run, by_dir), {"pce": [], "full": [], "pce_crf": {}})
-        if run["loss"] == "pce_crf":
-            group["pce_crf"].setdefault(_crf_variant(run), []).append(run)
+        group = groups.setdefault(_shared_settings(run, by_dir),
+                                  {"pce": [], "full": [], **{loss: {} for loss in REGULARIZERS}})
+        if run["loss"] in REGULARIZERS:
+            group[run["loss"]].setdefault(_variant(run), []).append(run)
         else:
             group[run["loss"]].append(run)
     rows, keys = [], []
     for shared, group in groups.items():
-        for variant, crf_runs in (sorted(group["pce_crf"].items(), key=lambda kv: repr(kv[0])) or [((), [])]):
-            members_of = {"pce": group["pce"], "full": group["full"], "pce_crf": crf_runs}
+        choices = [sorted(group[loss].items(), key=lambda kv: repr(kv[0])) or [((), [])] for loss in REGULARIZERS]
+        for combination in itertools.product(*choices):
+            members_of = {"pce": group["pce"], "full": group["full"],
+                          **{loss: members for loss, (_, members) in zip(REGULARIZERS, combination)}}
             first = next(r for members in members_of.values() for r in members)
-            two_phase = dict(variant).get("loss.init_from", False)
+            regularized = [r for loss in REGULARIZERS for r in members_of[loss]]
+            two_phase = any(r["config"]["loss"].get("init_from") for r in regularized)
+            nc_runs = members_of["pce_nc"] or members_of["pce_kernelcut"]
             row = {"model": first["model"], "data": first["data"], "resolution": first["resolution"],
                    "crop_size": first["crop_size"], "schedule": "two-phase" if two_phase else "one-phase",
-                   "crf_relative_weight": crf_runs[0]["crf_relative_weight"] if crf_runs else None,
+                   "crf_relative_weight": members_of["pce_crf"][0]["crf_relative_weight"] if members_of["pce_crf"] else None,
+                   "nc_weight": nc_runs[0].get("nc_weight") if nc_runs else None,  # the table's column
+                   "nc_weights": {loss: members_of[loss][0].get("nc_weight")  # each NC loss's own
+                                  for loss in ("pce_nc", "pce_kernelcut") if members_of[loss]},
                    "iterations": statistics.median(r["iterations"] for m in members_of.values() for r in m)}
-            for loss in LOSSES:
+            for loss in ALL_LOSSES:
                 members = members_of[loss]
                 mean, std = _spread([r["miou"] for r in members])
                 times = [r["s_per_iteration"] for r in members if r["s_per_iteration"] is not None]
@@ -288,15 +322,15 @@ def summarize(runs: list[dict]) -> list[dict]:
                 if loss == "pce_crf":
                     shares = [r["crf_share"] for r in members if r["crf_share"] is not None]
                     row["crf_share"] = statistics.median(shares) if shares else None
-            for loss in ("pce_crf", "full"):
+            for loss in REGULARIZERS + ("full",):
                 base, other = row["pce_miou"], row[f"{loss}_miou"]
                 row[f"{loss}_gain"] = other - base if base is not None and other is not None else None
             rows.append(row)
-            keys.append(shared + variant)
+            keys.append(shared + tuple(pair for variant, _ in combination for pair in variant))
     for label in {(r["model"], r["data"], r["resolution"], r["crop_size"]) for r in rows}:
         members = [i for i, r in enumerate(rows) if (r["model"], r["data"], r["resolution"], r["crop_size"]) == label]
         for i, text in zip(members, _differences([keys[i] for i in members])):
             rows[i]["differs"] = text
     order = lambda r: (str(r["model"]), str(r["data"]), str(r["resolution"]), str(r["crop_size"]), r["schedule"],
-                       r["crf_relative_weight"] or 0.0, r["differs"])
+                       r["crf_relative_weight"] or 0.0, r["nc_weight"] or 0.0, r["differs"])
     return sorted(rows, key=order)

@@ -34,7 +34,7 @@ from ..data.io import DataError, save_figure, write_text_atomic
 from ..infer import Predictor, _resize_input, _resize_logits, load_predictor, network_size, resolve_interpolation
 from ..metrics import ConfusionMatrix, boundary_f_score
 from ..runs import CHECKPOINT, METRICS, check_run_folder
-from .grid import LOSS_LABELS, LOSSES, run_name
+from .grid import ALL_LOSSES, LOSS_LABELS, LOSSES, run_name
 
 __all__ = [
     "DEFAULT_COMBOS",
@@ -94,9 +94,9 @@ def checkpoint_paths(results_dir, study_name: str, losses=LOSSES, seeds=(0,)) ->
     FileNotFoundError names each missing or unfinished run and says to run notebook 02 first.
     """
     losses, seeds = list(losses), list(seeds)
-    unknown = [loss for loss in losses if loss not in LOSSES]
+    unknown = [loss for loss in losses if loss not in ALL_LOSSES]
     if unknown:
-        raise ValueError(f"unknown loss {unknown[0]!r} (choose from {', '.join(LOSSES)})")
+        raise ValueError(f"unknown loss {unknown[0]!r} (choose from {', '.join(ALL_LOSSES)})")
     if not losses or not seeds:
         raise ValueError("need at least one loss and one seed")
     bad_seeds = [s for s in seeds if isinstance(s, bool) or not isinstance(s, (int, np.integer))]
@@ -254,7 +254,7 @@ def _mean_std(values: list[float]) -> tuple[float, float | None]:
 
 def _loss_order(rows: list[dict]) -> list[str]:
     present = {r["loss"] for r in rows}
-    return [loss for loss in LOSSES if loss in present] + sorted(present - set(LOSSES))
+    return [loss for loss in ALL_LOSSES if loss in present] + sorted(present - set(ALL_LOSSES))
 
 
 def _combo_order(rows: list[dict]) -> list[tuple[str, str]]:

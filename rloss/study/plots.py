@@ -42,7 +42,8 @@ def panel_grid(panels: list[tuple[str, torch.Tensor | np.ndarray]], ncols: int =
 
 
 # One colour per loss, in every plot of the training notebooks.
-LOSS_COLOURS = {"pce": "tab:blue", "pce_crf": "tab:orange", "full": "tab:green"}
+LOSS_COLOURS = {"pce": "tab:blue", "pce_crf": "tab:orange", "full": "tab:green", "pce_nc": "tab:purple",
+                "pce_kernelcut": "tab:red"}
 
 
 def plot_grid_curves(runs: list[dict], title: str):

@@ -1,4 +1,5 @@
-"""The study's Table 1 (mIoU of pCE, pCE + DenseCRF and full supervision) and its plots.
+"""The study's Table 1 (mIoU of pCE, pCE + DenseCRF and full supervision) and its plots; runs of the
+regularizers beyond it (pCE + normalized cut, pCE + KernelCut) add their columns where they exist.
 
     runs = select_runs(load_runs("results"), ["smoke40"])     # optional: the runs of these studies
     rows = summarize(runs)                                     # rloss.study: one row per setting
@@ -23,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from ..data.io import atomic_path, save_figure, write_text_atomic  # noqa: F401 (save_figure: the notebooks' call)
-from .grid import (CONVERGED_GAIN, LOSS_LABELS, LOSSES, MIN_EVALS, convergence, gain_along_training, in_studies,
-                    load_runs, summarize)
+from .grid import (ALL_LOSSES, CONVERGED_GAIN, EXTRA_LOSSES, LOSS_LABELS, LOSSES, MIN_EVALS, convergence,
+                    gain_along_training, in_studies, load_runs, summarize)
 
 __all__ = [
     "TABLE_COLUMNS",
@@ -35,9 +36,11 @@ __all__ = [
     "PUBLISHED_SOURCES",
     "select_runs",
     "miou_table",
+    "extra_losses_shown",
     "to_markdown",
     "to_csv",
     "published_markdown",
+    "published_note",
     "conclusions",
     "report_markdown",
     "write_report",
@@ -52,7 +55,13 @@ __all__ = [
 
 TABLE_MD, TABLE_CSV = "miou_table.md", "miou_table.csv"
 
-# The CSV's columns, in order (mIoU in percent, gains in percentage points).
+# The gain column of each loss over pCE (percentage points).
+GAIN_COLUMNS = {"pce_crf": "crf_gain_pp", "full": "full_gain_pp", "pce_nc": "nc_gain_pp",
+                "pce_kernelcut": "kernelcut_gain_pp"}
+
+# The CSV's columns, in order (mIoU in percent, gains in percentage points). The regularizers beyond
+# Table 1 (EXTRA_LOSSES) always have their columns, at the end, empty (seeds 0) where no runs exist:
+# one fixed header for every study, and the Table 1 columns where they always were.
 TABLE_COLUMNS = (
     "network", "data", "resolution_px", "crop_px", "schedule", "crf_relative_weight", "iterations", "differs",
     "pce_miou", "pce_std", "pce_seeds",
@@ -60,7 +69,9 @@ TABLE_COLUMNS = (
     "full_miou", "full_std", "full_seeds",
     "crf_gain_pp", "full_gain_pp",
     "pce_s_per_iteration", "pce_crf_s_per_iteration", "full_s_per_iteration", "crf_share",
-)
+    "nc_weight",
+) + tuple(f"{loss}_{key}" for loss in EXTRA_LOSSES for key in ("miou", "std", "seeds")) \
+  + tuple(GAIN_COLUMNS[loss] for loss in EXTRA_LOSSES) + tuple(f"{loss}_s_per_iteration" for loss in EXTRA_LOSSES)
 
 # --------------------------------------------------------------------------------------------
 # The published figures (never mixed into the measured rows)
@@ -121,20 +132,21 @@ def miou_table(rows: list[dict]) -> list[dict]:
     for row in rows:
         out = {"network": row.get("model"), "data": row.get("data"), "resolution_px": row.get("resolution"),
                "crop_px": row.get("crop_size"), "schedule": row.get("schedule", "one-phase"),
-               "crf_relative_weight": row.get("crf_relative_weight"), "iterations": row.get("iterations"),
-               "differs": row.get("differs") or ""}
-        for loss in LOSSES:
+               "crf_relative_weight": row.get("crf_relative_weight"), "nc_weight": row.get("nc_weight"),
+               "nc_weights": row.get("nc_weights", {}),
+               "iterations": row.get("iterations"), "differs": row.get("differs") or ""}
+        for loss in ALL_LOSSES:
             out[f"{loss}_miou"] = _pct(row.get(f"{loss}_miou"))
             out[f"{loss}_std"] = _pct(row.get(f"{loss}_std"))
             out[f"{loss}_seeds"] = int(row.get(f"{loss}_seeds") or 0)
-        for loss, key in (("pce_crf", "crf_gain_pp"), ("full", "full_gain_pp")):
+        for loss, key in GAIN_COLUMNS.items():
             base, other = out["pce_miou"], out[f"{loss}_miou"]
             out[key] = other - base if base is not None and other is not None else None
-        for loss in LOSSES:
+        for loss in ALL_LOSSES:
             out[f"{loss}_s_per_iteration"] = row.get(f"{loss}_s_per_iteration")
         out["crf_share"] = row.get("crf_share")
-        out["runs"] = {loss: row.get(f"{loss}_runs", []) for loss in LOSSES}
-        out["per_class"] = {loss: row.get(f"{loss}_per_class", {}) for loss in LOSSES}
+        out["runs"] = {loss: row.get(f"{loss}_runs", []) for loss in ALL_LOSSES}
+        out["per_class"] = {loss: row.get(f"{loss}_per_class", {}) for loss in ALL_LOSSES}
         table.append(out)
     return table
 
@@ -155,19 +167,40 @@ _MD_HEADER = ("network", "data", "px", "crop", "DenseCRF weight (x published)", 
               "DenseCRF loss share of + DenseCRF iteration")
 
 
+def extra_losses_shown(table: list[dict]) -> list[str]:
+    """The regularizers beyond Table 1 that some row has runs of: the Markdown table's extra columns."""
+    return [loss for loss in EXTRA_LOSSES if any(r.get(f"{loss}_seeds") for r in table)]
+
+
+def _extra_header(loss: str) -> tuple:
+    name = LOSS_LABELS[loss].removeprefix("pCE + ")
+    return (f"+ {name} mIoU %", f"{name} − pCE (pp)", f"s/it + {name}")
+
+
 def to_markdown(table: list[dict]) -> str:
-    """Our rows as a Markdown table (mean ± std over seeds, n seeds); a line saying so when empty."""
+    """Our rows as a Markdown table (mean ± std over seeds, n seeds); a line saying so when empty.
+    The regularizers beyond Table 1 get their columns (mIoU, gain over pCE, s/it; and the normalized cut
+    weight) only when some row has their runs."""
     if not table:
         return "_No finished runs: nothing measured yet._\n"
-    lines = ["| " + " | ".join(_MD_HEADER) + " |", "|" + "|".join("---" for _ in _MD_HEADER) + "|"]
+    extras = extra_losses_shown(table)
+    header = _MD_HEADER + (("normalized cut weight",) if extras else ()) + tuple(
+        h for loss in extras for h in _extra_header(loss))
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    fine_tuned = " (regularized losses fine-tuned from pCE)" if extras else " (DenseCRF fine-tuned from pCE)"
     for r in table:
-        network = str(r["network"]) + (" (DenseCRF fine-tuned from pCE)" if r["schedule"] == "two-phase" else "")
+        network = str(r["network"]) + (fine_tuned if r["schedule"] == "two-phase" else "")
         cells = [network, str(r["data"]), _fmt(r["resolution_px"], "d"), _fmt(r["crop_px"], "d"),
                  _fmt(r["crf_relative_weight"], ".3g"), _fmt(r["iterations"], ".0f")]
         cells += [_fmt_miou(r[f"{loss}_miou"], r[f"{loss}_std"], r[f"{loss}_seeds"]) for loss in LOSSES]
         cells += [_fmt(r["crf_gain_pp"], "+.1f"), _fmt(r["full_gain_pp"], "+.1f")]
         cells += [_fmt(r[f"{loss}_s_per_iteration"], ".3f") for loss in LOSSES]
         cells.append(_fmt(None if r["crf_share"] is None else 100 * r["crf_share"], ".1f", " %"))
+        if extras:
+            cells.append(_fmt(r["nc_weight"], ".3g"))
+        for loss in extras:
+            cells += [_fmt_miou(r[f"{loss}_miou"], r[f"{loss}_std"], r[f"{loss}_seeds"]),
+                      _fmt(r[GAIN_COLUMNS[loss]], "+.1f"), _fmt(r[f"{loss}_s_per_iteration"], ".3f")]
         if any(row["differs"] for row in table):
             cells.append(r["differs"] or "—")
         lines.append("| " + " | ".join(cells) + " |")
@@ -209,6 +242,16 @@ def published_markdown(title: bool = True) -> str:
     return "\n".join(lines) + "\n"
 
 
+def published_note(table: list[dict]) -> str:
+    """The line under the published table when our table shows regularizers beyond Table 1: the published
+    table has none of their figures (no source verified); empty otherwise."""
+    extras = extra_losses_shown(table)
+    if not extras:
+        return ""
+    return (f"\nNo published figures are shown for {' or '.join(LOSS_LABELS[loss] for loss in extras)}: "
+            "no source for them has been verified.\n")
+
+
 # --------------------------------------------------------------------------------------------
 # Conclusions computed from the numbers
 # --------------------------------------------------------------------------------------------
@@ -247,13 +290,28 @@ def regression(r: dict, loss: str = "pce_crf") -> str | None:
     if pce - other <= bound:
         return None
     collapsed = _collapsed_classes(r, loss)
-    weight = f" (now {r['crf_relative_weight']:.3g}x the published balance)" if r.get("crf_relative_weight") else ""
     cause = ("predictions collapse to few classes: " + ", ".join(collapsed)) if collapsed else \
         "predictions may collapse to few classes: check the per-class IoU"
     return (f"REGRESSION: {LOSS_LABELS[loss]} is {pce - other:.1f} pp below pCE, more than the seed spread "
-            f"({bound:.1f} pp). Likely cause: a weight too high for this data; {cause}. Fix: lower "
-            f"loss.crf_relative_weight{weight}, or choose it on a held-out share of train with "
-            f"`python -m rloss sweep-weight`.")
+            f"({bound:.1f} pp). Likely cause: a weight too high for this data; {cause}. Fix: "
+            f"{_weight_fix(r, loss)}.")
+
+
+def _weight_fix(r: dict, loss: str) -> str:
+    """Which weight to lower for ``loss``'s regularizer, and the sweep that chooses it on held-out train."""
+    crf = f" (now {r['crf_relative_weight']:.3g}x the published balance)" if r.get("crf_relative_weight") else ""
+    weight = r.get("nc_weights", {}).get(loss)
+    nc = f" (now {weight:.3g})" if weight is not None else ""
+    crf_fix = f"loss.crf_relative_weight{crf}"
+    nc_fix = f"loss.nc_weight{nc}"
+    sweep = "`python -m rloss sweep-weight`"
+    nc_sweep = f"`python -m rloss sweep-weight --key loss.nc_weight --set loss.type={loss}`"
+    if loss == "pce_nc":
+        return f"lower {nc_fix}, or choose it on a held-out share of train with {nc_sweep}"
+    if loss == "pce_kernelcut":
+        return (f"lower {crf_fix} or {nc_fix}, or choose them on a held-out share of train with "
+                f"{sweep} and {nc_sweep}")
+    return f"lower {crf_fix}, or choose it on a held-out share of train with {sweep}"
 
 
 def convergence_note(r: dict, runs: list[dict]) -> str:
@@ -279,7 +337,8 @@ def convergence_note(r: dict, runs: list[dict]) -> str:
 def conclusions(table: list[dict], runs: list[dict] | None = None) -> list[str]:
     """One sentence per row, computed from its numbers: does pCE < pCE + DenseCRF <= full hold, does
     the DenseCRF gain exceed the seed spread (the larger standard deviation of the two), is it a
-    regression (see :func:`regression`), and (with ``runs``) did every run converge?"""
+    regression (see :func:`regression`), and (with ``runs``) did every run converge? Each regularizer beyond
+    Table 1 with runs in the row adds a sentence: its gain over pCE against the seed spread, and its flag."""
     if not table:
         return ["No finished runs: there is nothing to conclude yet."]
     lines = []
@@ -287,9 +346,11 @@ def conclusions(table: list[dict], runs: list[dict] | None = None) -> list[str]:
         pce, crf, full = r["pce_miou"], r["pce_crf_miou"], r["full_miou"]
         converged = convergence_note(r, runs) if runs is not None else ""
         converged = f" Convergence: {converged}." if converged else ""
+        # The other regularizers' sentences, then whether the runs converged, end each row's line.
+        tail = "".join(_extra_conclusion(r, loss) for loss in EXTRA_LOSSES) + converged
         if pce is None or crf is None:
             missing = " and ".join(LOSS_LABELS[k] for k, v in (("pce", pce), ("pce_crf", crf)) if v is None)
-            lines.append(f"{_setting(r)}: no {missing} runs, so the DenseCRF gain cannot be measured.{converged}")
+            lines.append(f"{_setting(r)}: no {missing} runs, so the DenseCRF gain cannot be measured.{tail}")
             continue
         gain = crf - pce
         if full is None:
@@ -310,8 +371,27 @@ def conclusions(table: list[dict], runs: list[dict] | None = None) -> list[str]:
         timing = f"; the DenseCRF loss takes {100 * share:.0f}% of an iteration" if share is not None else ""
         flagged = regression(r)
         flagged = f" {flagged}" if flagged else ""
-        lines.append(f"{_setting(r)}: {order}; {spread}{timing}.{flagged}{converged}")
+        lines.append(f"{_setting(r)}: {order}; {spread}{timing}.{flagged}{tail}")
     return lines
+
+
+def _extra_conclusion(r: dict, loss: str) -> str:
+    """A sentence for a regularizer beyond Table 1 in this row: its gain over pCE against the seed spread,
+    and its REGRESSION flag; nothing when the row has no runs of it."""
+    pce, other = r["pce_miou"], r[f"{loss}_miou"]
+    label = LOSS_LABELS[loss]
+    if other is None:
+        return ""
+    if pce is None:
+        return f" {label}: {other:.1f} with no pCE runs beside it, so its gain cannot be measured."
+    gain = other - pce
+    stds = [s for s in (r["pce_std"], r[f"{loss}_std"]) if s is not None]
+    if len(stds) < 2:
+        spread = "the seed spread is unknown with one seed"
+    else:
+        spread = f"{'exceeds' if abs(gain) > max(stds) else 'does not exceed'} the seed spread ({max(stds):.1f} pp)"
+    flagged = regression(r, loss)
+    return f" {label}: {gain:+.1f} pp over pCE ({pce:.1f} vs {other:.1f}); {spread}." + (f" {flagged}" if flagged else "")
 
 
 def report_markdown(table: list[dict], title: str = "mIoU: pCE, pCE + DenseCRF loss, full supervision",
@@ -323,7 +403,7 @@ def report_markdown(table: list[dict], title: str = "mIoU: pCE, pCE + DenseCRF l
              "gains in percentage points; s/it = median seconds per training iteration.", "",
              to_markdown(table), "### Conclusions", ""]
     parts += [f"- {line}" for line in conclusions(table, runs)]
-    parts += ["", "## " + PUBLISHED_TITLE, "", published_markdown(title=False)]
+    parts += ["", "## " + PUBLISHED_TITLE, "", published_markdown(title=False) + published_note(table)]
     return "\n".join(parts)
 
 
@@ -375,7 +455,7 @@ def plot_learning_curves(runs: list[dict]):
 
     if not runs:
         return _empty("no runs to plot")
-    losses = [loss for loss in LOSSES if any(r["loss"] == loss for r in runs)]
+    losses = [loss for loss in ALL_LOSSES if any(r["loss"] == loss for r in runs)]
     fig, axes = _figure(4.2 * len(losses), 3.4, ncols=len(losses), sharey=True)
     for ax, loss in zip(axes[0], losses):
         for run in sorted((r for r in runs if r["loss"] == loss), key=lambda r: r["run"]):
@@ -402,7 +482,7 @@ def plot_per_class_iou(runs: list[dict]):
     for ax, key in zip(axes[:, 0], settings):
         members = [r for r in runs if _setting_key(r) == key]
         classes = list(dict.fromkeys(c for r in members for c in r["per_class_iou"]))
-        losses = [loss for loss in LOSSES if any(r["loss"] == loss for r in members)]
+        losses = [loss for loss in ALL_LOSSES if any(r["loss"] == loss for r in members)]
         width = 0.8 / max(len(losses), 1)
         for i, loss in enumerate(losses):
             means, stds = [], []
