@@ -62,6 +62,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parallel_runs(text: str) -> int | str:
+    """``--parallel-runs``: ``auto`` or a whole number (checked by ``run_pool.resolve_processes``)."""
+    return text if text == "auto" else int(text) if text.isdigit() else text
+
+
 def _cmd_sweep_weight(args: argparse.Namespace) -> int:
     from .config import load_config
     from .sweep import sweep_crf_weight
@@ -71,7 +76,7 @@ def _cmd_sweep_weight(args: argparse.Namespace) -> int:
     extra = {"weights": weights} if weights else {}
     budget = args.time_budget * 60 if args.time_budget else None
     result = sweep_crf_weight(base, args.name, holdout_fraction=args.holdout, rerun=args.rerun, time_budget_s=budget,
-                              **extra, **({"key": args.key} if args.key else {}))
+                              parallel_runs=args.parallel_runs, **extra, **({"key": args.key} if args.key else {}))
     if result["key"] == "loss.crf_relative_weight":
         print(f"best relative DenseCRF weight: {result['best']:g} (absolute {result['best_absolute']:.3g}); "
               f"use loss.crf_relative_weight={result['best']:g}")
@@ -266,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--holdout", type=float, default=0.2, help="share of the train split held out to score on")
     sweep.add_argument("--time-budget", type=float, metavar="MIN", help="start no run that would end after this")
     sweep.add_argument("--rerun", action="store_true", help="train finished runs again")
+    sweep.add_argument("--parallel-runs", default="auto", type=_parallel_runs, metavar="N",
+                       help="runs trained at once, one process each (default auto: one per CPU core as memory "
+                            "allows, one on a GPU)")
     sweep.set_defaults(run=_cmd_sweep_weight)
 
     study = commands.add_parser("study", help="run the study's notebooks in order with papermill")

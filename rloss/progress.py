@@ -58,7 +58,7 @@ class _ReportingBar(tqdm):
 
     def _report(self) -> None:
         self._reported_at = time.monotonic()
-        _report({"event": "iterations", "name": self.desc, "n": self.n, "total": self.total,
+        _report({"event": "iterations", "name": self.desc, "n": self.n, "total": self.total, "unit": self.unit,
                  "initial": self.initial, "elapsed": round(self.format_dict["elapsed"], 3)})
 
     def update(self, n=1):
@@ -197,7 +197,8 @@ class StudyDisplay:
                 desc = f"{self.prefix} {name}"
             if self._bar is None or self._bar.desc != desc:
                 # a resumed run starts part-way: its rate and time left count this session's iterations
-                self._new_bar(total=event["total"], desc=desc, unit="it", initial=event.get("initial", event["n"]))
+                self._new_bar(total=event["total"], desc=desc, unit=event.get("unit", "it"),
+                              initial=event.get("initial", event["n"]))
             self._bar.total = event["total"]
             # the kernel's clock (tqdm's is time.time): events arrive in batches, twice a second
             self._bar.start_t = time.time() - event.get("elapsed", 0.0)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from .config import CRF_LOSS_TYPES, NC_LOSS_TYPES, LossConfig, TrainConfig
 from .data.io import save_figure, write_text_atomic
+from .run_pool import resolve_processes
 from .runs import train_runs
 
 DEFAULT_WEIGHTS = (0.0, 0.25, 1.0, 4.0, 16.0)  # relative; x4 steps around the published balance
@@ -85,32 +86,37 @@ def sweep_configs(base: TrainConfig, name: str, weights=None,
 
 def sweep_crf_weight(base: TrainConfig, name: str, weights=None, holdout_fraction: float = DEFAULT_HOLDOUT,
                      rerun: bool = False, time_budget_s: float | None = None, plot: bool = True,
-                     key: str = DEFAULT_KEY) -> dict:
-    """Trains the sweep's runs (in order of weight) and writes and returns the result.
+                     key: str = DEFAULT_KEY, parallel_runs: int | str = "auto") -> dict:
+    """Trains the sweep's runs (in order of weight, ``parallel_runs`` at once: see
+    ``rloss.run_pool``) and writes and returns the result.
 
-    With ``time_budget_s``, no new run starts once the time spent plus the longest run so
-    far would exceed it; the choice is then made among the finished weights (``complete``
-    is false in the result).
+    With ``time_budget_s``, no new group of runs starts once the time spent plus the longest
+    group so far would exceed it; the choice is then made among the finished weights
+    (``complete`` is false in the result).
     """
     configs = sweep_configs(base, name, weights, holdout_fraction, key)
+    processes = resolve_processes(parallel_runs, base.run.device, len(configs))
     started, longest, points = time.monotonic(), 0.0, []
-    for i, cfg in enumerate(configs):
+    for first in range(0, len(configs), processes):
         spent = time.monotonic() - started
         if time_budget_s is not None and points and spent + longest > time_budget_s:
             print(f"sweep {name}: time budget of {time_budget_s:.0f} s reached after {len(points)} of "
                   f"{len(configs)} weights", file=sys.stderr)
             break
-        weight = cfg.loss.crf_relative_weight if key == DEFAULT_KEY else cfg.loss.nc_weight
-        print(f"sweep {name}: {key} {weight:g} ({i + 1}/{len(configs)})", file=sys.stderr)
+        group = configs[first:first + processes]
+        weights_now = ", ".join(f"{_swept(cfg, key):g}" for cfg in group)
+        print(f"sweep {name}: {key} {weights_now} ({first + len(group)}/{len(configs)})", file=sys.stderr)
         t0 = time.monotonic()
-        final = train_runs([cfg], rerun=rerun)[0]
+        finals = train_runs(group, rerun=rerun, parallel_runs=len(group))
         longest = max(longest, time.monotonic() - t0)
-        if key == DEFAULT_KEY:  # relative to the published balance; the loss got the absolute one
-            absolute = cfg.absolute_crf_weight() if cfg.loss.type in CRF_LOSS_TYPES else 0.0
-        else:  # the normalized cut weight is the loss's own (no size normalisation)
-            absolute = weight
-        points.append({"weight": weight, "relative_weight": weight, "absolute_weight": absolute,
-                       "loss_type": cfg.loss.type, "heldout_miou": final["miou"], "run": cfg.run.name})
+        for cfg, final in zip(group, finals):
+            weight = _swept(cfg, key)
+            if key == DEFAULT_KEY:  # relative to the published balance; the loss got the absolute one
+                absolute = cfg.absolute_crf_weight() if cfg.loss.type in CRF_LOSS_TYPES else 0.0
+            else:  # the normalized cut weight is the loss's own (no size normalisation)
+                absolute = weight
+            points.append({"weight": weight, "relative_weight": weight, "absolute_weight": absolute,
+                           "loss_type": cfg.loss.type, "heldout_miou": final["miou"], "run": cfg.run.name})
     best = max(points, key=lambda p: (p["heldout_miou"], -p["weight"]))  # a tie goes to the smaller weight
     result = {
         "name": name, "key": key, "loss_type": base.loss.type,
@@ -127,6 +133,10 @@ def sweep_crf_weight(base: TrainConfig, name: str, weights=None, holdout_fractio
     print(f"sweep {name}: best {key} {result['best']:g} (held-out mIoU {best['heldout_miou']:.4f}); "
           f"written to {path}", file=sys.stderr)
     return result
+
+
+def _swept(cfg: TrainConfig, key: str) -> float:
+    return cfg.loss.crf_relative_weight if key == DEFAULT_KEY else cfg.loss.nc_weight
 
 
 def read_sweep(results_dir: str | Path, name: str) -> dict:

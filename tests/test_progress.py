@@ -34,8 +34,8 @@ def test_a_bar_reports_its_count_a_few_times_a_second_and_its_end(tmp_path, monk
     events = _events(channel)
     for event in events:
         assert 0 <= event.pop("elapsed") < 5
-    assert events[0] == {"event": "iterations", "name": "small_pce_seed0", "n": 0, "total": 50, "initial": 0}
-    assert events[-1] == {"event": "iterations", "name": "small_pce_seed0", "n": 50, "total": 50, "initial": 0}
+    assert events[0] == {"event": "iterations", "name": "small_pce_seed0", "n": 0, "total": 50, "unit": "it", "initial": 0}
+    assert events[-1] == {"event": "iterations", "name": "small_pce_seed0", "n": 50, "total": 50, "unit": "it", "initial": 0}
     assert len(events) <= 4
 
     channel.unlink()
@@ -149,7 +149,7 @@ def test_make_study_shows_each_run_its_iterations_and_no_kernel_warning(tmp_path
     if parallel_runs == 2:
         shown = [line for line in lines if line.startswith("[2/2] 02_train_40px runs finished (2 at once):")]
         assert shown, err[-3000:]
-        assert re.search(r"100%\|█+\| 3/3 \[[\d:]+<00:00, ", shown[-1]), shown[-1]
+        assert re.search(r"100%\|█+\| 3/3 \[[\d:]+<00:00, +[\d.]+(run/s|s/run), ", shown[-1]), shown[-1]
     assert re.search(r"\[1/2\] 01_data_prep: 100%\|█+\| cell (\d+)/\1 ", err)
     assert re.search(r"02_train_40px\.ipynb done in \d+:\d\d \(study \d+:\d\d\)", err)
     assert "without encryption" not in err and "WARNING" not in err

@@ -48,6 +48,24 @@ def test_sweep_scores_on_held_out_train_images_and_never_reads_val(tmp_path):
     assert crf_run["crf_weight"] == pytest.approx(result["points"][1]["absolute_weight"])
 
 
+def test_sweep_trains_its_runs_in_groups_and_stops_at_the_time_budget(tmp_path):
+    """Two runs at once: a budget spent by the first group stops the sweep after it, with the
+    choice made among its two weights."""
+    from rloss.data.synthetic import generate_synthetic
+
+    root = tmp_path / "data"
+    generate_synthetic(root, size=32, n_train=10, n_val=4, seed=0, progress=False)
+    base = load_config(None, [
+        f"data.root={root}", "data.crop_size=32", "data.batch_size=4", "optim.epochs=1", "loss.kernel=exact",
+        f"run.results_dir={tmp_path / 'results'}", "run.device=cpu", "run.eval_every_epochs=1",
+    ])
+    result = sweep_crf_weight(base, "t", weights=[0.0, 1.0, 4.0], holdout_fraction=0.3, plot=False,
+                              time_budget_s=0.0, parallel_runs=2)
+    assert [p["relative_weight"] for p in result["points"]] == [0.0, 1.0] and not result["complete"]
+    assert result["best"] in (0.0, 1.0)
+    assert not (tmp_path / "results" / "t_sweep_w4").exists()
+
+
 def test_read_sweep_says_how_to_make_a_missing_result(tmp_path):
     with pytest.raises(ValueError, match="sweep-weight --name mine"):
         read_sweep(tmp_path, "mine")
