@@ -64,6 +64,11 @@ def teardown(ctx: DistContext) -> None:
         dist.destroy_process_group()
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def cpu_threads(ctx: DistContext, requested: int | None) -> int | None:
     """Threads for torch and the lattice's OpenMP pool in this process.
 
@@ -75,8 +80,7 @@ def cpu_threads(ctx: DistContext, requested: int | None) -> int | None:
         return requested
     if not ctx.enabled:
         return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // ctx.local_world_size)
+    return max(1, usable_cores() // ctx.local_world_size)
 
 
 def all_reduce_sum(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:

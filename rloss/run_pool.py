@@ -3,9 +3,10 @@
 A small network on small images keeps two threads of one process busy only part of the time
 (per-operation overhead, the single-threaded data pipeline), so on a CPU two runs with one
 thread each train more iterations per second than one run with two (benchmarks/README.md,
-"Runs in parallel"). Each run is a spawned process (nothing shared with a notebook kernel) with
-the cores divided among the processes; a run's checkpoint, resume and metrics are those of the
-run trained alone. On a GPU the runs would share one device, so ``auto`` trains one at a time.
+"Two speed-ups for small runs on a CPU"). Each run is a spawned process (nothing shared with a
+notebook kernel) with the cores divided among the processes; a run's checkpoint, resume and
+metrics are those of the run trained alone. On a GPU the runs would share one device, so
+``auto`` trains one at a time.
 
     finals = train_in_parallel([(cfg_a, False), (cfg_b, True)], processes=2)
 """
@@ -21,15 +22,12 @@ from typing import Callable
 import torch
 
 from .config import TrainConfig
+from .distributed import usable_cores
 from .progress import PROGRESS_ENV
 
 # Room left per run before ``auto`` adds another: a tiny run peaks near 0.4 GiB, a 513 px one far
 # above; ``auto`` is for the small runs a CPU can train, larger ones are best given one at a time.
 MEMORY_PER_RUN = 2 << 30
-
-
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def available_memory() -> int | None:

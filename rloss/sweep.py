@@ -13,9 +13,10 @@ weight), else the term's own type (``pce_crf``, ``pce_nc``).
 Each weight (relative to the paper's balance, ``rloss/crf_weight.py``) trains one run
 of ``base``'s schedule on the train split minus a held-out share of it, and is scored
 by mIoU on that held-out share (``data.holdout_fraction``): the val split is never
-read, so val stays a fair test of the chosen weight. Runs are
-``<name>_sweep_w<weight>`` (``<name>_sweep_nc_w<weight>`` for ``loss.nc_weight``) in ``base``'s results folder; finished ones are skipped,
-so a sweep interrupted or extended with more weights only trains what is missing.
+read, so val stays a fair test of the chosen weight. Runs are ``<name>_sweep_w<weight>``
+(``<name>_sweep_nc_w<weight>`` for ``loss.nc_weight``) in ``base``'s results folder, trained
+``parallel_runs`` at once; finished ones are skipped, so a sweep interrupted or extended with
+more weights only trains what is missing.
 The result goes to ``<results>/<name>_weight_sweep.json`` (what the study's
 notebooks read with ``crf_relative_weight = "sweep"``) and a plot beside it.
 """
