@@ -33,14 +33,17 @@ from ..data.folder import SegmentationFolder
 from ..data.io import DataError, save_figure, write_text_atomic
 from ..infer import Predictor, _resize_input, _resize_logits, load_predictor, network_size, resolve_interpolation
 from ..metrics import ConfusionMatrix, boundary_f_score
+from ..config import DEVICES
 from ..runs import CHECKPOINT, METRICS, check_run_folder
 from .grid import ALL_LOSSES, LOSS_LABELS, LOSSES, run_name
+from .parameters import check_choice, check_distinct_list, check_integer, check_study_name
 
 __all__ = [
     "DEFAULT_COMBOS",
     "ROW_FIELDS",
     "evaluate_interpolations",
     "checkpoint_paths",
+    "check_parameters",
     "check_classes",
     "evaluate_runs",
     "summarize",
@@ -87,21 +90,18 @@ DEFAULT_COMBOS = (
 # --------------------------------------------------------------------------------------------
 
 
+def _check_runs_wanted(losses, seeds) -> tuple[list[str], list[int]]:
+    """The losses (of the study's, grid.ALL_LOSSES) and seeds naming the runs: distinct, non-empty."""
+    return check_distinct_list("losses", losses, ALL_LOSSES, item="loss"), check_distinct_list("seeds", seeds)
+
+
 def checkpoint_paths(results_dir, study_name: str, losses=LOSSES, seeds=(0,)) -> dict[tuple[str, int], Path]:
     """``{(loss, seed): results_dir/<study_name>_<loss>_seed<seed>/checkpoint.pt}``.
 
     Every run must be finished (its checkpoint and final metrics written); otherwise one
     FileNotFoundError names each missing or unfinished run and says to run notebook 02 first.
     """
-    losses, seeds = list(losses), list(seeds)
-    unknown = [loss for loss in losses if loss not in ALL_LOSSES]
-    if unknown:
-        raise ValueError(f"unknown loss {unknown[0]!r} (choose from {', '.join(ALL_LOSSES)})")
-    if not losses or not seeds:
-        raise ValueError("need at least one loss and one seed")
-    bad_seeds = [s for s in seeds if isinstance(s, bool) or not isinstance(s, (int, np.integer))]
-    if bad_seeds:
-        raise ValueError(f"seeds must be integers, got {bad_seeds[0]!r}")
+    losses, seeds = _check_runs_wanted(losses, seeds)
     paths, missing, unfinished, mixed = {}, [], [], []
     for loss in losses:
         for seed in seeds:
@@ -134,6 +134,22 @@ def checkpoint_paths(results_dir, study_name: str, losses=LOSSES, seeds=(0,)) ->
             f"{'; '.join(parts)}. Run notebook 02 first: it trains the runs {study_name}_<loss>_seed<seed> "
             f"for losses {losses} and seeds {seeds} into {results_dir}.")
     return paths
+
+
+def check_parameters(data_root, results_dir, study_name: str, losses, seeds, device: str = "auto",
+                     split: str = "val", examples: int = 4, cpu_threads: int = 1) -> tuple[Path, Path]:
+    """Notebook 04's parameters checked (one ValueError line naming the first at fault; a data set
+    without the split: FileNotFoundError); returns ``data_root`` and ``results_dir`` as paths."""
+    check_choice("device", device, DEVICES)
+    _check_runs_wanted(losses, seeds)
+    check_integer("examples", examples, 0)
+    check_integer("cpu_threads", cpu_threads, 0)  # 0: torch's default
+    check_study_name("study_name", study_name)
+    data_root = Path(data_root)
+    if not (data_root / "ImageSets" / "Segmentation" / f"{split}.txt").is_file():
+        raise FileNotFoundError(f"{data_root}: no split {split!r} (ImageSets/Segmentation/{split}.txt); "
+                                "run notebook 01 first, or set data_root to a data set in the VOC layout")
+    return data_root, Path(results_dir)
 
 
 def check_classes(predictor: Predictor, data_root, split: str = "val") -> SegmentationFolder:

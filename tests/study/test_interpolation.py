@@ -6,6 +6,7 @@ import io
 import json
 import math
 import shutil
+from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -13,9 +14,11 @@ import pytest
 
 matplotlib.use("Agg")
 
+from rloss.study.grid import ALL_LOSSES  # noqa: E402
 from rloss.study.interpolation import (  # noqa: E402
     ROW_FIELDS,
     check_classes,
+    check_parameters,
     checkpoint_paths,
     conclusions,
     evaluate_runs,
@@ -200,6 +203,66 @@ def test_missing_or_unfinished_runs_are_one_clear_error(tmp_path):
     assert checkpoint_paths(tmp_path, "small", ["pce"], [0]) == {("pce", 0): tmp_path / "small_pce_seed0" / "checkpoint.pt"}
     with pytest.raises(ValueError, match="unknown loss"):
         checkpoint_paths(tmp_path, "small", ["crf"], [0])
+
+
+def notebook_04_parameters(data_root, results_dir, **changes) -> dict:
+    """The parameters of check_parameters from notebook 04's own parameters cell, folders replaced."""
+    cells = json.loads((Path(__file__).resolve().parents[2] / "notebooks" / "04_bicubic_vs_bilinear.ipynb")
+                       .read_text())["cells"]
+    namespace = {}
+    exec(next("".join(c["source"]) for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])),
+         namespace)
+    names = ("study_name", "losses", "seeds", "device", "split", "examples", "cpu_threads")
+    return {"data_root": data_root, "results_dir": results_dir, **{k: namespace[k] for k in names}, **changes}
+
+
+@pytest.fixture
+def split_root(tmp_path):
+    (tmp_path / "data" / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (tmp_path / "data" / "ImageSets" / "Segmentation" / "val.txt").write_text("a\n")
+    return tmp_path / "data"
+
+
+def test_the_notebook_defaults_pass_and_give_the_folders_as_paths(split_root, tmp_path):
+    assert check_parameters(**notebook_04_parameters(str(split_root), str(tmp_path / "r"))) == (split_root, tmp_path / "r")
+    every_loss = notebook_04_parameters(split_root, tmp_path, losses=list(ALL_LOSSES), seeds=(3, 1), device="cuda",
+                                        examples=0, cpu_threads=0, study_name="a_b")
+    assert check_parameters(**every_loss) == (split_root, tmp_path)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"device": "gpu"}, "device must be one of auto, cpu, cuda; got 'gpu'"),
+    ({"losses": []}, "losses must be a non-empty list of distinct values from pce, pce_crf, full, pce_nc, pce_kernelcut; got []"),
+    ({"losses": "pce"}, "losses must be a non-empty list of distinct values from pce, pce_crf, full, pce_nc, pce_kernelcut; got 'pce'"),
+    ({"losses": ["pce", "pce"]}, "losses must be a non-empty list of distinct values from pce, pce_crf, full, pce_nc, pce_kernelcut; got ['pce', 'pce']"),
+    ({"losses": ["pce", "crf"]}, "losses: unknown loss 'crf' (choose from pce, pce_crf, full, pce_nc, pce_kernelcut)"),
+    ({"seeds": []}, "seeds must be a non-empty list of distinct integers >= 0; got []"),
+    ({"seeds": 0}, "seeds must be a non-empty list of distinct integers >= 0; got 0"),
+    ({"seeds": [0, 0]}, "seeds must be a non-empty list of distinct integers >= 0; got [0, 0]"),
+    ({"seeds": [0, "1"]}, "seeds[1] must be an integer >= 0; got '1'"),
+    ({"seeds": [True]}, "seeds[0] must be an integer >= 0; got True"),
+    ({"seeds": [-1]}, "seeds[0] must be an integer >= 0; got -1"),
+    ({"examples": -1}, "examples must be an integer >= 0; got -1"),
+    ({"examples": 2.0}, "examples must be an integer >= 0; got 2.0"),
+    ({"cpu_threads": None}, "cpu_threads must be an integer >= 0; got None"),
+    ({"study_name": ""}, "study_name must be a run-name prefix such as 'small' (a plain folder name); got ''"),
+    ({"study_name": "a/b"}, "study_name must be a run-name prefix such as 'small' (a plain folder name); got 'a/b'"),
+    ({"study_name": ".."}, "study_name must be a run-name prefix such as 'small' (a plain folder name); got '..'"),
+    ({"study_name": 4}, "study_name must be a run-name prefix such as 'small' (a plain folder name); got 4"),
+])
+def test_each_bad_parameter_is_one_line_naming_it(split_root, tmp_path, changes, message):
+    with pytest.raises(ValueError) as info:
+        check_parameters(**notebook_04_parameters(split_root, tmp_path, **changes))
+    assert str(info.value) == message
+
+
+def test_a_data_root_without_the_split_says_to_run_notebook_01(split_root, tmp_path):
+    for data_root, split in ((tmp_path / "nowhere", "val"), (split_root, "test")):
+        with pytest.raises(FileNotFoundError) as info:
+            check_parameters(**notebook_04_parameters(data_root, tmp_path, split=split))
+        assert str(info.value) == (f"{data_root}: no split {split!r} (ImageSets/Segmentation/{split}.txt); run notebook "
+                                   "01 first, or set data_root to a data set in the VOC layout")
+    assert not (tmp_path / "nowhere").exists()
 
 
 # --------------------------------------------------------------------------------------------
