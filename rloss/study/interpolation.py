@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import DEVICES
 from ..data.folder import SegmentationFolder
 from ..data.io import DataError, save_figure, write_text_atomic
 from ..infer import Predictor, _resize_input, _resize_logits, load_predictor, network_size, resolve_interpolation
 from ..metrics import ConfusionMatrix, boundary_f_score
-from ..config import DEVICES
 from ..runs import CHECKPOINT, METRICS, check_run_folder
 from .grid import ALL_LOSSES, LOSS_LABELS, LOSSES, run_name
 from .parameters import check_choice, check_distinct_list, check_integer, check_study_name

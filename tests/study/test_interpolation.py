@@ -6,7 +6,6 @@ import io
 import json
 import math
 import shutil
-from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -205,15 +204,13 @@ def test_missing_or_unfinished_runs_are_one_clear_error(tmp_path):
         checkpoint_paths(tmp_path, "small", ["crf"], [0])
 
 
-def notebook_04_parameters(data_root, results_dir, **changes) -> dict:
-    """The parameters of check_parameters from notebook 04's own parameters cell, folders replaced."""
-    cells = json.loads((Path(__file__).resolve().parents[2] / "notebooks" / "04_bicubic_vs_bilinear.ipynb")
-                       .read_text())["cells"]
-    namespace = {}
-    exec(next("".join(c["source"]) for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])),
-         namespace)
+@pytest.fixture
+def parameters(notebook_parameters):
+    """Notebook 04's defaults for check_parameters, its folders given, with ``changes``."""
     names = ("study_name", "losses", "seeds", "device", "split", "examples", "cpu_threads")
-    return {"data_root": data_root, "results_dir": results_dir, **{k: namespace[k] for k in names}, **changes}
+    defaults = notebook_parameters("04_bicubic_vs_bilinear", names)
+    return lambda data_root, results_dir, **changes: {"data_root": data_root, "results_dir": results_dir,
+                                                      **defaults, **changes}
 
 
 @pytest.fixture
@@ -223,9 +220,9 @@ def split_root(tmp_path):
     return tmp_path / "data"
 
 
-def test_the_notebook_defaults_pass_and_give_the_folders_as_paths(split_root, tmp_path):
-    assert check_parameters(**notebook_04_parameters(str(split_root), str(tmp_path / "r"))) == (split_root, tmp_path / "r")
-    every_loss = notebook_04_parameters(split_root, tmp_path, losses=list(ALL_LOSSES), seeds=(3, 1), device="cuda",
+def test_the_notebook_defaults_pass_and_give_the_folders_as_paths(parameters, split_root, tmp_path):
+    assert check_parameters(**parameters(str(split_root), str(tmp_path / "r"))) == (split_root, tmp_path / "r")
+    every_loss = parameters(split_root, tmp_path, losses=list(ALL_LOSSES), seeds=(3, 1), device="cuda",
                                         examples=0, cpu_threads=0, study_name="a_b")
     assert check_parameters(**every_loss) == (split_root, tmp_path)
 
@@ -250,16 +247,16 @@ def test_the_notebook_defaults_pass_and_give_the_folders_as_paths(split_root, tm
     ({"study_name": ".."}, "study_name must be a run-name prefix such as 'small' (a plain folder name); got '..'"),
     ({"study_name": 4}, "study_name must be a run-name prefix such as 'small' (a plain folder name); got 4"),
 ])
-def test_each_bad_parameter_is_one_line_naming_it(split_root, tmp_path, changes, message):
+def test_each_bad_parameter_is_one_line_naming_it(parameters, split_root, tmp_path, changes, message):
     with pytest.raises(ValueError) as info:
-        check_parameters(**notebook_04_parameters(split_root, tmp_path, **changes))
+        check_parameters(**parameters(split_root, tmp_path, **changes))
     assert str(info.value) == message
 
 
-def test_a_data_root_without_the_split_says_to_run_notebook_01(split_root, tmp_path):
+def test_a_data_root_without_the_split_says_to_run_notebook_01(parameters, split_root, tmp_path):
     for data_root, split in ((tmp_path / "nowhere", "val"), (split_root, "test")):
         with pytest.raises(FileNotFoundError) as info:
-            check_parameters(**notebook_04_parameters(data_root, tmp_path, split=split))
+            check_parameters(**parameters(data_root, tmp_path, split=split))
         assert str(info.value) == (f"{data_root}: no split {split!r} (ImageSets/Segmentation/{split}.txt); run notebook "
                                    "01 first, or set data_root to a data set in the VOC layout")
     assert not (tmp_path / "nowhere").exists()

@@ -1,9 +1,7 @@
 """Notebook 00's steps: its parameters (the defaults pass, each bad value is one line naming it), the
 lattice's fit to a dense Gaussian computed here, and the descent of the loss."""
 
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,25 +10,17 @@ from rloss import DenseCRFLoss
 from rloss.filtering import KERNELS, bilateral_features, permutohedral_filter
 from rloss.study.loss_demo import PHOTOS, check_demo_parameters, descend, fit_scale, lattice_against_exact
 
-NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "00_environment_and_loss.ipynb"
+DEMO_PARAMETERS = ("photo", "photo_size", "sigma_rgb", "sigma_xy", "kernel", "num_classes", "descent_steps")
 
 
-def notebook_defaults() -> dict:
-    """The notebook's own parameters cell, executed."""
-    cells = json.loads(NOTEBOOK.read_text())["cells"]
-    source = next("".join(c["source"]) for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
-    namespace = {}
-    exec(source, namespace)
-    return {k: v for k, v in namespace.items() if not k.startswith("__")}
+@pytest.fixture
+def demo(notebook_parameters):
+    """The notebook's defaults, with ``changes``."""
+    defaults = notebook_parameters("00_environment_and_loss", DEMO_PARAMETERS)
+    return lambda **changes: {**defaults, **changes}
 
 
-def demo(**changes) -> dict:
-    defaults = notebook_defaults()
-    names = ("photo", "photo_size", "sigma_rgb", "sigma_xy", "kernel", "num_classes", "descent_steps")
-    return {**{k: defaults[k] for k in names}, **changes}
-
-
-def test_the_notebook_defaults_and_every_photo_and_kernel_pass():
+def test_the_notebook_defaults_and_every_photo_and_kernel_pass(demo):
     check_demo_parameters(**demo())
     for photo in PHOTOS:
         check_demo_parameters(**demo(photo=photo))
@@ -54,7 +44,7 @@ def test_the_notebook_defaults_and_every_photo_and_kernel_pass():
     ({"num_classes": True}, "num_classes must be an integer >= 2; got True"),
     ({"descent_steps": 0}, "descent_steps must be an integer >= 1; got 0"),
 ])
-def test_each_bad_value_is_one_line_naming_it(changes, message):
+def test_each_bad_value_is_one_line_naming_it(demo, changes, message):
     with pytest.raises(ValueError) as info:
         check_demo_parameters(**demo(**changes))
     assert str(info.value) == message
