@@ -17,6 +17,7 @@ split, mean boundary F-score per image, median seconds per image (end to end).
 
 from __future__ import annotations
 
+import collections
 import csv
 import io
 import json
@@ -50,6 +51,8 @@ __all__ = [
     "paired_effect",
     "conclusions",
     "time_resizes",
+    "resize_timing_table",
+    "describe_setup",
     "markdown_table",
     "rows_csv",
     "write_results",
@@ -257,6 +260,38 @@ def time_resizes(images, size: int, num_classes: int, combos=DEFAULT_COMBOS, rep
         out.append({"input_interpolation": in_mode, "logit_interpolation": out_mode,
                     "input_resize_s": statistics.median(t_in), "logit_resize_s": statistics.median(t_out)})
     return out
+
+
+def resize_timing_table(resize_timing: list[dict]) -> str:
+    """:func:`time_resizes`' medians in milliseconds, one line per combo."""
+    lines = ["the resizing alone, median ms per image (no network):", f"{'input/logits':>18}  {'input':>8}  {'logits':>8}"]
+    for t in resize_timing:
+        name = combo_name(t["input_interpolation"], t["logit_interpolation"])
+        lines.append(f"{name:>18}  {1e3 * t['input_resize_s']:8.4f}  {1e3 * t['logit_resize_s']:8.4f}")
+    return "\n".join(lines)
+
+
+def describe_setup(predictors: dict, data: SegmentationFolder, data_root) -> dict:
+    """The models and the images they are scored on: ``sizes`` (Counter of image (h, w)),
+    ``network_sides`` (the models' input short sides) and ``lines`` to print, with a warning when
+    no image is smaller than the network input (then the input interpolation changes nothing)."""
+    data_root = Path(data_root)
+    sizes = collections.Counter(data.load(i).image.shape[:2] for i in data.ids)
+    first = next(iter(predictors.values()))
+    lines = [f"{len(predictors)} models on {first.device} ({torch.get_num_threads()} CPU threads): "
+             f"{', '.join(p.run_name for p in predictors.values())}",
+             f"{data_root} / {data.split}: {len(data)} images, sizes (h, w): {dict(sizes)}"]
+    for p in predictors.values():
+        trained_on = Path(p.config.data.root)
+        note = "" if trained_on.resolve() == data_root.resolve() else f" (trained on {trained_on}, evaluated on another set)"
+        lines.append(f"  {p.run_name}: {p.model_name}, network short side {p.size} px{note}")
+    network_sides = {p.size for p in predictors.values()}
+    upscaled = sum(n for (h, w), n in sizes.items() if min(h, w) < min(network_sides))
+    lines.append(f"images upscaled to the network: {upscaled} of {len(data)}")
+    if not upscaled:
+        lines.append(f"WARNING: no image of {data_root} is smaller than the network input ({min(network_sides)} px): "
+                     "the input interpolation then changes nothing; is data_root the low-resolution set?")
+    return {"sizes": sizes, "network_sides": network_sides, "lines": lines}
 
 
 # --------------------------------------------------------------------------------------------

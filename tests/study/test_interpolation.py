@@ -6,6 +6,8 @@ import io
 import json
 import math
 import shutil
+from collections import Counter
+from types import SimpleNamespace
 
 import matplotlib
 import numpy as np
@@ -18,6 +20,7 @@ from rloss.study.interpolation import (  # noqa: E402
     ROW_FIELDS,
     check_classes,
     check_parameters,
+    describe_setup,
     checkpoint_paths,
     conclusions,
     evaluate_runs,
@@ -26,6 +29,7 @@ from rloss.study.interpolation import (  # noqa: E402
     paired_effect,
     plot_examples,
     plot_metrics,
+    resize_timing_table,
     rows_csv,
     save_figure,
     summarize,
@@ -260,6 +264,56 @@ def test_a_data_root_without_the_split_says_to_run_notebook_01(parameters, split
         assert str(info.value) == (f"{data_root}: no split {split!r} (ImageSets/Segmentation/{split}.txt); run notebook "
                                    "01 first, or set data_root to a data set in the VOC layout")
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_the_resize_timing_table_shows_milliseconds_per_combo():
+    timing = [{"input_interpolation": "bilinear", "logit_interpolation": "bicubic", "input_resize_s": 0.0012,
+               "logit_resize_s": 5e-5}]
+    assert resize_timing_table(timing).splitlines() == [
+        "the resizing alone, median ms per image (no network):",
+        "      input/logits     input    logits",
+        "  bilinear/bicubic    1.2000    0.0500",
+    ]
+
+
+def fake_models_and_data(tmp_path, image_shapes, trained_on):
+    """Two predictors (network side 64) trained on ``trained_on``, and a split of images of ``image_shapes``."""
+    predictors = {(loss, 0): SimpleNamespace(run_name=f"s_{loss}_seed0", model_name="tiny", size=64, device="cpu",
+                                             config=SimpleNamespace(data=SimpleNamespace(root=str(trained_on))))
+                  for loss in ("pce", "full")}
+    return predictors, FakeSplit([np.zeros((*shape, 3), np.uint8) for shape in image_shapes])
+
+
+class FakeSplit:
+    """What describe_setup reads of a SegmentationFolder."""
+    split = "val"
+
+    def __init__(self, images):
+        self.images = {f"i{k}": image for k, image in enumerate(images)}
+        self.ids = list(self.images)
+
+    def __len__(self):
+        return len(self.images)
+
+    def load(self, sample_id):
+        return SimpleNamespace(image=self.images[sample_id])
+
+
+def test_describe_setup_counts_the_images_the_network_upscales(tmp_path):
+    predictors, data = fake_models_and_data(tmp_path, [(40, 30), (64, 64), (40, 30)], tmp_path / "data")
+    setup = describe_setup(predictors, data, tmp_path / "data")
+    assert setup["sizes"] == Counter({(40, 30): 2, (64, 64): 1}) and setup["network_sides"] == {64}
+    lines = setup["lines"]
+    assert lines[0].startswith("2 models on cpu (") and lines[0].endswith("CPU threads): s_pce_seed0, s_full_seed0")
+    assert lines[1] == f"{tmp_path / 'data'} / val: 3 images, sizes (h, w): {{(40, 30): 2, (64, 64): 1}}"
+    assert lines[2:] == ["  s_pce_seed0: tiny, network short side 64 px", "  s_full_seed0: tiny, network short side 64 px",
+                         "images upscaled to the network: 2 of 3"]
+
+    predictors, data = fake_models_and_data(tmp_path, [(64, 80)], tmp_path / "elsewhere")
+    lines = describe_setup(predictors, data, tmp_path / "data")["lines"]
+    assert lines[2].endswith(f"(trained on {tmp_path / 'elsewhere'}, evaluated on another set)")
+    assert lines[-2] == "images upscaled to the network: 0 of 1"
+    assert lines[-1].startswith(f"WARNING: no image of {tmp_path / 'data'} is smaller than the network input (64 px)")
 
 
 # --------------------------------------------------------------------------------------------
