@@ -1,5 +1,7 @@
 """Notebook 01's steps: the data set made (or found made), its scribbles measured, its low-resolution copy checked.
 
+    data_root, low_res_root = check_prep_parameters(dataset, data_root, data_size, n_train, n_val,
+                                                    low_res_size, low_res_root, low_res_filter, crop_size)
     summary = prepare_dataset("synthetic", "data/synthetic_64px", size=64, n_train=1000, n_val=100)
     labeled_fractions(SegmentationFolder(root, "train"))     # share of scribbled pixels per image
     scribbled_classes_lost(original_train, low_res_train)    # classes whose scribbles vanished
@@ -12,11 +14,28 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.downscale import IMAGE_FILTERS
 from ..data.folder import SegmentationFolder
 from ..data.io import IGNORE_INDEX
+from ..data.synthetic import MAX_SIZE, MIN_SIZE
+from .parameters import check_choice, check_integer
 
 DATASETS = ("synthetic", "voc", "folder")
 SYNTHETIC_SUMMARY = "synthetic.json"  # what generate_synthetic writes beside the data
+
+
+def check_prep_parameters(dataset: str, data_root, data_size: int, n_train: int, n_val: int, low_res_size: int,
+                          low_res_root, low_res_filter: str, crop_size: int) -> tuple[Path, Path]:
+    """Notebook 01's parameters checked (one ValueError line naming the first at fault); returns
+    ``data_root`` and ``low_res_root`` as paths."""
+    check_choice("dataset", dataset, DATASETS)
+    check_integer("data_size", data_size, MIN_SIZE, MAX_SIZE)
+    check_integer("n_train", n_train, 1)
+    check_integer("n_val", n_val, 1)
+    check_integer("low_res_size", low_res_size, 0)  # 0: no low-resolution copy
+    check_choice("low_res_filter", low_res_filter, IMAGE_FILTERS)
+    check_integer("crop_size", crop_size, 8)
+    return Path(data_root), Path(low_res_root)
 
 
 def prepare_dataset(dataset: str, data_root, size: int = 64, n_train: int = 200, n_val: int = 50,
@@ -24,8 +43,7 @@ def prepare_dataset(dataset: str, data_root, size: int = 64, n_train: int = 200,
     """``synthetic``: generated, unless the folder holds one made with these parameters (it is
     deterministic: nothing to redo); ``voc``: downloaded or verified and prepared; ``folder``: used
     as it is. Returns the summary."""
-    if dataset not in DATASETS:
-        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    check_choice("dataset", dataset, DATASETS)
     data_root = Path(data_root)
     if dataset == "synthetic":
         from ..data.synthetic import generate_synthetic

@@ -17,6 +17,7 @@ split, mean boundary F-score per image, median seconds per image (end to end).
 
 from __future__ import annotations
 
+import collections
 import csv
 import io
 import json
@@ -29,24 +30,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import DEVICES
 from ..data.folder import SegmentationFolder
 from ..data.io import DataError, save_figure, write_text_atomic
 from ..infer import Predictor, _resize_input, _resize_logits, load_predictor, network_size, resolve_interpolation
 from ..metrics import ConfusionMatrix, boundary_f_score
 from ..runs import CHECKPOINT, METRICS, check_run_folder
 from .grid import ALL_LOSSES, LOSS_LABELS, LOSSES, run_name
+from .parameters import check_choice, check_distinct_list, check_integer, check_study_name
 
 __all__ = [
     "DEFAULT_COMBOS",
     "ROW_FIELDS",
     "evaluate_interpolations",
     "checkpoint_paths",
+    "check_parameters",
     "check_classes",
     "evaluate_runs",
     "summarize",
     "paired_effect",
     "conclusions",
     "time_resizes",
+    "resize_timing_table",
+    "describe_setup",
     "markdown_table",
     "rows_csv",
     "write_results",
@@ -87,21 +93,18 @@ DEFAULT_COMBOS = (
 # --------------------------------------------------------------------------------------------
 
 
+def _check_runs_wanted(losses, seeds) -> tuple[list[str], list[int]]:
+    """The losses (of the study's, grid.ALL_LOSSES) and seeds naming the runs: distinct, non-empty."""
+    return check_distinct_list("losses", losses, ALL_LOSSES, item="loss"), check_distinct_list("seeds", seeds)
+
+
 def checkpoint_paths(results_dir, study_name: str, losses=LOSSES, seeds=(0,)) -> dict[tuple[str, int], Path]:
     """``{(loss, seed): results_dir/<study_name>_<loss>_seed<seed>/checkpoint.pt}``.
 
     Every run must be finished (its checkpoint and final metrics written); otherwise one
     FileNotFoundError names each missing or unfinished run and says to run notebook 02 first.
     """
-    losses, seeds = list(losses), list(seeds)
-    unknown = [loss for loss in losses if loss not in ALL_LOSSES]
-    if unknown:
-        raise ValueError(f"unknown loss {unknown[0]!r} (choose from {', '.join(ALL_LOSSES)})")
-    if not losses or not seeds:
-        raise ValueError("need at least one loss and one seed")
-    bad_seeds = [s for s in seeds if isinstance(s, bool) or not isinstance(s, (int, np.integer))]
-    if bad_seeds:
-        raise ValueError(f"seeds must be integers, got {bad_seeds[0]!r}")
+    losses, seeds = _check_runs_wanted(losses, seeds)
     paths, missing, unfinished, mixed = {}, [], [], []
     for loss in losses:
         for seed in seeds:
@@ -134,6 +137,22 @@ def checkpoint_paths(results_dir, study_name: str, losses=LOSSES, seeds=(0,)) ->
             f"{'; '.join(parts)}. Run notebook 02 first: it trains the runs {study_name}_<loss>_seed<seed> "
             f"for losses {losses} and seeds {seeds} into {results_dir}.")
     return paths
+
+
+def check_parameters(data_root, results_dir, study_name: str, losses, seeds, device: str = "auto",
+                     split: str = "val", examples: int = 4, cpu_threads: int = 1) -> tuple[Path, Path]:
+    """Notebook 04's parameters checked (one ValueError line naming the first at fault; a data set
+    without the split: FileNotFoundError); returns ``data_root`` and ``results_dir`` as paths."""
+    check_choice("device", device, DEVICES)
+    _check_runs_wanted(losses, seeds)
+    check_integer("examples", examples, 0)
+    check_integer("cpu_threads", cpu_threads, 0)  # 0: torch's default
+    check_study_name("study_name", study_name)
+    data_root = Path(data_root)
+    if not (data_root / "ImageSets" / "Segmentation" / f"{split}.txt").is_file():
+        raise FileNotFoundError(f"{data_root}: no split {split!r} (ImageSets/Segmentation/{split}.txt); "
+                                "run notebook 01 first, or set data_root to a data set in the VOC layout")
+    return data_root, Path(results_dir)
 
 
 def check_classes(predictor: Predictor, data_root, split: str = "val") -> SegmentationFolder:
@@ -241,6 +260,38 @@ def time_resizes(images, size: int, num_classes: int, combos=DEFAULT_COMBOS, rep
         out.append({"input_interpolation": in_mode, "logit_interpolation": out_mode,
                     "input_resize_s": statistics.median(t_in), "logit_resize_s": statistics.median(t_out)})
     return out
+
+
+def resize_timing_table(resize_timing: list[dict]) -> str:
+    """:func:`time_resizes`' medians in milliseconds, one line per combo."""
+    lines = ["the resizing alone, median ms per image (no network):", f"{'input/logits':>18}  {'input':>8}  {'logits':>8}"]
+    for t in resize_timing:
+        name = combo_name(t["input_interpolation"], t["logit_interpolation"])
+        lines.append(f"{name:>18}  {1e3 * t['input_resize_s']:8.4f}  {1e3 * t['logit_resize_s']:8.4f}")
+    return "\n".join(lines)
+
+
+def describe_setup(predictors: dict, data: SegmentationFolder, data_root) -> dict:
+    """The models and the images they are scored on: ``sizes`` (Counter of image (h, w)),
+    ``network_sides`` (the models' input short sides) and ``lines`` to print, with a warning when
+    no image is smaller than the network input (then the input interpolation changes nothing)."""
+    data_root = Path(data_root)
+    sizes = collections.Counter(data.load(i).image.shape[:2] for i in data.ids)
+    first = next(iter(predictors.values()))
+    lines = [f"{len(predictors)} models on {first.device} ({torch.get_num_threads()} CPU threads): "
+             f"{', '.join(p.run_name for p in predictors.values())}",
+             f"{data_root} / {data.split}: {len(data)} images, sizes (h, w): {dict(sizes)}"]
+    for p in predictors.values():
+        trained_on = Path(p.config.data.root)
+        note = "" if trained_on.resolve() == data_root.resolve() else f" (trained on {trained_on}, evaluated on another set)"
+        lines.append(f"  {p.run_name}: {p.model_name}, network short side {p.size} px{note}")
+    network_sides = {p.size for p in predictors.values()}
+    upscaled = sum(n for (h, w), n in sizes.items() if min(h, w) < min(network_sides))
+    lines.append(f"images upscaled to the network: {upscaled} of {len(data)}")
+    if not upscaled:
+        lines.append(f"WARNING: no image of {data_root} is smaller than the network input ({min(network_sides)} px): "
+                     "the input interpolation then changes nothing; is data_root the low-resolution set?")
+    return {"sizes": sizes, "network_sides": network_sides, "lines": lines}
 
 
 # --------------------------------------------------------------------------------------------

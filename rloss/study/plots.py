@@ -88,3 +88,34 @@ def plot_samples(data, count: int = 4, title: str = ""):
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def plot_training_crops(data, crop_size: int, seed: int = 0, count: int = 4,
+                        interpolations=("bicubic", "bilinear")):
+    """What training sees: a random training crop of each of the first ``count`` samples (cycling
+    when the split is smaller), one row per upscaling ``interpolation``, padding blacked out, the
+    scribbles as dots. ``data``'s own transform is left as it was."""
+    import matplotlib.pyplot as plt
+
+    from ..data.io import IGNORE_INDEX, colorize
+    from ..data.transforms import TrainTransform
+
+    fig, axes = plt.subplots(len(interpolations), count, figsize=(2.6 * count, 2.7 * len(interpolations)),
+                             squeeze=False)
+    own_transform = data.transform
+    try:
+        for col in range(count):
+            for row, interpolation in enumerate(interpolations):
+                data.transform = TrainTransform(crop_size, interpolation=interpolation, seed=seed)
+                out = data[col % len(data)]
+                picture = out["image_raw"].permute(1, 2, 0).numpy() * out["roi"].numpy()[..., None] / 255
+                axes[row, col].imshow(picture)
+                labeled = out["scribble"].numpy() != IGNORE_INDEX
+                ys, xs = np.nonzero(labeled)
+                axes[row, col].scatter(xs, ys, s=1, c=colorize(out["scribble"].numpy()[labeled]) / 255)
+                axes[row, col].set_title(f"{interpolation}, sample {col % len(data)}", fontsize=8)
+                axes[row, col].axis("off")
+    finally:
+        data.transform = own_transform
+    fig.tight_layout()
+    return fig

@@ -51,6 +51,9 @@ __all__ = [
     "regression",
     "convergence_note",
     "save_figure",
+    "runs_found",
+    "report_figures",
+    "figure_png",
 ]
 
 TABLE_MD, TABLE_CSV = "miou_table.md", "miou_table.csv"
@@ -117,6 +120,16 @@ PUBLISHED_TABLE1 = (
 def select_runs(runs: list[dict], study_names=None) -> list[dict]:
     """The runs of the studies ``study_names`` (a name or a list, matched exactly); all with None."""
     return [r for r in runs if in_studies(str(r["run"]), study_names)]
+
+
+def runs_found(runs: list[dict], table: list[dict], results_dir, study_names=None) -> str:
+    """One line saying what the table is made of, or that there is nothing yet and what to run."""
+    names = [study_names] if isinstance(study_names, str) else study_names
+    if runs:
+        return (f"{len(runs)} finished runs in {len(table)} settings under {results_dir}"
+                + (f" (studies {', '.join(names)})" if names else ""))
+    return (f"No finished runs under {results_dir}" + (f" in the studies {', '.join(names)}" if names else "")
+            + ": run notebooks 02/03 first. The table, plots and browser below stay empty.")
 
 
 def _pct(value):
@@ -549,3 +562,18 @@ def plot_crf_share(table: list[dict]):
     ax.set_ylim(0, max(100.0, max(shares) * 1.15) if shares else 100.0)
     ax.grid(axis="y", alpha=0.3)
     return fig
+
+
+def report_figures(table: list[dict], runs: list[dict]) -> dict:
+    """The table notebook's figures, by the file name they are saved under."""
+    return {"miou_learning_curves.png": plot_learning_curves(runs),
+            "miou_per_class_iou.png": plot_per_class_iou(runs),
+            "miou_crf_time_share.png": plot_crf_share(table),
+            "miou_crf_gain_along_training.png": plot_crf_gain_along_training(table, runs)}
+
+
+def figure_png(fig) -> bytes:
+    """The PNG :func:`save_figure` writes, in memory (to show a figure without writing a file)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    return buffer.getvalue()

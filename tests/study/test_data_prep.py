@@ -1,13 +1,15 @@
-"""Notebook 01's steps: a synthetic set made once per parameters, the scribbles measured, lost classes counted."""
+"""Notebook 01's steps: its parameters checked, a synthetic set made once per parameters, the scribbles
+measured, lost classes counted."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from rloss.data.folder import SegmentationFolder
-from rloss.study.data_prep import labeled_fractions, prepare_dataset, scribbled_classes_lost
+from rloss.study.data_prep import check_prep_parameters, labeled_fractions, prepare_dataset, scribbled_classes_lost
 
 
 def test_a_synthetic_set_is_made_once_per_parameters(tmp_path):
@@ -46,3 +48,37 @@ def test_scribble_measures(tmp_path):
     else:
         pytest.fail("no training image with two scribbled classes")
     assert scribbled_classes_lost(train, SegmentationFolder(copy, "train")) == 1
+
+
+PREP_PARAMETERS = ("dataset", "data_root", "data_size", "n_train", "n_val", "low_res_size", "low_res_root",
+                   "low_res_filter", "crop_size")
+
+
+@pytest.fixture
+def defaults(notebook_parameters):
+    return notebook_parameters("01_data_prep", PREP_PARAMETERS)
+
+
+def test_the_notebook_defaults_and_the_bounds_pass_and_give_the_folders_as_paths(defaults):
+    assert check_prep_parameters(**defaults) == (Path(defaults["data_root"]), Path(defaults["low_res_root"]))
+    for dataset in ("voc", "folder"):
+        check_prep_parameters(**{**defaults, "dataset": dataset})
+    check_prep_parameters(**{**defaults, "data_size": 32, "n_train": 1, "n_val": 1, "low_res_size": 0,
+                             "low_res_filter": "bicubic", "crop_size": 8})
+    check_prep_parameters(**{**defaults, "data_size": 1024, "low_res_filter": "bilinear"})
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"dataset": "imagenet"}, "dataset must be one of synthetic, voc, folder; got 'imagenet'"),
+    ({"data_size": 31}, "data_size must be an integer in 32..1024; got 31"),
+    ({"data_size": 1025}, "data_size must be an integer in 32..1024; got 1025"),
+    ({"n_train": 0}, "n_train must be an integer >= 1; got 0"),
+    ({"n_val": 2.5}, "n_val must be an integer >= 1; got 2.5"),
+    ({"low_res_size": -1}, "low_res_size must be an integer >= 0; got -1"),
+    ({"low_res_filter": "lanczos"}, "low_res_filter must be one of area, bicubic, bilinear; got 'lanczos'"),
+    ({"crop_size": 7}, "crop_size must be an integer >= 8; got 7"),
+])
+def test_each_bad_parameter_is_one_line_naming_it(defaults, changes, message):
+    with pytest.raises(ValueError) as info:
+        check_prep_parameters(**{**defaults, **changes})
+    assert str(info.value) == message

@@ -6,6 +6,8 @@ import io
 import json
 import math
 import shutil
+from collections import Counter
+from types import SimpleNamespace
 
 import matplotlib
 import numpy as np
@@ -13,9 +15,12 @@ import pytest
 
 matplotlib.use("Agg")
 
+from rloss.study.grid import ALL_LOSSES  # noqa: E402
 from rloss.study.interpolation import (  # noqa: E402
     ROW_FIELDS,
     check_classes,
+    check_parameters,
+    describe_setup,
     checkpoint_paths,
     conclusions,
     evaluate_runs,
@@ -24,6 +29,7 @@ from rloss.study.interpolation import (  # noqa: E402
     paired_effect,
     plot_examples,
     plot_metrics,
+    resize_timing_table,
     rows_csv,
     save_figure,
     summarize,
@@ -200,6 +206,114 @@ def test_missing_or_unfinished_runs_are_one_clear_error(tmp_path):
     assert checkpoint_paths(tmp_path, "small", ["pce"], [0]) == {("pce", 0): tmp_path / "small_pce_seed0" / "checkpoint.pt"}
     with pytest.raises(ValueError, match="unknown loss"):
         checkpoint_paths(tmp_path, "small", ["crf"], [0])
+
+
+@pytest.fixture
+def parameters(notebook_parameters):
+    """Notebook 04's defaults for check_parameters, its folders given, with ``changes``."""
+    names = ("study_name", "losses", "seeds", "device", "split", "examples", "cpu_threads")
+    defaults = notebook_parameters("04_bicubic_vs_bilinear", names)
+    return lambda data_root, results_dir, **changes: {"data_root": data_root, "results_dir": results_dir,
+                                                      **defaults, **changes}
+
+
+@pytest.fixture
+def split_root(tmp_path):
+    (tmp_path / "data" / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (tmp_path / "data" / "ImageSets" / "Segmentation" / "val.txt").write_text("a\n")
+    return tmp_path / "data"
+
+
+def test_the_notebook_defaults_pass_and_give_the_folders_as_paths(parameters, split_root, tmp_path):
+    assert check_parameters(**parameters(str(split_root), str(tmp_path / "r"))) == (split_root, tmp_path / "r")
+    every_loss = parameters(split_root, tmp_path, losses=list(ALL_LOSSES), seeds=(3, 1), device="cuda",
+                                        examples=0, cpu_threads=0, study_name="a_b")
+    assert check_parameters(**every_loss) == (split_root, tmp_path)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"device": "gpu"}, "device must be one of auto, cpu, cuda; got 'gpu'"),
+    ({"losses": []}, "losses must be a non-empty list of distinct values from pce, pce_crf, full, pce_nc, pce_kernelcut; got []"),
+    ({"losses": "pce"}, "losses must be a non-empty list of distinct values from pce, pce_crf, full, pce_nc, pce_kernelcut; got 'pce'"),
+    ({"losses": ["pce", "pce"]}, "losses must be a non-empty list of distinct values from pce, pce_crf, full, pce_nc, pce_kernelcut; got ['pce', 'pce']"),
+    ({"losses": ["pce", "crf"]}, "losses: unknown loss 'crf' (choose from pce, pce_crf, full, pce_nc, pce_kernelcut)"),
+    ({"seeds": []}, "seeds must be a non-empty list of distinct integers >= 0; got []"),
+    ({"seeds": 0}, "seeds must be a non-empty list of distinct integers >= 0; got 0"),
+    ({"seeds": [0, 0]}, "seeds must be a non-empty list of distinct integers >= 0; got [0, 0]"),
+    ({"seeds": [0, "1"]}, "seeds[1] must be an integer >= 0; got '1'"),
+    ({"seeds": [True]}, "seeds[0] must be an integer >= 0; got True"),
+    ({"seeds": [-1]}, "seeds[0] must be an integer >= 0; got -1"),
+    ({"examples": -1}, "examples must be an integer >= 0; got -1"),
+    ({"examples": 2.0}, "examples must be an integer >= 0; got 2.0"),
+    ({"cpu_threads": None}, "cpu_threads must be an integer >= 0; got None"),
+    ({"study_name": ""}, "study_name must be a run-name prefix such as 'small' (a plain folder name); got ''"),
+    ({"study_name": "a/b"}, "study_name must be a run-name prefix such as 'small' (a plain folder name); got 'a/b'"),
+    ({"study_name": ".."}, "study_name must be a run-name prefix such as 'small' (a plain folder name); got '..'"),
+    ({"study_name": 4}, "study_name must be a run-name prefix such as 'small' (a plain folder name); got 4"),
+])
+def test_each_bad_parameter_is_one_line_naming_it(parameters, split_root, tmp_path, changes, message):
+    with pytest.raises(ValueError) as info:
+        check_parameters(**parameters(split_root, tmp_path, **changes))
+    assert str(info.value) == message
+
+
+def test_a_data_root_without_the_split_says_to_run_notebook_01(parameters, split_root, tmp_path):
+    for data_root, split in ((tmp_path / "nowhere", "val"), (split_root, "test")):
+        with pytest.raises(FileNotFoundError) as info:
+            check_parameters(**parameters(data_root, tmp_path, split=split))
+        assert str(info.value) == (f"{data_root}: no split {split!r} (ImageSets/Segmentation/{split}.txt); run notebook "
+                                   "01 first, or set data_root to a data set in the VOC layout")
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_the_resize_timing_table_shows_milliseconds_per_combo():
+    timing = [{"input_interpolation": "bilinear", "logit_interpolation": "bicubic", "input_resize_s": 0.0012,
+               "logit_resize_s": 5e-5}]
+    assert resize_timing_table(timing).splitlines() == [
+        "the resizing alone, median ms per image (no network):",
+        "      input/logits     input    logits",
+        "  bilinear/bicubic    1.2000    0.0500",
+    ]
+
+
+def fake_models_and_data(tmp_path, image_shapes, trained_on):
+    """Two predictors (network side 64) trained on ``trained_on``, and a split of images of ``image_shapes``."""
+    predictors = {(loss, 0): SimpleNamespace(run_name=f"s_{loss}_seed0", model_name="tiny", size=64, device="cpu",
+                                             config=SimpleNamespace(data=SimpleNamespace(root=str(trained_on))))
+                  for loss in ("pce", "full")}
+    return predictors, FakeSplit([np.zeros((*shape, 3), np.uint8) for shape in image_shapes])
+
+
+class FakeSplit:
+    """What describe_setup reads of a SegmentationFolder."""
+    split = "val"
+
+    def __init__(self, images):
+        self.images = {f"i{k}": image for k, image in enumerate(images)}
+        self.ids = list(self.images)
+
+    def __len__(self):
+        return len(self.images)
+
+    def load(self, sample_id):
+        return SimpleNamespace(image=self.images[sample_id])
+
+
+def test_describe_setup_counts_the_images_the_network_upscales(tmp_path):
+    predictors, data = fake_models_and_data(tmp_path, [(40, 30), (64, 64), (40, 30)], tmp_path / "data")
+    setup = describe_setup(predictors, data, tmp_path / "data")
+    assert setup["sizes"] == Counter({(40, 30): 2, (64, 64): 1}) and setup["network_sides"] == {64}
+    lines = setup["lines"]
+    assert lines[0].startswith("2 models on cpu (") and lines[0].endswith("CPU threads): s_pce_seed0, s_full_seed0")
+    assert lines[1] == f"{tmp_path / 'data'} / val: 3 images, sizes (h, w): {{(40, 30): 2, (64, 64): 1}}"
+    assert lines[2:] == ["  s_pce_seed0: tiny, network short side 64 px", "  s_full_seed0: tiny, network short side 64 px",
+                         "images upscaled to the network: 2 of 3"]
+
+    predictors, data = fake_models_and_data(tmp_path, [(64, 80)], tmp_path / "elsewhere")
+    lines = describe_setup(predictors, data, tmp_path / "data")["lines"]
+    assert lines[2].endswith(f"(trained on {tmp_path / 'elsewhere'}, evaluated on another set)")
+    assert lines[-2] == "images upscaled to the network: 0 of 1"
+    assert lines[-1].startswith(f"WARNING: no image of {tmp_path / 'data'} is smaller than the network input (64 px)")
 
 
 # --------------------------------------------------------------------------------------------

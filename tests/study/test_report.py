@@ -157,6 +157,30 @@ def test_select_runs(results):
     assert report.select_runs(runs, ["gamma"]) == []
 
 
+def test_runs_found_says_what_the_table_holds_or_what_to_run(results, table):
+    runs = load_runs(results)
+    assert report.runs_found(runs, table, results) == f"8 finished runs in 2 settings under {results}"
+    beta = report.select_runs(runs, "beta")
+    assert report.runs_found(beta, report.miou_table(summarize(beta)), results, "beta") == \
+        f"2 finished runs in 1 settings under {results} (studies beta)"
+    assert report.runs_found([], [], results, ["gamma", "delta"]) == (
+        f"No finished runs under {results} in the studies gamma, delta: run notebooks 02/03 first. "
+        "The table, plots and browser below stay empty.")
+
+
+def test_report_figures_are_the_plots_by_file_name_and_show_as_the_saved_png(results, table, tmp_path):
+    runs = load_runs(results)
+    figures = report.report_figures(table, runs)
+    assert list(figures) == ["miou_learning_curves.png", "miou_per_class_iou.png", "miou_crf_time_share.png",
+                             "miou_crf_gain_along_training.png"]
+    assert [ax.get_title() for ax in figures["miou_learning_curves.png"].axes] == \
+        [ax.get_title() for ax in report.plot_learning_curves(runs).axes]
+    assert sorted(bar.get_height() for bar in figures["miou_crf_time_share.png"].axes[0].patches) == \
+        pytest.approx([25.0, 45.0])
+    fig = figures["miou_crf_time_share.png"]
+    assert report.figure_png(fig) == report.save_figure(fig, tmp_path / "share.png").read_bytes()
+
+
 def test_conclusions_follow_the_numbers(table):
     lines = report.conclusions(table)
     a = next(line for line in lines if "fake40" in line)
