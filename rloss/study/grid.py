@@ -262,11 +262,13 @@ def _variant(run: dict) -> tuple:
 
 
 def _differences(keys: list[tuple]) -> list[str]:
-    """For settings given as sorted (key, value) tuples: per entry, the pairs that are not the same in all."""
+    """For settings given as sorted (key, value) tuples: per entry, the pairs that are not the same in
+    all the entries that have them (a loss without runs in a row has no settings there: its columns
+    already tell the rows apart)."""
     dicts = [dict(k) for k in keys]
     names = sorted({n for d in dicts for n in d})
-    varying = [n for n in names if len({repr(d.get(n)) for d in dicts}) > 1]
-    return [", ".join(f"{n}={d.get(n)}" for n in varying) for d in dicts]
+    varying = [n for n in names if len({repr(d[n]) for d in dicts if n in d}) > 1]
+    return [", ".join(f"{n}={d[n]}" for n in varying if n in d) for d in dicts]
 
 
 def summarize(runs: list[dict]) -> list[dict]:

@@ -182,3 +182,14 @@ def test_summary_and_plots_show_the_new_losses(tmp_path):
     fig = report.plot_per_class_iou(runs)
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert "pCE + normalized cut" in labels and "pCE + KernelCut" in labels
+
+
+def test_differs_names_only_settings_both_rows_have(tmp_path):
+    """A 16-epoch row with normalized cut runs beside a 32-epoch row without: the rows differ by their
+    epochs; the normalized cut settings of one row are not a difference from the other."""
+    _write(tmp_path, SETTING_A, study="short", settings=["optim.epochs=16"])
+    _write(tmp_path, {k: v for k, v in EXTRA.items() if k[0] == "pce_nc"}, study="short", settings=["optim.epochs=16"])
+    _write(tmp_path, SETTING_A, study="long", settings=["optim.epochs=32"])
+    rows = sorted(summarize(load_runs(tmp_path)), key=lambda r: r["pce_nc_seeds"])
+    assert [r["pce_nc_seeds"] for r in rows] == [0, 2]
+    assert [r["differs"] for r in rows] == ["optim.epochs=32", "optim.epochs=16"]
