@@ -197,7 +197,10 @@ def to_markdown(table: list[dict]) -> str:
     if not table:
         return "_No finished runs: nothing measured yet._\n"
     extras = extra_losses_shown(table)
-    header = _MD_HEADER + (("normalized cut weight",) if extras else ()) + tuple(
+    # Each loss with a normalized cut term has its own weight (KernelCut's is swept with its DenseCRF term on).
+    weight_header = "normalized cut weight" + (" (" + " / ".join(LOSS_LABELS[loss].removeprefix("pCE + ")
+                                                                  for loss in extras) + ")" if len(extras) > 1 else "")
+    header = _MD_HEADER + ((weight_header,) if extras else ()) + tuple(
         h for loss in extras for h in _extra_header(loss))
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     fine_tuned = " (regularized losses fine-tuned from pCE)" if extras else " (DenseCRF fine-tuned from pCE)"
@@ -210,7 +213,7 @@ def to_markdown(table: list[dict]) -> str:
         cells += [_fmt(r[f"{loss}_s_per_iteration"], ".3f") for loss in LOSSES]
         cells.append(_fmt(None if r["crf_share"] is None else 100 * r["crf_share"], ".1f", " %"))
         if extras:
-            cells.append(_fmt(r["nc_weight"], ".3g"))
+            cells.append(" / ".join(_fmt(r["nc_weights"].get(loss), ".3g") for loss in extras))
         for loss in extras:
             cells += [_fmt_miou(r[f"{loss}_miou"], r[f"{loss}_std"], r[f"{loss}_seeds"]),
                       _fmt(r[GAIN_COLUMNS[loss]], "+.1f"), _fmt(r[f"{loss}_s_per_iteration"], ".3f")]

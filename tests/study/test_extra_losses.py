@@ -59,7 +59,7 @@ def test_a_table_with_the_new_regularizers_gets_their_columns_and_gains(tmp_path
     md = report.to_markdown([row]).splitlines()
     header = _cells(md[0])
     for title in ("+ normalized cut mIoU %", "normalized cut − pCE (pp)", "s/it + normalized cut",
-                  "+ KernelCut mIoU %", "KernelCut − pCE (pp)", "s/it + KernelCut", "normalized cut weight"):
+                  "+ KernelCut mIoU %", "KernelCut − pCE (pp)", "s/it + KernelCut", "normalized cut weight (normalized cut / KernelCut)"):
         assert title in header, title
     cells = _cells(md[2])
     assert cells[header.index("+ normalized cut mIoU %")] == "60.0 ± 2.8 (n=2)"
@@ -67,7 +67,8 @@ def test_a_table_with_the_new_regularizers_gets_their_columns_and_gains(tmp_path
     assert cells[header.index("s/it + normalized cut")] == "0.500"
     assert cells[header.index("+ KernelCut mIoU %")] == "67.0 ± 4.2 (n=2)"
     assert cells[header.index("KernelCut − pCE (pp)")] == "+15.0"
-    assert cells[header.index("normalized cut weight")] == "0.05"
+    # each loss's own normalized cut weight (both the config's default here)
+    assert cells[header.index("normalized cut weight (normalized cut / KernelCut)")] == "0.05 / 0.05"
     assert len(cells) == len(header)
 
     [out] = list(csv.DictReader(io.StringIO(report.to_csv([row]))))
