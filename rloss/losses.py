@@ -155,7 +155,33 @@ class _AffinityLoss(nn.Module):
         raise NotImplementedError
 
 
-class DenseCRFLoss(_AffinityLoss):
+class _OneAffinityLoss(_AffinityLoss):
+    """A loss with one weight and one affinity (DenseCRF, normalized cut): their shared arguments."""
+
+    def __init__(
+        self,
+        weight: float,
+        sigma_rgb: float,
+        sigma_xy: float,
+        scale_factor: float = 1.0,
+        kernel: str = "auto",
+        backend: str = "auto",
+        validate: bool | None = None,
+    ):
+        super().__init__(scale_factor, kernel, backend, validate)
+        self._positive(sigma_rgb=sigma_rgb, sigma_xy=sigma_xy, scale_factor=scale_factor)
+        self.weight = float(weight)
+        self.sigma_rgb = float(sigma_rgb)
+        self.sigma_xy = float(sigma_xy)
+
+    def extra_repr(self) -> str:
+        return (
+            f"weight={self.weight}, sigma_rgb={self.sigma_rgb}, sigma_xy={self.sigma_xy}, "
+            f"scale_factor={self.scale_factor}, kernel={self.kernel!r}, backend={self.backend!r}"
+        )
+
+
+class DenseCRFLoss(_OneAffinityLoss):
     """The DenseCRF regularised loss, called as ``loss(images, probs, roi)``.
 
     Args:
@@ -185,28 +211,6 @@ class DenseCRFLoss(_AffinityLoss):
     ``S = probs * roi``, computed in float32 (float64 for float64 inputs) even
     under autocast.
     """
-
-    def __init__(
-        self,
-        weight: float,
-        sigma_rgb: float,
-        sigma_xy: float,
-        scale_factor: float = 1.0,
-        kernel: str = "auto",
-        backend: str = "auto",
-        validate: bool | None = None,
-    ):
-        super().__init__(scale_factor, kernel, backend, validate)
-        self._positive(sigma_rgb=sigma_rgb, sigma_xy=sigma_xy, scale_factor=scale_factor)
-        self.weight = float(weight)
-        self.sigma_rgb = float(sigma_rgb)
-        self.sigma_xy = float(sigma_xy)
-
-    def extra_repr(self) -> str:
-        return (
-            f"weight={self.weight}, sigma_rgb={self.sigma_rgb}, sigma_xy={self.sigma_xy}, "
-            f"scale_factor={self.scale_factor}, kernel={self.kernel!r}, backend={self.backend!r}"
-        )
 
     def _terms(self, images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor) -> torch.Tensor:
         features = self._features(images, self.sigma_rgb, self.sigma_xy)
@@ -264,7 +268,7 @@ class _CutTerms(torch.autograd.Function):
         return None, gradient * grad_output, None, None, None, None, None
 
 
-class NormalizedCutLoss(_AffinityLoss):
+class NormalizedCutLoss(_OneAffinityLoss):
     """The normalized cut loss, called as ``loss(images, probs, roi)`` like ``DenseCRFLoss``.
 
     Tang, Djelouah, Perazzi, Boykov, Schroers, "Normalized Cut Loss for Weakly-supervised
@@ -294,28 +298,6 @@ class NormalizedCutLoss(_AffinityLoss):
     the affinity; ``scale_factor``, ``kernel``, ``backend`` and ``validate`` as in
     ``DenseCRFLoss``. Computed in float32 (float64 for float64 inputs) under autocast too.
     """
-
-    def __init__(
-        self,
-        weight: float,
-        sigma_rgb: float,
-        sigma_xy: float,
-        scale_factor: float = 1.0,
-        kernel: str = "auto",
-        backend: str = "auto",
-        validate: bool | None = None,
-    ):
-        super().__init__(scale_factor, kernel, backend, validate)
-        self._positive(sigma_rgb=sigma_rgb, sigma_xy=sigma_xy, scale_factor=scale_factor)
-        self.weight = float(weight)
-        self.sigma_rgb = float(sigma_rgb)
-        self.sigma_xy = float(sigma_xy)
-
-    def extra_repr(self) -> str:
-        return (
-            f"weight={self.weight}, sigma_rgb={self.sigma_rgb}, sigma_xy={self.sigma_xy}, "
-            f"scale_factor={self.scale_factor}, kernel={self.kernel!r}, backend={self.backend!r}"
-        )
 
     def _terms(self, images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor) -> torch.Tensor:
         features = self._features(images, self.sigma_rgb, self.sigma_xy)
