@@ -504,10 +504,13 @@ def test_ctrl_c_during_a_study_is_one_line_and_exit_130(tmp_path):
     marker = tmp_path / "cell_started"
     params = tmp_path / "p.yaml"
     params.write_text(f"00_slow:\n  marker: {marker}\n")
-    # As a terminal's Ctrl-C: SIGINT to the whole foreground process group.
+    # As a terminal's Ctrl-C: SIGINT to the whole foreground process group. A terminal's foreground job
+    # takes SIGINT; a test run started in the background (nohup, `&` without job control) ignores it,
+    # and its children would inherit that, so the study starts with the default disposition.
     study = subprocess.Popen([sys.executable, "-m", "rloss", "study", "--params", str(params), "--output",
                               str(tmp_path / "out")], cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+                             stderr=subprocess.PIPE, text=True, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not marker.exists():
         assert study.poll() is None and time.monotonic() < deadline, study.stderr.read()
