@@ -22,6 +22,19 @@ def smooth_probs(n: int, k: int, size: int, seed: int = 0, dtype=torch.float32) 
     return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False).softmax(1).to(dtype)
 
 
+def dense_affinity(images: torch.Tensor, sigma_rgb: float, sigma_xy: float) -> torch.Tensor:
+    """The full Gaussian affinity [N, P, P] in float64, computed directly from its definition."""
+    n, _, h, w = images.shape
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    xy = torch.stack([xs, ys]).reshape(2, -1).T / sigma_xy
+    a = []
+    for i in range(n):
+        rgb = images[i].double().reshape(3, -1).T / sigma_rgb
+        f = torch.cat([xy, rgb], dim=1)
+        a.append(torch.exp(-0.5 * ((f[:, None, :] - f[None, :, :]) ** 2).sum(-1)))
+    return torch.stack(a)
+
+
 def randomise_classifier(checkpoint_path, data_root) -> None:
     """Rewrites a tiny run's checkpoint so that its predictions have several colours: a random
     classifier whose biases bring three classes level on average over the val images (a run of one

@@ -6,21 +6,9 @@ import math
 import pytest
 import torch
 
-from inputs import photo, smooth_probs
+from inputs import dense_affinity, photo, smooth_probs
 from rloss import KernelCutLoss, NormalizedCutLoss
 from rloss.losses import NC_EPS
-
-
-def dense_affinity(images: torch.Tensor, sigma_rgb: float, sigma_xy: float) -> torch.Tensor:
-    """The Gaussian affinity [N, P, P] in float64, straight from its definition."""
-    n, _, h, w = images.shape
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
-    xy = torch.stack([xs, ys]).reshape(2, -1).T / sigma_xy
-    out = []
-    for i in range(n):
-        f = torch.cat([xy, images[i].double().reshape(3, -1).T / sigma_rgb], dim=1)
-        out.append(torch.exp(-0.5 * ((f[:, None] - f[None]) ** 2).sum(-1)))
-    return torch.stack(out)
 
 
 def reference_nc(affinity: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor) -> torch.Tensor:

@@ -4,22 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from inputs import photo, smooth_probs
+from inputs import dense_affinity, photo, smooth_probs
 from rloss import DenseCRFLoss
 from rloss.filtering import bilateral_features
-
-
-def dense_affinity(images: torch.Tensor, sigma_rgb: float, sigma_xy: float) -> torch.Tensor:
-    """The full Gaussian affinity [N, P, P] in float64, computed directly from its definition."""
-    n, _, h, w = images.shape
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
-    xy = torch.stack([xs, ys]).reshape(2, -1).T / sigma_xy
-    a = []
-    for i in range(n):
-        rgb = images[i].double().reshape(3, -1).T / sigma_rgb
-        f = torch.cat([xy, rgb], dim=1)
-        a.append(torch.exp(-0.5 * ((f[:, None, :] - f[None, :, :]) ** 2).sum(-1)))
-    return torch.stack(a)
 
 
 def test_exact_loss_value_matches_definition():
