@@ -342,6 +342,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _page_failure(summary: str, console: list[str], server: str, log_path: Path, text: str = "") -> BrowserCheckError:
+    """A failed page check: what failed, the page's last text, its console errors, the server's log."""
+    parts = [summary]
+    if text:
+        parts.append(f"the page ends with:\n{text}")
+    if console:
+        parts.append("browser console errors:\n" + "\n".join(console[-10:]))
+    parts.append(f"{server}'s log:\n{_log_tail(log_path)}")
+    return BrowserCheckError("\n".join(parts))
+
+
 def _log_tail(log_path: Path, lines: int = LOG_LINES) -> str:
     try:
         text = log_path.read_text(errors="replace").rstrip().splitlines()
@@ -432,13 +443,8 @@ def _drive(url: str, chromium_path: Path, compare_run: str, timeout_s: float, lo
                 text = page.inner_text("body", timeout=2000).strip()[-1500:]
             except PlaywrightError:
                 pass
-        parts = [f"the result browser {what} (timeout {timeout_s:.0f} s)"]
-        if text:
-            parts.append(f"the page ends with:\n{text}")
-        if console:
-            parts.append("browser console errors:\n" + "\n".join(console[-10:]))
-        parts.append(f"Voilà's log:\n{_log_tail(log_path)}")
-        return BrowserCheckError("\n".join(parts))
+        return _page_failure(f"the result browser {what} (timeout {timeout_s:.0f} s)", console,
+                             "Voilà", log_path, text)
 
     with _chromium_page(chromium_path, console) as page:
         # Voilà runs the whole notebook before the page arrives: wait for it, not for "load".
@@ -493,11 +499,7 @@ def _drive_lab(url: str, chromium_path: Path, timeout_s: float, log_path: Path) 
     console: list[str] = []
 
     def fail(what: str) -> BrowserCheckError:
-        parts = [f"JupyterLab: {what} (timeout {timeout_s:.0f} s)"]
-        if console:
-            parts.append("browser console errors:\n" + "\n".join(console[-10:]))
-        parts.append(f"JupyterLab's log:\n{_log_tail(log_path)}")
-        return BrowserCheckError("\n".join(parts))
+        return _page_failure(f"JupyterLab: {what} (timeout {timeout_s:.0f} s)", console, "JupyterLab", log_path)
 
     with _chromium_page(chromium_path, console) as page:
         page.goto(url, wait_until="domcontentloaded", timeout=timeout_ms)
