@@ -4,6 +4,7 @@ import urllib.error
 
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from rloss.models import MODEL_NAMES, PretrainedWeightsUnavailable, build_model
@@ -221,3 +222,46 @@ def test_checkpoint_flag_is_used():
     assert model.checkpoint_backbone
     model.checkpoint_backbone = False
     assert not model.backbone.checkpoint
+
+
+@pytest.mark.parametrize("in_size,out_size", [((4, 4), (16, 16)), ((16, 16), (64, 64)), ((3, 5), (40, 17)),
+                                              ((33, 21), (7, 9)), ((1, 6), (5, 6))])
+def test_resize_bilinear_is_torch_bilinear(in_size, out_size):
+    # Values and gradients against F.interpolate's own kernel (the CPU path is two matrix products).
+    from rloss.models.deeplabv3plus import resize_bilinear
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, *in_size, dtype=torch.float64, generator=gen, requires_grad=True)
+    weights = torch.randn(2, 3, *out_size, dtype=torch.float64, generator=gen)
+    ours = resize_bilinear(x, out_size)
+    torchs = F.interpolate(x, size=out_size, mode="bilinear", align_corners=False)
+    assert ours.shape == torchs.shape
+    torch.testing.assert_close(ours, torchs, rtol=0, atol=1e-12)
+    (grad_ours,) = torch.autograd.grad((ours * weights).sum(), x)
+    (grad_torchs,) = torch.autograd.grad((torchs * weights).sum(), x)
+    torch.testing.assert_close(grad_ours, grad_torchs, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("side,dilation", [(4, 6), (6, 6), (7, 6), (4, 2), (3, 18)])
+def test_atrous_conv_matches_full_kernel(side, dilation):
+    # Leaving out the taps that only see padding must not change the output or any gradient.
+    from rloss.models.deeplabv3plus import AtrousConv2d
+
+    gen = torch.Generator().manual_seed(1)
+    full = nn.Conv2d(5, 4, 3, padding=dilation, dilation=dilation, bias=True).double()
+    atrous = AtrousConv2d(5, 4, 3, padding=dilation, dilation=dilation, bias=True).double()
+    atrous.load_state_dict(full.state_dict())
+    x = torch.randn(2, 5, side, side + 1, dtype=torch.float64, generator=gen, requires_grad=True)
+    weights = torch.randn(2, 4, side, side + 1, dtype=torch.float64, generator=gen)
+    outs, grads = [], []
+    for conv in (full, atrous):
+        out = conv(x)
+        outs.append(out)
+        grads.append(torch.autograd.grad((out * weights).sum(), [x, conv.weight, conv.bias]))
+    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=1e-12)
+    for ours, reference in zip(grads[1], grads[0]):
+        torch.testing.assert_close(ours, reference, rtol=0, atol=1e-12)
+    if side + 1 <= dilation:  # every off-centre tap sees only padding: its gradient is exactly zero
+        off_centre = grads[1][1].clone()
+        off_centre[:, :, 1, 1] = 0
+        assert off_centre.abs().max() == 0

@@ -12,6 +12,7 @@ Any H, W works: strided convolutions round up, and every upsampling goes to an e
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -43,13 +44,73 @@ def aspp_rates_for(output_stride: int) -> tuple[int, int, int]:
     raise ValueError(f"output_stride must be 8 or 16, got {output_stride!r}")
 
 
-def _conv_bn_relu(cin: int, cout: int, kernel: int = 3, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+def _conv_bn_relu(cin: int, cout: int, kernel: int = 3, stride: int = 1, dilation: int = 1,
+                  conv: type[nn.Conv2d] = nn.Conv2d) -> nn.Sequential:
     pad = dilation * (kernel - 1) // 2
     return nn.Sequential(
-        nn.Conv2d(cin, cout, kernel, stride=stride, padding=pad, dilation=dilation, bias=False),
+        conv(cin, cout, kernel, stride=stride, padding=pad, dilation=dilation, bias=False),
         nn.BatchNorm2d(cout),
         nn.ReLU(inplace=True),
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _linear_interpolation_matrix(n_in: int, n_out: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The (n_out, n_in) matrix of 1-D linear resampling as F.interpolate computes it with
+    align_corners=False: source coordinate (i + 0.5) * n_in / n_out - 0.5, clamped at 0."""
+    src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
+    lo = src.floor().long().clamp(max=n_in - 1)
+    hi = (lo + 1).clamp(max=n_in - 1)
+    frac = src - lo
+    matrix = torch.zeros(n_out, n_in, dtype=torch.float64)
+    rows = torch.arange(n_out)
+    matrix.index_put_((rows, lo), 1 - frac, accumulate=True)
+    matrix.index_put_((rows, hi), frac, accumulate=True)
+    return matrix.to(device=device, dtype=dtype)
+
+
+def resize_bilinear(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """``F.interpolate(x, size, mode="bilinear", align_corners=False)``; on the CPU as two matrix products.
+
+    Bilinear resampling is separable, ``A_h X A_w^T``, and on the CPU the two products (forward and
+    backward) are several times faster than PyTorch's bilinear kernel, whose backward dominates at
+    the tiny model's sizes (benchmarks/README.md, "Exact speed-ups of the tiny model"). The values
+    agree to float rounding (tests/test_models.py). Other devices use F.interpolate.
+    """
+    height, width = int(size[0]), int(size[1])
+    if x.device.type != "cpu" or x.dim() != 4:
+        return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
+    dtype = x.dtype if x.is_floating_point() else torch.float32
+    rows = _linear_interpolation_matrix(x.shape[-2], height, dtype, x.device)
+    cols = _linear_interpolation_matrix(x.shape[-1], width, dtype, x.device)
+    return torch.matmul(torch.matmul(rows, x), cols.t())
+
+
+class AtrousConv2d(nn.Conv2d):
+    """A "same"-padded dilated convolution that leaves out the kernel taps that only see padding.
+
+    When the dilation is at least the map's height (width), every tap off the kernel's centre row
+    (column) lands in the zero padding at every position, so convolving with the centre row
+    (column) alone gives the same output and the same gradients (zero for the dropped taps). ASPP
+    on small crops is that case: rates 6-18 on the 4x4 maps of 64 px crops, where the three atrous
+    branches become 1x1 convolutions (a ninth of the work). Parameters are those of nn.Conv2d.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kh, kw = self.kernel_size
+        same = not isinstance(self.padding, str) and kh % 2 == 1 and kw % 2 == 1 and all(
+            p == d * (k - 1) // 2 for p, d, k in zip(self.padding, self.dilation, self.kernel_size))
+        drop_rows = kh > 1 and x.shape[-2] <= self.dilation[0]
+        drop_cols = kw > 1 and x.shape[-1] <= self.dilation[1]
+        if not (same and self.stride == (1, 1) and self.padding_mode == "zeros" and (drop_rows or drop_cols)):
+            return super().forward(x)
+        weight = self.weight
+        if drop_rows:
+            weight = weight[:, :, kh // 2: kh // 2 + 1, :]
+        if drop_cols:
+            weight = weight[:, :, :, kw // 2: kw // 2 + 1]
+        padding = (0 if drop_rows else self.padding[0], 0 if drop_cols else self.padding[1])
+        return F.conv2d(x, weight, self.bias, 1, padding, self.dilation, self.groups)
 
 
 # --------------------------------------------------------------------------------------------
@@ -80,7 +141,7 @@ class ASPP(nn.Module):
     def __init__(self, cin: int, cout: int = 256, rates: Sequence[int] = (6, 12, 18), dropout: float = 0.5):
         super().__init__()
         branches = [_conv_bn_relu(cin, cout, kernel=1)]
-        branches += [_conv_bn_relu(cin, cout, kernel=3, dilation=r) for r in rates]
+        branches += [_conv_bn_relu(cin, cout, kernel=3, dilation=r, conv=AtrousConv2d) for r in rates]
         branches.append(ASPPPooling(cin, cout))
         self.branches = nn.ModuleList(branches)
         self.project = nn.Sequential(
@@ -107,7 +168,7 @@ class Decoder(nn.Module):
 
     def forward(self, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
         low = self.low_proj(low)
-        high = F.interpolate(high, size=low.shape[-2:], mode="bilinear", align_corners=False)
+        high = resize_bilinear(high, low.shape[-2:])
         return self.fuse(torch.cat([high, low], dim=1))
 
 
@@ -251,7 +312,7 @@ class DeepLabV3Plus(nn.Module):
         logits = self.classifier(self.decoder(low, self.aspp(high)))
         if not upsample:
             return logits
-        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return resize_bilinear(logits, size)
 
     def backbone_parameters(self) -> Iterator[nn.Parameter]:
         return self.backbone.parameters()
