@@ -6,7 +6,8 @@ thread each train more iterations per second than one run with two (benchmarks/R
 "Two speed-ups for small runs on a CPU"). Each run is a spawned process (nothing shared with a
 notebook kernel) with the cores divided among the processes; a run's checkpoint, resume and
 metrics are those of the run trained alone. On a GPU the runs would share one device, so
-``auto`` trains one at a time.
+``auto`` trains one at a time. A run that starts from another's weights (the paper's two-phase
+schedule: pCE + DenseCRF fine-tunes the finished pCE run) waits for that run to finish.
 
     finals = train_in_parallel([(cfg_a, False), (cfg_b, True)], processes=2)
 """
@@ -17,7 +18,8 @@ import contextlib
 import io
 import multiprocessing
 import os
-from typing import Callable
+import queue
+from typing import Callable, Sequence
 
 import torch
 
@@ -78,30 +80,53 @@ def _train_quietly(task: tuple[int, TrainConfig, bool]) -> tuple[int, dict, str]
     return index, final, printed.getvalue()
 
 
+def _next_result(results: queue.SimpleQueue):
+    # Polled, so that Ctrl-C reaches the caller while it waits for a run.
+    while True:
+        try:
+            return results.get(timeout=0.5)
+        except queue.Empty:
+            continue
+
+
 def train_in_parallel(tasks: list[tuple[TrainConfig, bool]], processes: int,
                       on_start: Callable[[int], None] | None = None,
-                      on_done: Callable[[int, dict, str], None] | None = None) -> list[dict]:
+                      on_done: Callable[[int, dict, str], None] | None = None,
+                      after: Sequence[int | None] | None = None) -> list[dict]:
     """Trains each ``(config, resume)`` in ``tasks``, ``processes`` runs at once, and returns their
-    final scores in the order given. Runs start in that order: ``on_start(i)`` is called as run i
-    gets a process, ``on_done(i, final, printed)`` as it finishes. The first failure ends the runs
-    in flight (their checkpoints let a later call resume them) and is raised here."""
+    final scores in the order given. Runs start in that order, except that task i waits until task
+    ``after[i]`` (when not None) has finished: it starts from that run's weights. ``on_start(i)`` is
+    called as run i gets a process, ``on_done(i, final, printed)`` as it finishes. The first failure
+    ends the runs in flight (their checkpoints let a later call resume them) and is raised here."""
+    after = list(after) if after is not None else [None] * len(tasks)
     threads = max(1, usable_cores() // processes)
     finals: list[dict | None] = [None] * len(tasks)
+    results: queue.SimpleQueue = queue.SimpleQueue()
     pool = multiprocessing.get_context("spawn").Pool(processes, initializer=_start_worker, initargs=(threads,))
     try:
-        started = min(processes, len(tasks))
-        for i in range(started):
-            if on_start:
-                on_start(i)
-        work = [(i, cfg, resume) for i, (cfg, resume) in enumerate(tasks)]
-        for i, final, printed in pool.imap_unordered(_train_quietly, work, chunksize=1):
+        waiting, running, finished = list(range(len(tasks))), 0, set()
+        while waiting or running:
+            ready = [i for i in waiting if after[i] is None or after[i] in finished]
+            for i in ready[:processes - running]:
+                waiting.remove(i)
+                running += 1
+                if on_start:
+                    on_start(i)
+                cfg, resume = tasks[i]
+                pool.apply_async(_train_quietly, ((i, cfg, resume),), callback=results.put,
+                                 error_callback=results.put)
+            if not running:
+                raise ValueError(f"{tasks[waiting[0]][0].run.name}: waits for a run that never starts "
+                                 "(loss.init_from points at its own checkpoint?)")
+            result = _next_result(results)
+            if isinstance(result, BaseException):
+                raise result
+            i, final, printed = result
+            running -= 1
+            finished.add(i)
             finals[i] = final
             if on_done:
                 on_done(i, final, printed)
-            if started < len(tasks):
-                if on_start:
-                    on_start(started)
-                started += 1
         pool.close()
     except BaseException:
         pool.terminate()  # a failed run or a KeyboardInterrupt ends the runs in flight now

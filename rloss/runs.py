@@ -298,13 +298,21 @@ def train_runs(configs: list[TrainConfig], rerun: bool = False, parallel_runs: i
         bar.update(1)
 
     try:
-        done = train_in_parallel([(configs[i], resumable) for i, resumable in pending], processes,
-                                 on_start=announce, on_done=finished)
+        tasks = [(configs[i], resumable) for i, resumable in pending]
+        done = train_in_parallel(tasks, processes, on_start=announce, on_done=finished,
+                                 after=_starts_from([cfg for cfg, _ in tasks]))
     finally:
         bar.close()
     for (i, _), final in zip(pending, done):
         finals[i] = final
     return finals  # type: ignore[return-value]
+
+
+def _starts_from(configs: list[TrainConfig]) -> list[int | None]:
+    """For each config, the index of the config whose checkpoint its ``loss.init_from`` names (a
+    two-phase run's pCE run, which must finish first), or None."""
+    checkpoints = {(cfg.run_dir / CHECKPOINT).resolve(): i for i, cfg in enumerate(configs)}
+    return [checkpoints.get(Path(cfg.loss.init_from).resolve()) if cfg.loss.init_from else None for cfg in configs]
 
 
 def _one_run(cfg: TrainConfig) -> bool:

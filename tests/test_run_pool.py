@@ -35,6 +35,34 @@ def test_parallel_runs_equal_the_runs_trained_one_at_a_time(tmp_path):
     assert [f["miou"] for f in again] == [f["miou"] for f in parallel]
 
 
+def _two_phase(data_root, results):
+    # pCE, then pCE + DenseCRF fine-tuning its finished weights (the paper's schedule), listed after an
+    # independent run so that two processes would otherwise start the fine-tuning at once.
+    pce = tiny_config(data_root, results, "pce", "run.threads=1", "loss.type=pce")
+    other = tiny_config(data_root, results, "other", "run.threads=1", "loss.type=pce", "run.seed=1")
+    finetune = tiny_config(data_root, results, "finetune", "run.threads=1", "loss.type=pce_crf",
+                           f"loss.init_from={results / 'pce' / CHECKPOINT}")
+    return [pce, finetune, other]
+
+
+def test_a_two_phase_run_waits_for_the_run_it_starts_from(tmp_path):
+    data_root = tiny_synthetic(tmp_path / "data")
+    serial = train_runs(_two_phase(data_root, tmp_path / "serial"), parallel_runs=1)
+    parallel = train_runs(_two_phase(data_root, tmp_path / "parallel"), parallel_runs=2)
+    assert [f["miou"] for f in parallel] == [f["miou"] for f in serial]
+    one = torch.load(tmp_path / "serial" / "finetune" / CHECKPOINT, weights_only=True)["model"]
+    other = torch.load(tmp_path / "parallel" / "finetune" / CHECKPOINT, weights_only=True)["model"]
+    assert all(torch.equal(one[k], other[k]) for k in one)
+
+
+def test_a_run_that_waits_for_itself_is_one_line(tmp_path):
+    data_root = tiny_synthetic(tmp_path / "data")
+    pce, finetune, other = _two_phase(data_root, tmp_path / "results")
+    finetune.loss.init_from = str(tmp_path / "results" / "finetune" / CHECKPOINT)
+    with pytest.raises(ValueError, match="finetune: waits for a run that never starts"):
+        train_runs([finetune, other], parallel_runs=2)
+
+
 def test_a_failing_run_is_raised_with_its_own_message(tmp_path):
     data_root = tiny_synthetic(tmp_path / "data")
     good, bad = _configs(data_root, tmp_path / "results", ["good", "bad"])

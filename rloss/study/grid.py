@@ -192,8 +192,35 @@ def convergence(run: dict) -> dict:
             "converged": len(points) >= MIN_EVALS and late_gain < CONVERGED_GAIN}
 
 
+def started_from(run: dict) -> str | None:
+    """The name of the run a two-phase run fine-tuned (the folder of its ``loss.init_from``), else None."""
+    init_from = run["config"]["loss"].get("init_from")
+    return Path(init_from).parent.name if init_from else None
+
+
+def curve(run: dict, runs: list[dict]) -> list[tuple[int, float]]:
+    """The run's ``(iteration, mIoU)`` evaluations; a two-phase run's continue the iterations of the
+    pCE run it fine-tuned, when that run is among ``runs``."""
+    start = next((r for r in runs if r["run"] == started_from(run)), None)
+    offset = start["iterations"] if start is not None else 0
+    return sorted((offset + e["iteration"], e["miou"]) for e in run["evals"] if e.get("miou") is not None)
+
+
 def gain_along_training(crf_runs: list[dict], pce_runs: list[dict]) -> list[tuple[int, float]]:
-    """``(iteration, mean DenseCRF mIoU - mean pCE mIoU)`` at the evaluations both have, over seeds."""
+    """``(iteration, mean regularized mIoU - mean pCE mIoU)`` over seeds. One-phase runs are compared at
+    the evaluations both have. A two-phase run continues the iterations of the pCE run it fine-tunes
+    and is compared with that run's end point (where its pCE training stopped)."""
+    by_name = {r["run"]: r for r in pce_runs}
+    fine_tuned = [r for r in crf_runs if started_from(r) in by_name]
+    if fine_tuned:
+        curves = []
+        for run in fine_tuned:
+            start = by_name[started_from(run)]
+            curves.append({start["iterations"] + e["iteration"]: e["miou"] - start["miou"]
+                           for e in run["evals"] if e.get("miou") is not None})
+        common = set.intersection(*(set(c) for c in curves))
+        return sorted((i, statistics.fmean(c[i] for c in curves)) for i in common)
+
     def mean_curve(runs):
         curves = [{e["iteration"]: e["miou"] for e in r["evals"] if e.get("miou") is not None} for r in runs]
         common = set.intersection(*(set(c) for c in curves)) if curves else set()

@@ -50,13 +50,15 @@ def plot_grid_curves(runs: list[dict], title: str):
     """Validation mIoU along training, one line per run (a colour per loss, labelled once)."""
     import matplotlib.pyplot as plt
 
-    from .grid import LOSS_LABELS
+    from .grid import LOSS_LABELS, curve
 
     fig, ax = plt.subplots(figsize=(7, 4))
     labelled = set()
     for run in sorted(runs, key=lambda r: (r["loss"], r["seed"])):
-        xs = [e["iteration"] for e in run["evals"]]
-        ys = [e["miou"] for e in run["evals"]]
+        points = curve(run, runs)  # a two-phase run continues its pCE run's line
+        if not points:
+            continue
+        xs, ys = zip(*points)
         ax.plot(xs, ys, marker="o", color=LOSS_COLOURS[run["loss"]], alpha=0.8,
                 label=None if run["loss"] in labelled else LOSS_LABELS[run["loss"]])
         labelled.add(run["loss"])

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..data.io import atomic_path, save_figure, write_text_atomic  # noqa: F401 (save_figure: the notebooks' call)
 from .grid import (ALL_LOSSES, CONVERGED_GAIN, EXTRA_LOSSES, LOSS_LABELS, LOSSES, MIN_EVALS, convergence,
-                    gain_along_training, in_studies, load_runs, summarize)
+                    curve, gain_along_training, in_studies, load_runs, summarize)
 
 __all__ = [
     "TABLE_COLUMNS",
@@ -475,7 +475,7 @@ def plot_learning_curves(runs: list[dict]):
     fig, axes = _figure(4.2 * len(losses), 3.4, ncols=len(losses), sharey=True)
     for ax, loss in zip(axes[0], losses):
         for run in sorted((r for r in runs if r["loss"] == loss), key=lambda r: r["run"]):
-            points = sorted((e["iteration"], e["miou"]) for e in run["evals"] if e.get("miou") is not None)
+            points = curve(run, runs)
             if not points:
                 continue
             x, y = zip(*points)

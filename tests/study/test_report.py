@@ -339,3 +339,29 @@ def test_convergence_is_the_gain_over_the_last_quarter(tmp_path):
     [row] = report.miou_table(summarize(runs))
     note = report.convergence_note(row, runs)
     assert "1 of 2 runs NOT converged" in note and "c_full_seed0 (+7.0 pp" in note and "c_pce_seed0" not in note
+
+
+def test_a_two_phase_gain_continues_its_pce_run_and_compares_with_its_end_point(tmp_path):
+    # pCE runs end at iteration 10 (mIoU 0.50 and 0.54); each DenseCRF run fine-tunes its seed's pCE run
+    # for 10 iterations: its evaluations continue at 15 and 20, against the pCE end point.
+    from rloss.study.grid import curve, gain_along_training
+
+    for seed, (pce_end, crf_curve) in enumerate([(0.50, [0.52, 0.58]), (0.54, [0.55, 0.60])]):
+        write_run(tmp_path, "t", "/data/d", 40, "pce", seed, pce_end, 0.1, None)
+        evals = [{"epoch": i + 1, "iteration": 5 * (i + 1), "miou": v, "pixel_accuracy": 0.9, "per_class_iou": {}}
+                 for i, v in enumerate(crf_curve)]
+        write_run(tmp_path, "t", "/data/d", 40, "pce_crf", seed, crf_curve[-1], 0.1, 0.2, evals=evals,
+                  settings=[f"loss.init_from={tmp_path / f't_pce_seed{seed}' / 'checkpoint.pt'}"])
+    runs = load_runs(tmp_path)
+    crf = [r for r in runs if r["loss"] == "pce_crf"]
+    pce = [r for r in runs if r["loss"] == "pce"]
+    points = gain_along_training(crf, pce)
+    assert [i for i, _ in points] == [15, 20]
+    assert points[0][1] == pytest.approx(((0.52 - 0.50) + (0.55 - 0.54)) / 2)
+    assert points[1][1] == pytest.approx(((0.58 - 0.50) + (0.60 - 0.54)) / 2)
+    # Its learning curve continues the pCE run's line; without that run among the runs, its own iterations.
+    [seed0] = [r for r in crf if r["seed"] == 0]
+    assert curve(seed0, runs) == [(15, 0.52), (20, 0.58)] and curve(seed0, crf) == [(5, 0.52), (10, 0.58)]
+    # One-phase runs are compared at the evaluations both have (here 5 and 10).
+    one_phase = [dict(r, config={**r["config"], "loss": {**r["config"]["loss"], "init_from": None}}) for r in crf]
+    assert [i for i, _ in gain_along_training(one_phase, pce)] == [5, 10]
