@@ -10,9 +10,11 @@ from rloss.data.folder import SegmentationFolder
 from rloss.data.io import DataError, save_label_png, save_rgb
 from rloss.data.transforms import (
     IMAGENET_MEAN,
+    IMAGENET_STD,
     EvalTransform,
     TrainTransform,
     choose_interpolation,
+    resize_labels,
 )
 
 CLASS_COLOURS = np.array([[20, 20, 20], [230, 40, 40], [40, 220, 40], [40, 40, 230]], dtype=np.uint8)
@@ -140,6 +142,28 @@ def test_train_transform_marks_padding_in_roi_and_labels(tmp_path):
     mean = torch.tensor(IMAGENET_MEAN) * 255
     assert torch.allclose(out["image_raw"].permute(1, 2, 0)[pad], mean.round().expand(int(pad.sum()), 3))
     assert (out["mask"][~pad] != 255).all()  # the whole image is labeled in the full mask
+
+
+def test_two_label_maps_resized_as_one_image_equal_two_resizes():
+    # The train transform resizes scribble and mask as the two bands of one image.
+    rng = np.random.default_rng(0)
+    for height, width in [(40, 40), (13, 29), (64, 50)]:
+        scribble = rng.integers(0, 256, (height, width), dtype=np.uint8)
+        mask = rng.integers(0, 256, (height, width), dtype=np.uint8)
+        for size in [(64, 64), (45, 77), (7, 9), (height, width)]:
+            both = resize_labels(np.dstack([scribble, mask]), *size)
+            assert np.array_equal(both[..., 0], resize_labels(scribble, *size))
+            assert np.array_equal(both[..., 1], resize_labels(mask, *size))
+
+
+def test_train_transform_outputs_the_normalised_image_and_typed_labels(tmp_path):
+    out = SegmentationFolder(make_dataset(tmp_path), "train", transform=TrainTransform(64))[0]
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    expected = (out["image_raw"].double() / 255 - mean.double()) / std.double()
+    torch.testing.assert_close(out["image"].double(), expected, rtol=0, atol=1e-5)
+    assert out["image"].dtype == out["image_raw"].dtype == out["roi"].dtype == torch.float32
+    assert out["scribble"].dtype == out["mask"].dtype == torch.int64
+    assert all(out[k].is_contiguous() for k in ("image", "image_raw", "scribble", "mask", "roi"))
 
 
 def test_train_transform_is_deterministic_per_seed_epoch_and_index(tmp_path):
