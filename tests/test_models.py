@@ -44,6 +44,10 @@ def test_tiny_is_small_and_trains_on_batches():
     assert n < 1_500_000
     y = model.train()(torch.randn(2, 3, 64, 64))
     assert y.shape == (2, 3, 64, 64)
+    # micro: every width halved, so about a quarter of tiny's parameters.
+    micro = build_model("deeplabv3plus_micro", num_classes=3)
+    assert sum(p.numel() for p in micro.parameters()) < n / 3.5
+    assert micro.train()(torch.randn(2, 3, 40, 40)).shape == (2, 3, 40, 40)
 
 
 def _aspp_input_size(model, h, w):
@@ -69,7 +73,7 @@ def test_resnet_output_stride(output_stride):
         [6, 12, 18] if output_stride == 16 else [12, 24, 36])
 
 
-@pytest.mark.parametrize("name", ["deeplabv3plus_mobilenet_v3_large", "deeplabv3plus_tiny"])
+@pytest.mark.parametrize("name", ["deeplabv3plus_mobilenet_v3_large", "deeplabv3plus_tiny", "deeplabv3plus_micro"])
 @pytest.mark.parametrize("output_stride", [16, 8])
 def test_other_backbones_output_stride(name, output_stride):
     model = build_model(name, num_classes=2, output_stride=output_stride)

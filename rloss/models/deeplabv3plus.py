@@ -28,7 +28,15 @@ MODEL_NAMES = (
     "deeplabv3plus_resnet101",
     "deeplabv3plus_mobilenet_v3_large",
     "deeplabv3plus_tiny",
+    "deeplabv3plus_micro",
 )
+
+# The two small CPU networks: backbone widths, then the ASPP, low-level projection and decoder widths.
+# micro (half of tiny's widths, about a quarter of its parameters) takes half the time per step on a
+# CPU and, on the built-in data, levels off within a schedule that fits the study's 20 minutes
+# (benchmarks/README.md, "Converged runs in the built-in study").
+_SMALL_NETS = {"deeplabv3plus_tiny": ((16, 32, 64, 128), 64, 24, 64),
+               "deeplabv3plus_micro": ((8, 16, 32, 64), 32, 12, 32)}
 
 
 class PretrainedWeightsUnavailable(RuntimeError):
@@ -450,7 +458,7 @@ def build_model(name: str, num_classes: int, pretrained: bool = False, output_st
 
     pretrained: load ImageNet backbone weights from ``weights_path`` (a local state dict) or via
       torchvision's weights API (TORCH_HOME/hub/checkpoints cache, else download); any failure
-      raises PretrainedWeightsUnavailable. Not available for ``deeplabv3plus_tiny``.
+      raises PretrainedWeightsUnavailable. Not available for ``deeplabv3plus_tiny`` and ``_micro``.
     output_stride: 16 or 8 (stride of the features fed to ASPP; rates scale accordingly).
     checkpoint_backbone: recompute backbone stages in backward (training only) to save memory.
     """
@@ -461,17 +469,18 @@ def build_model(name: str, num_classes: int, pretrained: bool = False, output_st
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
 
-    if name == "deeplabv3plus_tiny":
+    if name in _SMALL_NETS:
         if pretrained:
             raise ValueError(f"{name} has no pretrained weights; use pretrained=False")
         if weights_path is not None:
             raise ValueError(f"{name}: weights_path is only used with pretrained=True backbones")
-        net = TinyNet(output_stride)
+        widths, aspp, low_proj, decoder = _SMALL_NETS[name]
+        net = TinyNet(output_stride, widths)
         backbone = Backbone(net, [["stem", "layer1"], ["layer2"], ["layer3"]], low_stage=0,
                             low_channels=net.low_channels, out_channels=net.out_channels,
                             checkpoint=checkpoint_backbone)
-        return DeepLabV3Plus(backbone, num_classes, output_stride, aspp_channels=64,
-                             low_proj_channels=24, decoder_channels=64)
+        return DeepLabV3Plus(backbone, num_classes, output_stride, aspp_channels=aspp,
+                             low_proj_channels=low_proj, decoder_channels=decoder)
 
     if name == "deeplabv3plus_resnet50":
         backbone = _resnet_backbone(name, 50, pretrained, output_stride, weights_path, checkpoint_backbone)
