@@ -69,9 +69,13 @@ def _parallel_runs(text: str) -> int | str:
 
 def _cmd_sweep_weight(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .sweep import sweep_crf_weight
+    from .sweep import sweep_crf_weight, two_phase_base
 
     base = load_config(args.config, args.set or ())
+    if args.finetune_epochs is not None and not args.two_phase:
+        raise ValueError("sweep-weight: --finetune-epochs needs --two-phase")
+    if args.two_phase:
+        base = two_phase_base(base, args.name, args.finetune_epochs, holdout_fraction=args.holdout, rerun=args.rerun)
     weights = [float(w) for w in args.weights.split(",")] if args.weights else None
     extra = {"weights": weights} if weights else {}
     budget = args.time_budget * 60 if args.time_budget else None
@@ -270,6 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "the default) or loss.nc_weight (normalized cut)")
     sweep.add_argument("--holdout", type=float, default=0.2, help="share of the train split held out to score on")
     sweep.add_argument("--time-budget", type=float, metavar="MIN", help="start no run that would end after this")
+    sweep.add_argument("--two-phase", action="store_true",
+                       help="the paper's schedule: train pCE on the kept share first, then fine-tune it once per weight")
+    sweep.add_argument("--finetune-epochs", type=int, metavar="N",
+                       help="with --two-phase: epochs of each fine-tuning (default: the config's epochs)")
     sweep.add_argument("--rerun", action="store_true", help="train finished runs again")
     sweep.add_argument("--parallel-runs", default="auto", type=_parallel_runs, metavar="N",
                        help="runs trained at once, one process each (default auto: one per CPU core as memory "

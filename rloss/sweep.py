@@ -19,6 +19,11 @@ read, so val stays a fair test of the chosen weight. Runs are ``<name>_sweep_w<w
 more weights only trains what is missing.
 The result goes to ``<results>/<name>_weight_sweep.json`` (what the study's
 notebooks read with ``crf_relative_weight = "sweep"``) and a plot beside it.
+
+For the paper's two-phase schedule (the regularized run fine-tunes a finished pCE run), sweep
+the weight of the fine-tuning: ``sweep_crf_weight(two_phase_base(base, name, finetune_epochs=8),
+name)`` first trains pCE on the kept share (``<name>_sweep_start``), then fine-tunes it once per
+weight; weight 0 is then pCE trained on for as long, the control.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from pathlib import Path
 from .config import CRF_LOSS_TYPES, NC_LOSS_TYPES, LossConfig, TrainConfig
 from .data.io import save_figure, write_text_atomic
 from .run_pool import resolve_processes
-from .runs import train_runs
+from .runs import CHECKPOINT, train_runs
 
 DEFAULT_WEIGHTS = (0.0, 0.25, 1.0, 4.0, 16.0)  # relative; x4 steps around the published balance
 # The same x4 steps around the default normalized cut weight.
@@ -85,6 +90,27 @@ def sweep_configs(base: TrainConfig, name: str, weights=None,
     return configs
 
 
+def two_phase_base(base: TrainConfig, name: str, finetune_epochs: int | None = None,
+                   holdout_fraction: float = DEFAULT_HOLDOUT, rerun: bool = False) -> TrainConfig:
+    """``base`` set up to sweep a weight of the two-phase schedule: trains pCE with ``base``'s schedule on
+    train minus the held-out share (run ``<name>_sweep_start``; it never sees the share the sweep scores
+    on) and returns ``base`` fine-tuning its final weights for ``finetune_epochs`` (None: ``base``'s)."""
+    start = copy.deepcopy(base)
+    start.loss.type, start.loss.init_from = "pce", None
+    start.data.holdout_fraction = holdout_fraction
+    start.run.name = f"{name}_sweep_start"
+    start.wandb.enabled = False
+    start = start.validate()
+    print(f"sweep {name}: pCE on the kept share first ({start.run.name}), fine-tuned once per weight",
+          file=sys.stderr)
+    train_runs([start], rerun=rerun)
+    tuned = copy.deepcopy(base)
+    tuned.loss.init_from = str(start.run_dir / CHECKPOINT)
+    if finetune_epochs:
+        tuned.optim.epochs, tuned.optim.iterations = finetune_epochs, None
+    return tuned.validate()
+
+
 def sweep_crf_weight(base: TrainConfig, name: str, weights=None, holdout_fraction: float = DEFAULT_HOLDOUT,
                      rerun: bool = False, time_budget_s: float | None = None, plot: bool = True,
                      key: str = DEFAULT_KEY, parallel_runs: int | str = "auto") -> dict:
@@ -124,6 +150,7 @@ def sweep_crf_weight(base: TrainConfig, name: str, weights=None, holdout_fractio
         "data_root": base.data.root, "crop_size": base.data.crop_size, "sigma_xy": base.loss.sigma_xy,
         "scale_factor": base.loss.scale_factor, "holdout_fraction": holdout_fraction,
         "iterations": base.optim.iterations, "epochs": base.optim.epochs, "seed": base.run.seed,
+        "fine_tunes": base.loss.init_from,  # the two-phase start, or None
         "points": points, "complete": len(points) == len(configs),
         "best": best["weight"], "best_absolute": best["absolute_weight"], "best_heldout_miou": best["heldout_miou"],
     }

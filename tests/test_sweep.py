@@ -6,7 +6,8 @@ import pytest
 
 from rloss.config import load_config
 from rloss.data.folder import split_holdout
-from rloss.sweep import read_sweep, sweep_crf_weight
+from rloss.runs import CHECKPOINT, read_run_config
+from rloss.sweep import read_sweep, sweep_crf_weight, two_phase_base
 
 
 def test_holdout_split_is_a_partition_fixed_by_the_ids():
@@ -46,6 +47,32 @@ def test_sweep_scores_on_held_out_train_images_and_never_reads_val(tmp_path):
         assert metrics["data"]["train_images"] == 7
     crf_run = json.loads((tmp_path / "results" / "t_sweep_w2" / "metrics.json").read_text())
     assert crf_run["crf_weight"] == pytest.approx(result["points"][1]["absolute_weight"])
+
+
+def test_a_two_phase_sweep_fine_tunes_pce_trained_on_the_kept_share_and_never_reads_val(tmp_path):
+    from rloss.data.synthetic import generate_synthetic
+
+    root = tmp_path / "data"
+    generate_synthetic(root, size=32, n_train=10, n_val=4, seed=0, progress=False)
+    (root / "ImageSets" / "Segmentation" / "val.txt").unlink()  # any read of val would now fail
+    results = tmp_path / "results"
+    base = load_config(None, [
+        f"data.root={root}", "data.crop_size=32", "data.batch_size=4", "optim.epochs=2", "loss.kernel=exact",
+        f"run.results_dir={results}", "run.device=cpu", "run.eval_every_epochs=1",
+    ])
+    tuned = two_phase_base(base, "t", finetune_epochs=1, holdout_fraction=0.3)
+    start = json.loads((results / "t_sweep_start" / "metrics.json").read_text())
+    # The start is pCE with the base schedule, trained on the kept 7 images and scored on the held-out 3.
+    assert read_run_config(results / "t_sweep_start").loss.type == "pce"
+    assert start["final"]["iteration"] == 2 * (7 // 4)
+    assert start["data"]["train_images"] == 7 and start["data"]["evaluated_on"] == "held-out share of train"
+    assert tuned.loss.init_from == str(results / "t_sweep_start" / CHECKPOINT) and tuned.optim.epochs == 1
+    result = sweep_crf_weight(tuned, "t", weights=[0.0, 2.0], holdout_fraction=0.3, plot=False)
+    assert result["fine_tunes"] == tuned.loss.init_from
+    for point in result["points"]:  # each weight fine-tunes the start for one epoch on the same kept share
+        metrics = json.loads((results / point["run"] / "metrics.json").read_text())
+        assert metrics["final"]["iteration"] == 7 // 4 and metrics["data"]["train_images"] == 7
+        assert read_run_config(results / point["run"]).loss.init_from == tuned.loss.init_from
 
 
 def test_sweep_trains_its_runs_in_groups_and_stops_at_the_time_budget(tmp_path):

@@ -60,14 +60,17 @@ def plan_grid(base: TrainConfig, name: str, losses=LOSSES, seeds=(0,), two_phase
     if nc_weight is not None:
         weights["nc_weight"] = base.loss.nc_weight if sweep_nc else nc_weight
     base = config_from_dict({"loss": weights}, "the study's weights", base=base).validate()
-    if sweep or sweep_nc:
-        from ..sweep import sweep_crf_weight  # only when asked: it is the training side of the study
+    if sweep or sweep_nc:  # only when asked: it is the training side of the study
+        from ..sweep import sweep_crf_weight, two_phase_base
+
+        # A two-phase grid sweeps the weight of the fine-tuning, from pCE trained on the kept share.
+        sweep_base = two_phase_base(base, name, finetune_epochs or None, rerun=rerun) if two_phase else base
 
     if sweep:  # the sweep's runs set their own weights
-        base.loss.crf_relative_weight = sweep_crf_weight(base, name, rerun=rerun)["best"]
+        base.loss.crf_relative_weight = sweep_crf_weight(sweep_base, name, rerun=rerun)["best"]
         print(f"DenseCRF weight chosen by the sweep: {base.loss.crf_relative_weight:g}x the published balance")
     if sweep_nc:
-        nc_base = config_from_dict({"loss": {"type": "pce_nc"}}, "the normalized cut sweep", base=base).validate()
+        nc_base = config_from_dict({"loss": {"type": "pce_nc"}}, "the normalized cut sweep", base=sweep_base).validate()
         base.loss.nc_weight = sweep_crf_weight(nc_base, f"{name}_nc", rerun=rerun, key="loss.nc_weight")["best"]
         print(f"normalized cut weight chosen by the sweep: {base.loss.nc_weight:g}")
     configs = study_grid(base, name, losses=losses, seeds=seeds, two_phase=two_phase,
