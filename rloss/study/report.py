@@ -520,7 +520,8 @@ def plot_per_class_iou(runs: list[dict]):
 
 def plot_crf_gain_along_training(table: list[dict], runs: list[dict]):
     """DenseCRF mIoU minus pCE mIoU (pp, means over seeds) at each evaluation, one line per row of the table:
-    a gain that shrinks towards the end was faster early training, not a better end point."""
+    a gain that shrinks towards the end was faster early training, not a better end point. Two-phase
+    runs: the gain over the pCE end point along the fine-tuning (``grid.gain_along_training``)."""
     by_name = {r["run"]: r for r in runs}
     curves = []
     for r in table:
