@@ -246,6 +246,18 @@ def test_resize_bilinear_is_torch_bilinear(in_size, out_size):
     torch.testing.assert_close(grad_ours, grad_torchs, rtol=0, atol=1e-12)
 
 
+def test_resize_bilinear_after_inference_mode_still_trains():
+    # Its matrices are cached: the first call under inference_mode must not leave inference tensors
+    # behind for a later call that needs gradients.
+    from rloss.models.deeplabv3plus import resize_bilinear
+
+    with torch.inference_mode():
+        resize_bilinear(torch.randn(1, 2, 7, 11), (23, 29))
+    x = torch.randn(1, 2, 7, 11, requires_grad=True)
+    resize_bilinear(x, (23, 29)).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("side,dilation", [(4, 6), (6, 6), (7, 6), (4, 2), (3, 18)])
 def test_atrous_conv_matches_full_kernel(side, dilation):
     # Leaving out the taps that only see padding must not change the output or any gradient.

@@ -66,15 +66,18 @@ def _conv_bn_relu(cin: int, cout: int, kernel: int = 3, stride: int = 1, dilatio
 def _linear_interpolation_matrix(n_in: int, n_out: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """The (n_out, n_in) matrix of 1-D linear resampling as F.interpolate computes it with
     align_corners=False: source coordinate (i + 0.5) * n_in / n_out - 0.5, clamped at 0."""
-    src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
-    lo = src.floor().long().clamp(max=n_in - 1)
-    hi = (lo + 1).clamp(max=n_in - 1)
-    frac = src - lo
-    matrix = torch.zeros(n_out, n_in, dtype=torch.float64)
-    rows = torch.arange(n_out)
-    matrix.index_put_((rows, lo), 1 - frac, accumulate=True)
-    matrix.index_put_((rows, hi), frac, accumulate=True)
-    return matrix.to(device=device, dtype=dtype)
+    # Cached and shared, so never an inference tensor (one made under torch.inference_mode could
+    # not be used by a later step that trains).
+    with torch.inference_mode(False), torch.no_grad():
+        src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
+        lo = src.floor().long().clamp(max=n_in - 1)
+        hi = (lo + 1).clamp(max=n_in - 1)
+        frac = src - lo
+        matrix = torch.zeros(n_out, n_in, dtype=torch.float64)
+        rows = torch.arange(n_out)
+        matrix.index_put_((rows, lo), 1 - frac, accumulate=True)
+        matrix.index_put_((rows, hi), frac, accumulate=True)
+        return matrix.to(device=device, dtype=dtype)
 
 
 def resize_bilinear(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
