@@ -216,11 +216,8 @@ def gain_along_training(crf_runs: list[dict], pce_runs: list[dict]) -> list[tupl
     by_name = {r["run"]: r for r in pce_runs}
     fine_tuned = [r for r in crf_runs if started_from(r) in by_name]
     if fine_tuned:
-        curves = []
-        for run in fine_tuned:
-            start = by_name[started_from(run)]
-            curves.append({start["iterations"] + e["iteration"]: e["miou"] - start["miou"]
-                           for e in run["evals"] if e.get("miou") is not None})
+        curves = [{i: miou - by_name[started_from(run)]["miou"] for i, miou in curve(run, pce_runs)}
+                  for run in fine_tuned]
         common = set.intersection(*(set(c) for c in curves))
         return sorted((i, statistics.fmean(c[i] for c in curves)) for i in common)
 
