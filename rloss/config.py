@@ -33,6 +33,7 @@ CRF_LOSS_TYPES = ("pce_crf", "pce_kernelcut")
 NC_LOSS_TYPES = ("pce_nc", "pce_kernelcut")
 AMP_MODES = ("off", "bf16", "fp16")
 OPTIMIZERS = ("sgd", "adamw")
+LR_SCHEDULES = ("poly", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 WANDB_MODES = ("offline", "online")
 AUTO = "auto"  # data.batch_size: the largest global batch that fits the device
@@ -98,6 +99,9 @@ class OptimConfig:
     momentum: float = 0.9  # sgd only
     weight_decay: float = 5e-4
     head_lr_mult: float = 10.0
+    # poly: (1 - t)^poly_power, the paper's; cosine: (1 + cos(pi t)) / 2, which spends more of the run at
+    # a high rate and anneals within it, so a run of the same length ends closer to its plateau.
+    lr_schedule: str = "poly"
     poly_power: float = 0.9
     epochs: int = 30
     iterations: int | None = None  # when set, overrides epochs
@@ -158,6 +162,7 @@ class TrainConfig:
         _choice("loss.type", self.loss.type, LOSS_TYPES)
         _choice("run.amp", self.run.amp, AMP_MODES)
         _choice("optim.name", self.optim.name, OPTIMIZERS)
+        _choice("optim.lr_schedule", self.optim.lr_schedule, LR_SCHEDULES)
         _choice("run.device", self.run.device, DEVICES)
         _choice("model.name", self.model.name, MODEL_NAMES)
         _choice("model.output_stride", self.model.output_stride, (8, 16))

@@ -129,8 +129,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def poly_lr(base: float, iteration: int, total: int, power: float) -> float:
-    return base * (1.0 - min(iteration, total) / total) ** power
+def scheduled_lr(base: float, iteration: int, total: int, schedule: str, power: float) -> float:
+    """The learning rate at ``iteration`` of ``total``: ``base`` decayed to 0 by ``schedule``
+    (poly with ``power``, or cosine)."""
+    done = min(iteration, total) / total
+    if schedule == "cosine":
+        return base * 0.5 * (1.0 + math.cos(math.pi * done))
+    return base * (1.0 - done) ** power
 
 
 def _autocast(device: torch.device, amp: str):
@@ -778,7 +783,8 @@ def _train_step(run: _Run, data: dict) -> None:
     step_start = pending.mark()
     crf_start = crf_end = None
     for group in run.optimizer.param_groups:
-        group["lr"] = poly_lr(group["initial_lr"], p.iteration, run.total_iters, cfg.optim.poly_power)
+        group["lr"] = scheduled_lr(group["initial_lr"], p.iteration, run.total_iters, cfg.optim.lr_schedule,
+                                   cfg.optim.poly_power)
     with _out_of_memory_as_advice(cfg, run.per_process, device):
         image = data["image"].to(device, non_blocking=True)
         if cfg.model.channels_last:

@@ -256,3 +256,16 @@ def test_adamw_is_a_choice_of_optimizer(data_root, tmp_path):
     assert state and all({"exp_avg", "exp_avg_sq"} <= set(s) and "momentum_buffer" not in s for s in state.values())
     with pytest.raises(ValueError, match="optim.name must be one of sgd, adamw"):
         load_config(None, ["optim.name=adam"])
+
+
+@pytest.mark.parametrize("schedule, last_step_share", [("cosine", 0.25), ("poly", (1 / 3) ** 0.9)])
+def test_learning_rate_schedule(data_root, tmp_path, schedule, last_step_share):
+    # Three steps: the last one runs at iteration 2 of 3, where cosine gives (1 + cos(2 pi / 3)) / 2 = 1/4
+    # of the base rate and poly (1 - 2/3)^0.9.
+    cfg = tiny(data_root, tmp_path, schedule, "loss.type=pce", "optim.name=adamw", "optim.lr=0.002",
+               "optim.iterations=3", f"optim.lr_schedule={schedule}")
+    train(cfg)
+    groups = torch.load(tmp_path / schedule / "checkpoint.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert all(g["lr"] == pytest.approx(g["initial_lr"] * last_step_share) for g in groups)
+    with pytest.raises(ValueError, match="optim.lr_schedule must be one of poly, cosine"):
+        load_config(None, ["optim.lr_schedule=step"])
