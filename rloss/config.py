@@ -103,6 +103,9 @@ class OptimConfig:
     # a high rate and anneals within it, so a run of the same length ends closer to its plateau.
     lr_schedule: str = "poly"
     poly_power: float = 0.9
+    # > 0: the run is evaluated and saved as the average of its weights over about this many epochs
+    # (rloss.weight_average: steadier validation curves); 0: the last iterate, as the paper.
+    weight_average_epochs: float = 0.0
     epochs: int = 30
     iterations: int | None = None  # when set, overrides epochs
 
@@ -204,7 +207,8 @@ class TrainConfig:
                 raise ValueError(f"config: {key} must be > 0, got {value}")
         for key, value in (
             ("optim.momentum", self.optim.momentum), ("optim.weight_decay", self.optim.weight_decay),
-            ("optim.poly_power", self.optim.poly_power), ("loss.crf_relative_weight", self.loss.crf_relative_weight),
+            ("optim.poly_power", self.optim.poly_power), ("optim.weight_average_epochs", self.optim.weight_average_epochs),
+            ("loss.crf_relative_weight", self.loss.crf_relative_weight),
             ("loss.nc_weight", self.loss.nc_weight),
         ):
             if value < 0:

@@ -41,6 +41,7 @@ from .losses import DenseCRFLoss, KernelCutLoss, NormalizedCutLoss, partial_cros
 from .metrics import ConfusionMatrix
 from .models import build_model
 from .runs import CHECKPOINT, CONFIG, METRICS
+from .weight_average import WeightAverage
 
 
 # --------------------------------------------------------------------------------------------
@@ -569,7 +570,8 @@ class _Run:
     iters_per_epoch: int
     total_iters: int
     num_epochs: int
-    net: torch.nn.Module  # the model itself: its weights are what a checkpoint holds
+    net: torch.nn.Module  # the model itself, the one the optimizer trains
+    average: WeightAverage | None  # optim.weight_average_epochs > 0: the model evaluated and saved
     forward: torch.nn.Module  # what a step calls: the model, wrapped by DDP and torch.compile when asked
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
@@ -665,7 +667,8 @@ def _set_up(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.de
             raise ValueError(f"resume: {ckpt_path} has {saved_classes} classes, the data set {d.root} has "
                              f"{num_classes}; resume with its own data, or train without --resume")
         try:
-            net.load_state_dict(checkpoint["model"])
+            # A run with a weight average saves the average as "model" and what it trains as "trained_model".
+            net.load_state_dict(checkpoint.get("trained_model", checkpoint["model"]))
             optimizer.load_state_dict(checkpoint["optimizer"])
             scaler.load_state_dict(checkpoint["scaler"])
             progress.iteration, progress.epoch = checkpoint["iteration"], checkpoint["epoch"]
@@ -677,6 +680,15 @@ def _set_up(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.de
             raise ValueError(f"resume: {ckpt_path}: not a checkpoint of this model written by rloss train "
                              f"({type(exc).__name__}: {first_line(exc)})") from None
         progress.last_saved = progress.iteration
+    average = None
+    if o.weight_average_epochs > 0:  # made after the net is complete: it copies it
+        average = WeightAverage(net, max(1.0, o.weight_average_epochs * iters_per_epoch))
+        if checkpoint is not None and "trained_model" in checkpoint:
+            try:
+                average.load_state_dict(checkpoint["model"], int(checkpoint["average_updates"]))
+            except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+                raise ValueError(f"resume: {ckpt_path}: its weight average does not fit this model "
+                                 f"({type(exc).__name__}: {first_line(exc)})") from None
 
     model = net
     if ctx.enabled:
@@ -693,16 +705,21 @@ def _set_up(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.de
     return _Run(cfg=cfg, ctx=ctx, device=device, run_id=run_id, ckpt_path=ckpt_path, train_set=train_set,
                 train_tf=train_tf, val_loader=val_loader, num_classes=num_classes, class_names=class_names,
                 batch=batch, per_process=per_process, data_facts=data_facts, iters_per_epoch=iters_per_epoch,
-                total_iters=total_iters, num_epochs=num_epochs, net=net, forward=forward, optimizer=optimizer,
-                scaler=scaler, crf=crf, tracker=tracker, pending=_PendingSteps(device),
+                total_iters=total_iters, num_epochs=num_epochs, net=net, average=average, forward=forward,
+                optimizer=optimizer, scaler=scaler, crf=crf, tracker=tracker, pending=_PendingSteps(device),
                 read_every=_read_interval(cfg, device), progress=progress)
 
 
 def _checkpoint_state(run: _Run) -> dict:
     p = run.progress
     rngs = D.gather_objects(rng_states(), run.ctx)  # every process's, so a resume repeats each one's draws
+    # "model" is what the run is judged by (inference and a fine-tuning's init_from load it).
+    judged = run.net if run.average is None else run.average
+    averaged = {} if run.average is None else {"trained_model": run.net.state_dict(),
+                                               "average_updates": run.average.updates}
     return {
-        "model": run.net.state_dict(), "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
+        **averaged, "model": judged.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "scaler": run.scaler.state_dict(),
         "iteration": p.iteration, "epoch": p.epoch, "position": p.position, "evals": json.dumps(p.evals),
         "rng": rngs, "config": json.dumps(run.cfg.to_dict()), "num_classes": run.num_classes,
         "class_names": list(run.class_names), "model_name": run.cfg.model.name, "wandb_id": run.tracker.run_id,
@@ -725,7 +742,8 @@ def _evaluate_run(run: _Run, epoch_number: int) -> dict:
     """Scores the model on the validation share, records them in metrics.json and the logger."""
     cfg, p = run.cfg, run.progress
     want = cfg.wandb.num_images if run.tracker.active else 0
-    scores, examples = evaluate(run.net, run.val_loader, run.device, run.num_classes, run.class_names, cfg.run.amp,
+    model = run.net if run.average is None else run.average.model
+    scores, examples = evaluate(model, run.val_loader, run.device, run.num_classes, run.class_names, cfg.run.amp,
                                 cfg.model.channels_last, num_examples=want)
     p.evals.append({"epoch": epoch_number, "iteration": p.iteration, **scores})
     if run.ctx.is_main:
@@ -806,6 +824,8 @@ def _train_step(run: _Run, data: dict) -> None:
         run.scaler.scale(loss).backward()
         run.scaler.step(run.optimizer)
         run.scaler.update()
+        if run.average is not None:
+            run.average.update()
         pending.add(p.iteration + 1, terms, loss, (step_start, pending.mark(), crf_start, crf_end))
 
 

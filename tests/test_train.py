@@ -71,10 +71,11 @@ T.train(load_config(sys.argv[1]))
 """
 
 
-def test_resume_after_sigkill_matches_uninterrupted(data_root, tmp_path):
+@pytest.mark.parametrize("average_epochs", [0, 1])  # 1: the weight average is saved and restored too
+def test_resume_after_sigkill_matches_uninterrupted(data_root, tmp_path, average_epochs):
     torch.use_deterministic_algorithms(True)
     try:
-        extra = ("loss.type=pce_crf", "run.checkpoint_every_iters=1")
+        extra = ("loss.type=pce_crf", "run.checkpoint_every_iters=1", f"optim.weight_average_epochs={average_epochs}")
         final_a = train(tiny(data_root, tmp_path, "a", *extra))
 
         cfg_b = tiny(data_root, tmp_path, "b", *extra)
@@ -106,9 +107,12 @@ def test_resume_after_sigkill_matches_uninterrupted(data_root, tmp_path):
     assert metrics_b["evals"] == metrics_a["evals"]
     ckpt_a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
     ckpt_b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
-    assert ckpt_a["model"].keys() == ckpt_b["model"].keys()
-    for key, value in ckpt_a["model"].items():
-        assert torch.equal(value, ckpt_b["model"][key]), key
+    weights = ("model", "trained_model") if average_epochs else ("model",)
+    assert ("trained_model" in ckpt_a) == bool(average_epochs)
+    for weight in weights:
+        assert ckpt_a[weight].keys() == ckpt_b[weight].keys()
+        for key, value in ckpt_a[weight].items():
+            assert torch.equal(value, ckpt_b[weight][key]), (weight, key)
     for key in ("iteration", "epoch", "position"):
         assert ckpt_a[key] == ckpt_b[key]
 
