@@ -2,9 +2,9 @@
 
 Late in a run the last iterate still moves with every mini-batch, and BatchNorm's running
 statistics are those of the last few batches: on scribbles the validation mIoU of consecutive
-epochs then differs by up to about 1 pp, which hides whether the run has levelled off. The average over
-the last ``horizon`` iterations (Polyak averaging, with the BatchNorm statistics averaged alike)
-keeps the run's progress and drops most of that noise.
+epochs then differs by up to about 1 pp, which hides whether the run has levelled off. The
+average over the last ``horizon`` iterations (Polyak averaging, with the BatchNorm statistics
+averaged alike) keeps the run's progress and drops most of that noise.
 """
 
 from __future__ import annotations
@@ -49,4 +49,4 @@ class WeightAverage:
 
     def load_state_dict(self, state: dict, updates: int) -> None:
         self.model.load_state_dict(state)
-        self.updates = 0
+        self.updates = updates

@@ -27,11 +27,9 @@ def test_average_is_the_mean_then_an_exponential_average():
     net = _net()
     _set(net, 1.0)
     average = WeightAverage(net, horizon=2)
-    expected = []
     for value, want in ((4.0, 4.0), (6.0, 5.0), (11.0, 8.0)):  # weights 1, 1/2, then 1/2 (the horizon)
         _set(net, value)
         average.update()
-        expected.append(want)
         state = average.state_dict()
         assert torch.allclose(state["0.weight"], torch.full((2, 2), want)), (value, state["0.weight"])
         assert torch.allclose(state["1.running_var"], torch.full((2,), want))
