@@ -582,6 +582,12 @@ class _Run:
     progress: _Progress
     bar: object = None
 
+    @property
+    def scored(self) -> torch.nn.Module:
+        """The model the run is evaluated and saved as (a checkpoint's "model"; inference and a
+        fine-tuning's init_from load it): the weight average when there is one, else the net."""
+        return self.net if self.average is None else self.average.model
+
 
 def _set_up(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.device) -> _Run:
     """The run's data, model, optimizer and loss; a resumed run's state restored from its checkpoint."""
@@ -713,12 +719,10 @@ def _set_up(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.de
 def _checkpoint_state(run: _Run) -> dict:
     p = run.progress
     rngs = D.gather_objects(rng_states(), run.ctx)  # every process's, so a resume repeats each one's draws
-    # "model" is what the run is judged by (inference and a fine-tuning's init_from load it).
-    judged = run.net if run.average is None else run.average
     averaged = {} if run.average is None else {"trained_model": run.net.state_dict(),
                                                "average_updates": run.average.updates}
     return {
-        **averaged, "model": judged.state_dict(), "optimizer": run.optimizer.state_dict(),
+        **averaged, "model": run.scored.state_dict(), "optimizer": run.optimizer.state_dict(),
         "scaler": run.scaler.state_dict(),
         "iteration": p.iteration, "epoch": p.epoch, "position": p.position, "evals": json.dumps(p.evals),
         "rng": rngs, "config": json.dumps(run.cfg.to_dict()), "num_classes": run.num_classes,
@@ -742,8 +746,7 @@ def _evaluate_run(run: _Run, epoch_number: int) -> dict:
     """Scores the model on the validation share, records them in metrics.json and the logger."""
     cfg, p = run.cfg, run.progress
     want = cfg.wandb.num_images if run.tracker.active else 0
-    model = run.net if run.average is None else run.average.model
-    scores, examples = evaluate(model, run.val_loader, run.device, run.num_classes, run.class_names, cfg.run.amp,
+    scores, examples = evaluate(run.scored, run.val_loader, run.device, run.num_classes, run.class_names, cfg.run.amp,
                                 cfg.model.channels_last, num_examples=want)
     p.evals.append({"epoch": epoch_number, "iteration": p.iteration, **scores})
     if run.ctx.is_main:

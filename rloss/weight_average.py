@@ -44,9 +44,6 @@ class WeightAverage:
         for average, current in self._counts:
             average.copy_(current)
 
-    def state_dict(self) -> dict:
-        return self.model.state_dict()
-
     def load_state_dict(self, state: dict, updates: int) -> None:
         self.model.load_state_dict(state)
         self.updates = updates

@@ -8,7 +8,7 @@ import torch
 from inputs import tiny_config, tiny_synthetic
 from rloss.data.folder import SegmentationFolder
 from rloss.data.transforms import EvalTransform
-from rloss.models import build_model
+from rloss.infer import load_predictor
 from rloss.train import evaluate, train
 from rloss.weight_average import WeightAverage
 
@@ -30,7 +30,7 @@ def test_average_is_the_mean_then_an_exponential_average():
     for value, want in ((4.0, 4.0), (6.0, 5.0), (11.0, 8.0)):  # weights 1, 1/2, then 1/2 (the horizon)
         _set(net, value)
         average.update()
-        state = average.state_dict()
+        state = average.model.state_dict()
         assert torch.allclose(state["0.weight"], torch.full((2, 2), want)), (value, state["0.weight"])
         assert torch.allclose(state["1.running_var"], torch.full((2,), want))
         assert state["1.num_batches_tracked"].item() == int(value)  # a counter is copied, not averaged
@@ -50,8 +50,7 @@ def test_run_is_evaluated_and_saved_as_its_average(tmp_path):
                and not torch.equal(v, ckpt["trained_model"][k])]
     assert differs, "the saved average equals the last iterate"
     # The run's final score is the saved model's (the average), scored again from the file.
-    net = build_model("deeplabv3plus_tiny", ckpt["num_classes"], pretrained=False)
-    net.load_state_dict(ckpt["model"])
+    net = load_predictor(tmp_path / "averaged" / "checkpoint.pt", "cpu").model  # what inference loads
     val = SegmentationFolder(data_root, "val", transform=EvalTransform(32), require_scribbles=False)
     loader = torch.utils.data.DataLoader(val, batch_size=4, collate_fn=list)
     scores, _ = evaluate(net, loader, torch.device("cpu"), ckpt["num_classes"], ckpt["class_names"])
