@@ -10,6 +10,10 @@ PARAMS ?= params/default.yaml
 STAMP  := $(VENV)/.installed
 BROWSER_STAMP := $(VENV)/.browser
 
+# make study|reproduce [PARALLEL_RUNS=auto|N]: runs trained at once; changes the time, never a number.
+PARALLEL_RUNS ?=
+# make reproduce [RECORDED=...]: the recorded study the README quotes, compared run by run with a fresh one.
+RECORDED ?= benchmarks/results/study-default-2026-12-03-RECORDED
 # make inference IMAGE_PATH=... [CHECKPOINT=...] [OUTPUT=...] [INTERPOLATION=auto|bicubic|bilinear|nearest]
 CHECKPOINT    ?= results/small_pce_crf_seed0/checkpoint.pt
 INTERPOLATION ?= auto
@@ -34,7 +38,7 @@ LAB_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 WANDB_SET = --set $(1).wandb=true --set $(1).wandb_mode=$(WANDB_MODE)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test study test-env train-small train-standard train-small-wandb train-standard-wandb \
+.PHONY: help setup test study reproduce test-env train-small train-standard train-small-wandb train-standard-wandb \
         setup-wandb inference lab browser browser-check build run build-ext cuda-check gpu-check bench clean
 
 help:  ## list the targets
@@ -61,7 +65,10 @@ browser: $(STAMP)  ## headless Chromium for the browser tests: Debian's package 
 	touch $(BROWSER_STAMP)
 
 study: $(STAMP)  ## run the notebooks in order (papermill, $(PARAMS)); RERUN=1 retrains finished runs
-	$(PY) -m rloss study --params $(PARAMS) $(if $(RERUN),--rerun)
+	$(PY) -m rloss study --params $(PARAMS) $(if $(RERUN),--rerun) $(if $(PARALLEL_RUNS),--parallel-runs $(PARALLEL_RUNS))
+
+reproduce: $(STAMP)  ## the study again in a fresh results/reproduce-*/, compared run by run with $(RECORDED)
+	$(PY) -m rloss reproduce --recorded $(RECORDED) --params $(PARAMS) $(if $(PARALLEL_RUNS),--parallel-runs $(PARALLEL_RUNS))
 
 test-env: $(STAMP)  ## check the environment: versions, devices, the lattice extension
 	$(PY) -m rloss env

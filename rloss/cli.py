@@ -92,7 +92,25 @@ def _cmd_sweep_weight(args: argparse.Namespace) -> int:
 def _cmd_study(args: argparse.Namespace) -> int:
     from .study.runner import run_study  # the study layer, imported only for this command
 
-    return run_study(args.params, only=args.only, rerun=args.rerun, overrides=args.set or [], output_dir=args.output)
+    return run_study(args.params, only=args.only, rerun=args.rerun, overrides=args.set or [], output_dir=args.output,
+                     parallel_runs=args.parallel_runs)
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from .study.reproduce import report_comparison, reproduce  # the study layer, imported only for this command
+
+    if args.compare:
+        return report_comparison(args.recorded, args.compare)
+    return reproduce(args.recorded, args.params, out=args.out, parallel_runs=args.parallel_runs,
+                     overrides=args.set or [], only=args.only)
+
+
+def _cmd_record_study(args: argparse.Namespace) -> int:
+    from .study.reproduce import record_study
+
+    dest = record_study(args.results, args.out)
+    print(f"recorded the study of {args.results} in {dest} (runs/<run>/config.yaml and metrics.json, tables, figures)")
+    return 0
 
 
 def _add_infer_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -291,7 +309,31 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--set", action="append", metavar="NOTEBOOK.KEY=VALUE",
                        help="override one parameter (VALUE as YAML; section 'common' too); repeatable")
     study.add_argument("--output", default="results/notebooks", help="folder for the executed notebooks")
+    study.add_argument("--parallel-runs", type=_parallel_runs, metavar="N",
+                       help="runs trained at once in every training notebook (auto or a number; changes the "
+                            "time, never a number; default: the parameter file's)")
     study.set_defaults(run=_cmd_study)
+
+    reproduce = commands.add_parser("reproduce", help="run the study into a fresh folder and compare it, run by run, "
+                                                      "with a recorded one")
+    reproduce.add_argument("--recorded", required=True, metavar="DIR",
+                           help="the recorded study (benchmarks/results/study-...: runs/<run>/metrics.json)")
+    reproduce.add_argument("--params", default="params/default.yaml", help="the study's parameter file")
+    reproduce.add_argument("--out", metavar="DIR", help="the fresh folder for the new study, its data included "
+                                                        "(default: results/reproduce-<date>-<time>)")
+    reproduce.add_argument("--parallel-runs", type=_parallel_runs, metavar="N",
+                           help="runs trained at once (default: the parameter file's)")
+    reproduce.add_argument("--set", action="append", metavar="NOTEBOOK.KEY=VALUE", help="as for study; repeatable")
+    reproduce.add_argument("--only", nargs="+", metavar="NN", help="only these notebooks, as for study")
+    reproduce.add_argument("--compare", metavar="RESULTS",
+                           help="only compare this finished study's results folder with the recorded one")
+    reproduce.set_defaults(run=_cmd_reproduce)
+
+    record = commands.add_parser("record-study", help="copy a finished study's runs (configs, metrics), tables and "
+                                                      "figures into a new folder, for reproduce")
+    record.add_argument("--results", default="results", help="the study's results folder")
+    record.add_argument("--out", required=True, metavar="DIR", help="the new folder (must not exist)")
+    record.set_defaults(run=_cmd_record_study)
 
     _add_infer_arguments(commands.add_parser("infer", help="segment an image or a folder with a trained checkpoint"))
 

@@ -4,8 +4,11 @@ A small network on small images keeps two threads of one process busy only part 
 (per-operation overhead, the single-threaded data pipeline), so on a CPU two runs with one
 thread each train more iterations per second than one run with two (benchmarks/README.md,
 "Two speed-ups for small runs on a CPU"). Each run is a spawned process (nothing shared with a
-notebook kernel) with the cores divided among the processes; a run's checkpoint, resume and
-metrics are those of the run trained alone. On a GPU the runs would share one device, so
+notebook kernel). A CPU run's thread count is fixed (:data:`THREADS_PER_RUN` unless its config
+sets ``run.threads``), never derived from the cores or the number of runs at once: the thread
+count decides the order of a reduction's partial sums, so a run's numbers are the same whether it
+trains alone, beside another run or on a busy machine; its checkpoint, resume and metrics are those
+of the run trained alone. On a GPU the runs would share one device, so
 ``auto`` trains one at a time. A run that starts from another's weights (the paper's two-phase
 schedule: pCE + DenseCRF fine-tunes the finished pCE run) waits for that run to finish.
 
@@ -15,6 +18,7 @@ schedule: pCE + DenseCRF fine-tunes the finished pCE run) waits for that run to 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import multiprocessing
 import os
@@ -30,6 +34,25 @@ from .progress import PROGRESS_ENV
 # Room left per run before ``auto`` adds another: a tiny run peaks near 0.4 GiB, a 513 px one far
 # above; ``auto`` is for the small runs a CPU can train, larger ones are best given one at a time.
 MEMORY_PER_RUN = 2 << 30
+# The threads of a scheduled CPU run whose config leaves run.threads null: fixed, so that its
+# arithmetic does not follow the machine's load or core count (see the module's docstring); one is
+# also the faster way to fill a small CPU with small runs.
+THREADS_PER_RUN = 1
+
+
+def _on_gpu(device: str) -> bool:
+    return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+
+
+def with_fixed_threads(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` as the scheduler trains it: a CPU run without ``run.threads`` gets
+    :data:`THREADS_PER_RUN`, written into its config (and so into config.yaml); a GPU run or one
+    that names its threads is returned as it is."""
+    if cfg.run.threads is not None or _on_gpu(cfg.run.device):
+        return cfg
+    fixed = copy.deepcopy(cfg)
+    fixed.run.threads = THREADS_PER_RUN
+    return fixed
 
 
 def available_memory() -> int | None:
@@ -44,26 +67,26 @@ def available_memory() -> int | None:
     return None
 
 
-def resolve_processes(setting: int | str, device: str, pending: int) -> int:
+def resolve_processes(setting: int | str, device: str, pending: int, threads_per_run: int = THREADS_PER_RUN) -> int:
     """How many runs to train at once: an int as given (at most ``pending``), or ``"auto"``: on a
-    CPU one per usable core, as far as ``MEMORY_PER_RUN`` each fits in the available memory; on a
-    GPU (``device`` cuda, or auto with one present) one."""
+    CPU as many as the usable cores hold runs of ``threads_per_run`` threads, as far as
+    ``MEMORY_PER_RUN`` each fits in the available memory; on a GPU (``device`` cuda, or auto with
+    one present) one."""
     if isinstance(setting, bool) or not (setting == "auto" or (isinstance(setting, int) and setting >= 1)):
         raise ValueError(f"parallel_runs must be a whole number >= 1 or 'auto', got {setting!r}")
     if pending <= 1:
         return 1
     if setting != "auto":
         return min(setting, pending)
-    on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if on_gpu:
+    if _on_gpu(device):
         return 1
     memory = available_memory()
     by_memory = pending if memory is None else max(1, memory // MEMORY_PER_RUN)
-    return max(1, min(pending, usable_cores(), by_memory))
+    return max(1, min(pending, usable_cores() // threads_per_run, by_memory))
 
 
 def _start_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads)  # until train() sets the run's own (a GPU run's config may name none)
     # The parent reports progress (one bar over the runs); a child's bars would interleave with it.
     os.environ.pop(PROGRESS_ENV, None)
     os.environ["TQDM_DISABLE"] = "1"

@@ -33,7 +33,7 @@ from .config import LOSS_TYPES, TrainConfig, config_from_dict, load_config
 from .data.io import DataError, write_text_atomic
 from .errors import TrainingError, first_line
 from .progress import progress_bar, report_run
-from .run_pool import resolve_processes, train_in_parallel
+from .run_pool import resolve_processes, train_in_parallel, with_fixed_threads
 
 CHECKPOINT, METRICS, CONFIG = "checkpoint.pt", "metrics.json", "config.yaml"
 LOCK = ".lock"
@@ -260,9 +260,12 @@ def train_runs(configs: list[TrainConfig], rerun: bool = False, parallel_runs: i
     """Trains each config and returns their final metrics. A run already finished with the same
     config is skipped unless ``rerun``; an interrupted one (a checkpoint and the same config, no
     final metrics) is resumed. ``parallel_runs``: how many train at once, each in its own process
-    (``"auto"``: one per CPU core as memory allows, one on a GPU; see ``rloss.run_pool``)."""
+    (``"auto"``: one per CPU core as memory allows, one on a GPU; see ``rloss.run_pool``). A CPU run
+    trains with a fixed thread count (``run_pool.with_fixed_threads``), so its numbers do not depend
+    on ``parallel_runs`` or on the machine's load."""
     from .train import train  # train.py imports this module
 
+    configs = [with_fixed_threads(cfg) for cfg in configs]
     finals: list[dict | None] = [None] * len(configs)
     pending = []  # (index, resume)
     for i, cfg in enumerate(configs):
@@ -275,7 +278,8 @@ def train_runs(configs: list[TrainConfig], rerun: bool = False, parallel_runs: i
         else:
             resumable = not rerun and (cfg.run_dir / CHECKPOINT).is_file() and _same_config(cfg) and _one_run(cfg)
             pending.append((i, resumable))
-    processes = resolve_processes(parallel_runs, configs[0].run.device if configs else "cpu", len(pending))
+    threads = max((configs[i].run.threads or 1 for i, _ in pending), default=1)
+    processes = resolve_processes(parallel_runs, configs[0].run.device if configs else "cpu", len(pending), threads)
 
     def announce(j: int) -> None:
         i = pending[j][0]

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from .config import CRF_LOSS_TYPES, NC_LOSS_TYPES, LossConfig, TrainConfig
 from .data.io import save_figure, write_text_atomic
-from .run_pool import resolve_processes
+from .run_pool import THREADS_PER_RUN, resolve_processes
 from .runs import CHECKPOINT, train_runs
 
 DEFAULT_WEIGHTS = (0.0, 0.25, 1.0, 4.0, 16.0)  # relative; x4 steps around the published balance
@@ -122,7 +122,7 @@ def sweep_crf_weight(base: TrainConfig, name: str, weights=None, holdout_fractio
     (``complete`` is false in the result).
     """
     configs = sweep_configs(base, name, weights, holdout_fraction, key)
-    processes = resolve_processes(parallel_runs, base.run.device, len(configs))
+    processes = resolve_processes(parallel_runs, base.run.device, len(configs), base.run.threads or THREADS_PER_RUN)
     started, longest, points = time.monotonic(), 0.0, []
     for first in range(0, len(configs), processes):
         spent = time.monotonic() - started

@@ -39,6 +39,7 @@ from .data.transforms import EvalTransform, TrainTransform, resize_logits
 from .errors import TrainingError, first_line
 from .losses import DenseCRFLoss, KernelCutLoss, NormalizedCutLoss, partial_cross_entropy
 from .metrics import ConfusionMatrix
+from .provenance import provenance
 from .models import build_model
 from .runs import CHECKPOINT, CONFIG, METRICS
 from .weight_average import WeightAverage
@@ -226,12 +227,12 @@ def _written(path: Path, write) -> None:
 
 
 def _write_metrics(run_dir: Path, cfg: TrainConfig, run_id: str, evals: list, final, timings: dict,
-                   data: dict) -> None:
+                   data: dict, source: dict) -> None:
     crf_weight = cfg.absolute_crf_weight() if cfg.loss.type in CRF_LOSS_TYPES else None  # what the loss was given
     nc_weight = cfg.loss.nc_weight if cfg.loss.type in NC_LOSS_TYPES else None
     doc = {"run": cfg.run.name, "run_id": run_id, "data": data, "crf_weight": crf_weight, "nc_weight": nc_weight,
            "evals": evals,
-           "final": final, "timings": timings}
+           "final": final, "timings": timings, "provenance": source}
     path = run_dir / METRICS
     _written(path, lambda: write_text_atomic(path, json.dumps(doc, indent=1) + "\n"))
 
@@ -567,6 +568,7 @@ class _Run:
     batch: int  # the global batch
     per_process: int
     data_facts: dict
+    source: dict  # what the numbers depend on besides the config (rloss.provenance), for metrics.json
     iters_per_epoch: int
     total_iters: int
     num_epochs: int
@@ -710,7 +712,8 @@ def _set_up(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.de
     )
     return _Run(cfg=cfg, ctx=ctx, device=device, run_id=run_id, ckpt_path=ckpt_path, train_set=train_set,
                 train_tf=train_tf, val_loader=val_loader, num_classes=num_classes, class_names=class_names,
-                batch=batch, per_process=per_process, data_facts=data_facts, iters_per_epoch=iters_per_epoch,
+                batch=batch, per_process=per_process, data_facts=data_facts, source=provenance(device),
+                iters_per_epoch=iters_per_epoch,
                 total_iters=total_iters, num_epochs=num_epochs, net=net, average=average, forward=forward,
                 optimizer=optimizer, scaler=scaler, crf=crf, tracker=tracker, pending=_PendingSteps(device),
                 read_every=_read_interval(cfg, device), progress=progress)
@@ -750,7 +753,7 @@ def _evaluate_run(run: _Run, epoch_number: int) -> dict:
                                 cfg.model.channels_last, num_examples=want)
     p.evals.append({"epoch": epoch_number, "iteration": p.iteration, **scores})
     if run.ctx.is_main:
-        _write_metrics(cfg.run_dir, cfg, run.run_id, p.evals, None, _run_timings(run), run.data_facts)
+        _write_metrics(cfg.run_dir, cfg, run.run_id, p.evals, None, _run_timings(run), run.data_facts, run.source)
         run.tracker.log({"val/miou": scores["miou"], "val/pixel_accuracy": scores["pixel_accuracy"],
                          **{f"val/iou/{k}": v for k, v in scores["per_class_iou"].items() if v is not None}},
                         step=p.iteration)
@@ -870,7 +873,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.dev
         final = p.evals[-1]
         _save(run)
         if ctx.is_main:
-            _write_metrics(cfg.run_dir, cfg, run.run_id, p.evals, final, _run_timings(run), run.data_facts)
+            _write_metrics(cfg.run_dir, cfg, run.run_id, p.evals, final, _run_timings(run), run.data_facts, run.source)
             run.tracker.log({"final/miou": final["miou"]}, step=p.iteration)
     finally:
         if run.bar is not None:

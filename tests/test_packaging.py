@@ -135,6 +135,15 @@ def test_make_targets_are_thin_calls(target, expected):
     assert expected in _make_dry_run(target)
 
 
+def test_make_reproduce_compares_with_a_study_recorded_in_the_repository():
+    out = _make_dry_run("reproduce", "PARALLEL_RUNS=1")
+    called = re.search(r"-m rloss reproduce --recorded (\S+) --params params/default.yaml --parallel-runs 1", out)
+    assert called, out
+    recorded = sorted((ROOT / called.group(1) / "runs").glob("*/metrics.json"))
+    assert len(recorded) == 18, called.group(1)  # the default study: 2 sizes x 3 losses x 3 seeds
+    assert "--parallel-runs 2" in _make_dry_run("study", "PARALLEL_RUNS=2")
+
+
 def test_make_build_gives_the_image_user_a_non_root_uid():
     out = _make_dry_run("build")
     uid = os.getuid()

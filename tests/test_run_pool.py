@@ -92,3 +92,51 @@ def test_auto_takes_one_run_per_core_as_memory_allows(monkeypatch):
 def test_bad_parallel_runs_setting_is_one_line(setting):
     with pytest.raises(ValueError, match="parallel_runs must be a whole number >= 1 or 'auto'"):
         run_pool.resolve_processes(setting, "cpu", pending=3)
+
+
+def test_a_runs_numbers_do_not_depend_on_how_many_train_at_once(tmp_path):
+    # The study's configs name no thread count. Trained one at a time in this process (which has
+    # two threads here) or two at once in worker processes, each run must do the same arithmetic:
+    # bit-identical weights, and metrics.json records the fixed thread count it trained with.
+    data_root = tiny_synthetic(tmp_path / "data")
+
+    def configs(results):
+        return [tiny_config(data_root, results, name, f"run.seed={seed}", "loss.type=pce_crf")
+                for seed, name in enumerate(["a", "b"])]
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        alone = train_runs(configs(tmp_path / "alone"), parallel_runs=1)
+        together = train_runs(configs(tmp_path / "together"), parallel_runs=2)
+    finally:
+        torch.set_num_threads(before)
+    assert [f["miou"] for f in together] == [f["miou"] for f in alone]
+    for name in "ab":
+        one = torch.load(tmp_path / "alone" / name / CHECKPOINT, weights_only=True)["model"]
+        other = torch.load(tmp_path / "together" / name / CHECKPOINT, weights_only=True)["model"]
+        assert all(torch.equal(one[k], other[k]) for k in one), name
+        for results in ("alone", "together"):
+            recorded = json.loads((tmp_path / results / name / METRICS).read_text())["provenance"]
+            assert recorded["threads"] == run_pool.THREADS_PER_RUN
+            assert recorded["torch"] == torch.__version__ and recorded["device"] == "cpu"
+
+
+def test_the_scheduler_fixes_only_a_cpu_runs_unset_thread_count(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_pool.torch.cuda, "is_available", lambda: False)
+    unset = tiny_config(tmp_path, tmp_path, "a")
+    assert unset.run.threads is None and run_pool.with_fixed_threads(unset).run.threads == run_pool.THREADS_PER_RUN
+    assert unset.run.threads is None  # the caller's config is left as it was
+    assert run_pool.with_fixed_threads(tiny_config(tmp_path, tmp_path, "b", "run.threads=3")).run.threads == 3
+    on_gpu = tiny_config(tmp_path, tmp_path, "c", "run.device=cuda")
+    assert run_pool.with_fixed_threads(on_gpu).run.threads is None  # a GPU run's arithmetic is not the CPU's
+    monkeypatch.setattr(run_pool.torch.cuda, "is_available", lambda: True)
+    assert run_pool.with_fixed_threads(tiny_config(tmp_path, tmp_path, "d", "run.device=auto")).run.threads is None
+
+
+def test_auto_counts_each_runs_threads(monkeypatch):
+    monkeypatch.setattr(run_pool.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(run_pool, "usable_cores", lambda: 8)
+    monkeypatch.setattr(run_pool, "available_memory", lambda: 64 * run_pool.MEMORY_PER_RUN)
+    assert run_pool.resolve_processes("auto", "cpu", pending=9, threads_per_run=2) == 4
+    assert run_pool.resolve_processes("auto", "cpu", pending=9, threads_per_run=16) == 1

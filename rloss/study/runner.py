@@ -20,7 +20,10 @@ and the cell.
 
 Folders in a parameter file (parameters named ``*_root`` or ``*_dir``) are relative to
 the folder the study is run from (the repository root, where ``make`` is typed), as on
-the command line; the runner hands the notebooks absolute paths. (A notebook's own
+the command line, or to ``base_dir`` when given (``rloss reproduce`` puts a whole study,
+data included, in a fresh folder that way); the runner hands the notebooks absolute paths.
+``parallel_runs`` sets that parameter in every notebook that declares it: how many runs train
+at once changes the time, never a number (``rloss.run_pool``). (A notebook's own
 defaults, used when it is opened by hand, are relative to notebooks/.)
 """
 
@@ -33,6 +36,7 @@ from pathlib import Path
 import yaml
 
 from ..progress import StudyDisplay, clock
+from ..run_pool import resolve_processes
 
 NOTEBOOKS_DIR = Path("notebooks")
 # The kernel's traffic encrypted (CurveZMQ, where its kernelspec supports it, as ipykernel's does):
@@ -92,7 +96,8 @@ def absolute_paths(values: dict, base: Path) -> dict:
 
 
 def plan(params_path: str | Path, notebooks: list[Path], rerun: bool = False,
-         overrides: list[str] = ()) -> list[tuple[Path, dict]]:
+         overrides: list[str] = (), base_dir: str | Path | None = None,
+         parallel_runs: int | str | None = None) -> list[tuple[Path, dict]]:
     """Each notebook with the parameters it will get; unknown sections or keys are errors."""
     params = apply_overrides(read_params(params_path), list(overrides))
     all_names = {nb.stem for nb in study_notebooks(notebooks[0].parent)}
@@ -117,15 +122,18 @@ def plan(params_path: str | Path, notebooks: list[Path], rerun: bool = False,
                              f"(its parameters: {', '.join(declared)})")
         values = {k: v for k, v in common.items() if k in declared}
         values.update(section)
-        values = absolute_paths(values, Path.cwd())
+        values = absolute_paths(values, Path(base_dir) if base_dir is not None else Path.cwd())
         if rerun and "rerun" in declared:
             values["rerun"] = True
+        if parallel_runs is not None and "parallel_runs" in declared:
+            values["parallel_runs"] = parallel_runs
         out.append((nb, values))
     return out
 
 
 def run_study(params_path: str | Path, only: list[str] | None = None, rerun: bool = False,
-              overrides: list[str] = (), output_dir: str | Path = "results/notebooks", notebooks_dir: Path = NOTEBOOKS_DIR) -> int:
+              overrides: list[str] = (), output_dir: str | Path = "results/notebooks", notebooks_dir: Path = NOTEBOOKS_DIR,
+              base_dir: str | Path | None = None, parallel_runs: int | str | None = None) -> int:
     """Executes the notebooks in order; returns 0, or 1 after the first failure (reported)."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -139,7 +147,9 @@ def run_study(params_path: str | Path, only: list[str] | None = None, rerun: boo
         if not picked:
             raise ValueError(f"--only {' '.join(only)} matches no notebook")
         notebooks = picked
-    steps = plan(params_path, notebooks, rerun, overrides)  # all checks before the first notebook runs
+    if parallel_runs is not None:
+        resolve_processes(parallel_runs, "cpu", pending=2)  # checked now, not after the first notebooks
+    steps = plan(params_path, notebooks, rerun, overrides, base_dir, parallel_runs)  # all checks before the first notebook runs
     output_dir = Path(output_dir)
     if only:  # a partial rerun keeps the whole study's executed notebooks: its copies go to a folder of their own
         output_dir = output_dir / time.strftime("only-%Y%m%d-%H%M%S")
