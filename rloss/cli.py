@@ -82,10 +82,11 @@ def _cmd_sweep_weight(args: argparse.Namespace) -> int:
     result = sweep_crf_weight(base, args.name, holdout_fraction=args.holdout, rerun=args.rerun, time_budget_s=budget,
                               parallel_runs=args.parallel_runs, **extra, **({"key": args.key} if args.key else {}))
     if result["key"] == "loss.crf_relative_weight":
-        print(f"best relative DenseCRF weight: {result['best']:g} (absolute {result['best_absolute']:.3g}); "
+        absolute = f" (absolute {result['best_absolute']:.3g})" if result["best_absolute"] is not None else ""
+        print(f"chosen relative DenseCRF weight: {result['best']:g}{absolute}; "
               f"use loss.crf_relative_weight={result['best']:g}")
     else:
-        print(f"best {result['key']}: {result['best']:g}; use {result['key']}={result['best']:g}")
+        print(f"chosen {result['key']}: {result['best']:g}; use {result['key']}={result['best']:g}")
     return 0
 
 

@@ -144,7 +144,7 @@ def sweep_crf_weight(base: TrainConfig, name: str, weights=None, holdout_fractio
                 absolute = weight
             points.append({"weight": weight, "relative_weight": weight, "absolute_weight": absolute,
                            "loss_type": cfg.loss.type, "heldout_miou": final["miou"], "run": cfg.run.name})
-    best = max(points, key=lambda p: (p["heldout_miou"], -p["weight"]))  # a tie goes to the smaller weight
+    best, noise = _choose(points, configs, key)
     result = {
         "name": name, "key": key, "loss_type": base.loss.type,
         "data_root": base.data.root, "crop_size": base.data.crop_size, "sigma_xy": base.loss.sigma_xy,
@@ -153,14 +153,58 @@ def sweep_crf_weight(base: TrainConfig, name: str, weights=None, holdout_fractio
         "fine_tunes": base.loss.init_from,  # the two-phase start, or None
         "points": points, "complete": len(points) == len(configs),
         "best": best["weight"], "best_absolute": best["absolute_weight"], "best_heldout_miou": best["heldout_miou"],
+        "best_by_score": max(points, key=_by_score)["weight"], **noise,
     }
     path = sweep_path(base.run.results_dir, name)
     write_text_atomic(path, json.dumps(result, indent=1) + "\n")
     if plot:
         save_figure(plot_sweep(result), path.with_suffix(".png"))
-    print(f"sweep {name}: best {key} {result['best']:g} (held-out mIoU {best['heldout_miou']:.4f}); "
-          f"written to {path}", file=sys.stderr)
+    print(f"sweep {name}: chose {key} {result['best']:g}: {result['reason']}; written to {path}", file=sys.stderr)
     return result
+
+
+def _by_score(point: dict) -> tuple:
+    return point["heldout_miou"], -point["weight"]  # a tie goes to the smaller weight
+
+
+def _choose(points: list[dict], configs: list[TrainConfig], key: str) -> tuple[dict, dict]:
+    """The chosen point and what the JSON says of the noise. With weight 0 (pCE) in the sweep, each
+    point gets the bootstrap interval of its gain over pCE (``rloss.sweep_noise``); the best-scoring
+    weight whose interval lies above 0 is chosen; if none does, the published weight (1x, or the
+    default normalized cut weight) unless its interval lies below 0, then pCE (weight 0)."""
+    from .sweep_noise import INTERVAL, RESAMPLES, gain_interval, heldout_confusions
+
+    zero = next((p for p in points if p["weight"] == 0), None)
+    if zero is None or len(points) < 2:
+        best = max(points, key=_by_score)
+        return best, {"noise": None, "beats_noise": None,
+                      "reason": f"held-out mIoU {best['heldout_miou']:.4f}, the highest (no weight 0 in the sweep: "
+                                "no comparison with pCE, no noise estimate)"}
+    by_run = {cfg.run.name: cfg for cfg in configs}
+    confusions = {p["run"]: heldout_confusions(by_run[p["run"]]) for p in points}
+    baseline = confusions[zero["run"]]
+    for p in points:
+        p["gain_over_pce"] = p["heldout_miou"] - zero["heldout_miou"]
+        p["gain_low"], p["gain_high"] = gain_interval(confusions[p["run"]], baseline)
+    noise = {"noise": {"method": "paired bootstrap over the held-out images (training noise not included)",
+                       "images": len(baseline), "resamples": RESAMPLES, "interval": INTERVAL}}
+    above = [p for p in points if p["weight"] > 0 and p["gain_low"] > 0]
+    if above:
+        best = max(above, key=_by_score)
+        return best, {**noise, "beats_noise": True, "reason": (
+            f"held-out mIoU {best['heldout_miou']:.4f}, {100 * best['gain_over_pce']:+.2f} pp over pCE "
+            f"({INTERVAL:.0%} interval {100 * best['gain_low']:+.2f} to {100 * best['gain_high']:+.2f} over "
+            f"{len(baseline)} held-out images)")}
+    published = 1.0 if key == DEFAULT_KEY else LossConfig().nc_weight
+    fallback = next((p for p in points if p["weight"] == published), None)
+    why = (f"no weight beats pCE by more than the held-out noise (best by score: "
+           f"{max(points, key=_by_score)['weight']:g}, {INTERVAL:.0%} intervals of the gain over pCE include 0)")
+    if fallback is not None and fallback["gain_high"] < 0:
+        return zero, {**noise, "beats_noise": False, "reason": why + f"; the published {published:g} scores "
+                      f"below pCE beyond the noise: keeping pCE (weight 0), the regularizer off"}
+    chosen = fallback or {**zero, "weight": published, "relative_weight": published, "heldout_miou": None,
+                          "absolute_weight": None, "run": None}
+    return chosen, {**noise, "beats_noise": False, "reason": why + f"; keeping the published weight {published:g}"}
 
 
 def _swept(cfg: TrainConfig, key: str) -> float:
@@ -188,8 +232,16 @@ def plot_sweep(result: dict):
     positive = [p["weight"] for p in points if p["weight"] > 0]
     zero_at = min(positive) / 4 if positive else 1.0  # where weight 0 is drawn on the log axis
     xs = [p["weight"] or zero_at for p in points]
+    ys = [p["heldout_miou"] for p in points]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(xs, [p["heldout_miou"] for p in points], marker="o")
+    if all("gain_low" in p for p in points):  # each weight's interval of its gain over pCE, drawn around its score
+        below = [p["gain_over_pce"] - p["gain_low"] for p in points]
+        above = [p["gain_high"] - p["gain_over_pce"] for p in points]
+        noise = result["noise"]
+        ax.errorbar(xs, ys, yerr=[below, above], marker="o", capsize=3,
+                    label=f"{noise['interval']:.0%} interval of the gain over pCE ({noise['images']} images, bootstrap)")
+    else:
+        ax.plot(xs, ys, marker="o")
     ax.set_xscale("log")
     ax.set_xticks(xs, [f"{p['weight']:g}" if p["weight"] else f"0 ({p['loss_type']})" for p in points])
     ax.axvline(result["best"] or zero_at, color="tab:orange", linestyle="--", label=f"chosen: {result['best']:g}")

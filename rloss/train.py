@@ -38,7 +38,7 @@ from .data.io import IGNORE_INDEX, atomic_path, write_text_atomic
 from .data.transforms import EvalTransform, TrainTransform, resize_logits
 from .errors import TrainingError, first_line
 from .losses import DenseCRFLoss, KernelCutLoss, NormalizedCutLoss, partial_cross_entropy
-from .metrics import ConfusionMatrix
+from .metrics import ConfusionMatrix, confusion_matrix
 from .provenance import provenance
 from .models import build_model
 from .runs import CHECKPOINT, CONFIG, METRICS
@@ -171,7 +171,7 @@ def _init_weights(net: torch.nn.Module, path: str | Path, num_classes: int) -> N
 
 @torch.no_grad()
 def evaluate(model, loader, device, num_classes, class_names, amp="off", channels_last=False,
-             num_examples: int = 0):
+             num_examples: int = 0, per_image: list | None = None):
     """mIoU, per-class IoU and pixel accuracy of the predictions against the full masks, at each
     image's own resolution (the one definition the study uses, as ``rloss.infer``): the network
     sees the image with its shorter side at the crop size, and its stride-4 logits are resized
@@ -181,7 +181,9 @@ def evaluate(model, loader, device, num_classes, class_names, amp="off", channel
     size run as one batch. Under ``torchrun`` each process evaluates its share of the split and
     the confusion matrices are summed, so every process gets the whole split's scores.
     Returns ``(scores, examples)``: ``examples`` holds the first ``num_examples`` images (of the
-    first one's size) with their predictions, scribbles and masks (for logging).
+    first one's size) with their predictions, scribbles and masks (for logging). ``per_image``, a
+    list, receives each image's own ``[K, K]`` confusion matrix in the loader's order (what a
+    bootstrap over the images resamples: ``rloss.sweep``).
     """
     was_training = model.training
     model.eval()
@@ -201,6 +203,8 @@ def evaluate(model, loader, device, num_classes, class_names, amp="off", channel
                 h, w = sample["mask"].shape
                 pred = resize_logits(sample_logits[None], h, w, sample["logit_mode"])[0].argmax(0).cpu()
                 cm.update(pred[None], sample["mask"][None])
+                if per_image is not None:
+                    per_image.append(confusion_matrix(pred[None], sample["mask"][None], num_classes).cpu().numpy())
                 if len(examples["image"]) < num_examples and (
                         not examples["image"] or examples["mask"][0].shape == sample["mask"].shape):
                     examples["image"].append(sample["image_raw"].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0))

@@ -67,12 +67,21 @@ def plan_grid(base: TrainConfig, name: str, losses=LOSSES, seeds=(0,), two_phase
         sweep_base = two_phase_base(base, name, finetune_epochs or None, rerun=rerun) if two_phase else base
 
     if sweep:  # the sweep's runs set their own weights
-        base.loss.crf_relative_weight = sweep_crf_weight(sweep_base, name, rerun=rerun)["best"]
-        print(f"DenseCRF weight chosen by the sweep: {base.loss.crf_relative_weight:g}x the published balance")
+        chosen = sweep_crf_weight(sweep_base, name, rerun=rerun)
+        base.loss.crf_relative_weight = chosen["best"]
+        print(f"DenseCRF weight chosen by the sweep: {chosen['best']:g}x the published balance ({chosen['reason']})")
     if sweep_nc:
         nc_base = config_from_dict({"loss": {"type": "pce_nc"}}, "the normalized cut sweep", base=sweep_base).validate()
-        base.loss.nc_weight = sweep_crf_weight(nc_base, f"{name}_nc", rerun=rerun, key="loss.nc_weight")["best"]
-        print(f"normalized cut weight chosen by the sweep: {base.loss.nc_weight:g}")
+        chosen = sweep_crf_weight(nc_base, f"{name}_nc", rerun=rerun, key="loss.nc_weight")
+        base.loss.nc_weight = chosen["best"]
+        print(f"normalized cut weight chosen by the sweep: {chosen['best']:g} ({chosen['reason']})")
+    crf_weight = base.loss.crf_relative_weight if base.loss.crf_weight is None else base.loss.crf_weight
+    off = [loss for loss, weight in (("pce_crf", crf_weight), ("pce_nc", base.loss.nc_weight))
+           if loss in losses and weight == 0]
+    if off:  # a regularizer at weight 0 is pCE: its runs would duplicate the pCE runs under another name
+        losses = [loss for loss in losses if loss not in off]
+        print(f"{', '.join(LOSS_LABELS[loss] for loss in off)}: weight 0 is pCE; "
+              "no such runs are trained (the pCE runs are the result)")
     configs = study_grid(base, name, losses=losses, seeds=seeds, two_phase=two_phase,
                          finetune_epochs=finetune_epochs or None)
     print(f"{len(configs)} runs: " + ", ".join(c.run.name for c in configs))

@@ -32,6 +32,16 @@ def test_plan_grid_sets_the_weight_on_every_run(tmp_path, capsys):
         plan_grid(base, "s", ["pce"], [])
 
 
+def test_a_densecrf_weight_of_0_is_pce_and_trains_no_duplicate(tmp_path, capsys):
+    base = base_config("d", tmp_path)
+    configs = plan_grid(base, "s", ["pce", "pce_crf", "full"], [0], crf_relative_weight=0.0)
+    assert [c.run.name for c in configs] == ["s_pce_seed0", "s_full_seed0"]
+    assert "pCE + DenseCRF: weight 0 is pCE; no such runs are trained" in capsys.readouterr().out
+    absolute = base_config("d", tmp_path, loss_crf_weight=5e-7)  # an absolute weight decides, not the relative 0
+    names = [c.run.name for c in plan_grid(absolute, "s", ["pce", "pce_crf"], [0], crf_relative_weight=0.0)]
+    assert names == ["s_pce_seed0", "s_pce_crf_seed0"]
+
+
 def test_grid_summary_prints_each_loss_over_seeds(tmp_path):
     for (loss, seed), values in SETTING_A.items():
         write_run(tmp_path, "alpha", "/data/fake40", 40, loss, seed, *values)
