@@ -161,6 +161,25 @@ class TrainConfig:
         crop = self.data.crop_size
         return absolute_crf_weight(self.loss.crf_relative_weight, crop, crop, self.loss.sigma_xy, self.loss.scale_factor)
 
+    def settings_used(self) -> dict:
+        """The config as sections of key: value, without the settings this run never reads: a
+        regularizer's settings when its loss has no such term, SGD's momentum under AdamW, the poly
+        power under another decay. Two runs with the same settings used train the same."""
+        unused = set()
+        if self.loss.type not in CRF_LOSS_TYPES:
+            unused |= {"crf_relative_weight", "crf_weight", "sigma_rgb", "sigma_xy"}
+        if self.loss.type not in NC_LOSS_TYPES:
+            unused |= {"nc_weight", "nc_sigma_rgb", "nc_sigma_xy"}
+        if self.loss.type not in CRF_LOSS_TYPES + NC_LOSS_TYPES:
+            unused |= {"scale_factor", "kernel", "backend"}
+        out = self.to_dict()
+        out["loss"] = {k: v for k, v in out["loss"].items() if k not in unused}
+        if self.optim.name != "sgd":
+            out["optim"].pop("momentum")
+        if self.optim.lr_schedule != "poly":
+            out["optim"].pop("poly_power")
+        return out
+
     def validate(self) -> "TrainConfig":
         _choice("loss.type", self.loss.type, LOSS_TYPES)
         _choice("run.amp", self.run.amp, AMP_MODES)

@@ -294,16 +294,24 @@ def train_runs(configs: list[TrainConfig], rerun: bool = False, parallel_runs: i
 
     print(f"training {len(pending)} runs, {processes} at once (one process each)", file=sys.stderr)
     bar = progress_bar(total=len(pending), desc=f"runs finished ({processes} at once)", unit="run")
+    training: list[str] = []  # the runs in flight, named after the bar (a sweep's names carry their weights)
+
+    def started(j: int) -> None:
+        announce(j)
+        training.append(configs[pending[j][0]].run.name)
+        bar.set_postfix_str("training " + ", ".join(training))
 
     def finished(j: int, final: dict, printed: str) -> None:
         i = pending[j][0]
         sys.stderr.write(printed)
         bar.write(f"{configs[i].run.name}: done, mIoU {final['miou']:.4f}", file=sys.stderr)
+        training.remove(configs[i].run.name)
+        bar.set_postfix_str("training " + ", ".join(training) if training else "", refresh=False)
         bar.update(1)
 
     try:
         tasks = [(configs[i], resumable) for i, resumable in pending]
-        done = train_in_parallel(tasks, processes, on_start=announce, on_done=finished,
+        done = train_in_parallel(tasks, processes, on_start=started, on_done=finished,
                                  after=_starts_from([cfg for cfg, _ in tasks]))
     finally:
         bar.close()
@@ -329,9 +337,11 @@ def _one_run(cfg: TrainConfig) -> bool:
 
 
 def _same_config(cfg: TrainConfig) -> bool:
-    """Whether the run folder's config.yaml holds exactly ``cfg`` (a missing or bad one does not)."""
+    """Whether the run folder's config.yaml holds ``cfg`` in every setting the run uses
+    (``TrainConfig.settings_used``: a pCE run is the same whatever DenseCRF weight its config names);
+    a missing or bad one does not."""
     try:
-        return read_run_config(cfg.run_dir).to_dict() == with_absolute_data_root(cfg).to_dict()
+        return read_run_config(cfg.run_dir).settings_used() == with_absolute_data_root(cfg).settings_used()
     except (OSError, ValueError):
         return False
 

@@ -94,7 +94,7 @@ def test_bad_parallel_runs_setting_is_one_line(setting):
         run_pool.resolve_processes(setting, "cpu", pending=3)
 
 
-def test_a_runs_numbers_do_not_depend_on_how_many_train_at_once(tmp_path):
+def test_a_runs_numbers_do_not_depend_on_how_many_train_at_once(tmp_path, capfd):
     # The study's configs name no thread count. Trained one at a time in this process (which has
     # two threads here) or two at once in worker processes, each run must do the same arithmetic:
     # bit-identical weights, and metrics.json records the fixed thread count it trained with.
@@ -108,9 +108,11 @@ def test_a_runs_numbers_do_not_depend_on_how_many_train_at_once(tmp_path):
     torch.set_num_threads(2)
     try:
         alone = train_runs(configs(tmp_path / "alone"), parallel_runs=1)
+        capfd.readouterr()
         together = train_runs(configs(tmp_path / "together"), parallel_runs=2)
     finally:
         torch.set_num_threads(before)
+    assert "training a, b" in capfd.readouterr().err  # the bar names the runs in flight
     assert [f["miou"] for f in together] == [f["miou"] for f in alone]
     for name in "ab":
         one = torch.load(tmp_path / "alone" / name / CHECKPOINT, weights_only=True)["model"]

@@ -42,3 +42,23 @@ def test_saved_configs_hold_absolute_roots_and_old_ones_are_still_read(tmp_path,
     assert read_run_config(run_dir).data.root == str(data.resolve())
     _rewrite_root(run_dir, "gone/set")
     assert read_run_config(run_dir).data.root == "gone/set"
+
+
+def test_a_finished_run_is_reused_when_every_setting_it_uses_matches(tmp_path):
+    """A pCE run reads no DenseCRF or normalized cut setting, and AdamW no momentum: asked again with
+    other such values it is the same run (adding a loss to a study must not retrain its pCE runs)."""
+    data_root = tiny_synthetic(tmp_path / "data")
+    done = train(tiny_config(data_root, tmp_path / "results", "p", "loss.type=pce", "run.threads=1",
+                             "optim.name=adamw", "optim.lr_schedule=cosine"))
+
+    def asked(*changes):
+        return finished_metrics(tiny_config(data_root, tmp_path / "results", "p", "loss.type=pce", "run.threads=1",
+                                            "optim.name=adamw", "optim.lr_schedule=cosine", *changes))
+
+    assert asked("loss.crf_relative_weight=16", "loss.sigma_xy=3", "loss.nc_weight=0.5", "loss.kernel=exact",
+                 "optim.momentum=0.5", "optim.poly_power=2") == done
+    assert asked("optim.lr=0.5") is None  # a setting it uses: another run
+    assert asked("loss.type=pce_crf") is None
+    crf = tiny_config(data_root, tmp_path, "c", "loss.type=pce_crf")
+    assert "crf_relative_weight" in crf.settings_used()["loss"] and "nc_weight" not in crf.settings_used()["loss"]
+    assert "momentum" in crf.settings_used()["optim"]  # SGD reads it
