@@ -202,8 +202,8 @@ def _choose(points: list[dict], configs: list[TrainConfig], key: str) -> tuple[d
     if fallback is not None and fallback["gain_high"] < 0:
         return zero, {**noise, "beats_noise": False, "reason": why + f"; the published {published:g} scores "
                       f"below pCE beyond the noise: keeping pCE (weight 0), the regularizer off"}
-    chosen = fallback or {**zero, "weight": published, "relative_weight": published, "heldout_miou": None,
-                          "absolute_weight": None, "run": None}
+    chosen = fallback or {"weight": published, "relative_weight": published, "absolute_weight": None,
+                          "heldout_miou": None, "run": None, "loss_type": None}  # a weight the sweep did not train
     return chosen, {**noise, "beats_noise": False, "reason": why + f"; keeping the published weight {published:g}"}
 
 
