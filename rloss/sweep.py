@@ -170,8 +170,8 @@ def _by_score(point: dict) -> tuple:
 def _choose(points: list[dict], configs: list[TrainConfig], key: str) -> tuple[dict, dict]:
     """The chosen point and what the JSON says of the noise. With weight 0 (pCE) in the sweep, each
     point gets the bootstrap interval of its gain over pCE (``rloss.sweep_noise``); the best-scoring
-    weight whose interval lies above 0 is chosen; if none does, the published weight (1x, or the
-    default normalized cut weight) unless its interval lies below 0, then pCE (weight 0)."""
+    weight whose interval lies above 0 is chosen; if none does, the published weight (1x; for the
+    normalized cut, the config's default) unless its interval lies below 0, then pCE (weight 0)."""
     from .sweep_noise import INTERVAL, RESAMPLES, gain_interval, heldout_confusions
 
     zero = next((p for p in points if p["weight"] == 0), None)
@@ -195,16 +195,17 @@ def _choose(points: list[dict], configs: list[TrainConfig], key: str) -> tuple[d
             f"held-out mIoU {best['heldout_miou']:.4f}, {100 * best['gain_over_pce']:+.2f} pp over pCE "
             f"({INTERVAL:.0%} interval {100 * best['gain_low']:+.2f} to {100 * best['gain_high']:+.2f} over "
             f"{len(baseline)} held-out images)")}
-    published = 1.0 if key == DEFAULT_KEY else LossConfig().nc_weight
+    # DenseCRF's published balance; normalized cut has no published weight, only the config's default.
+    published, label = (1.0, "published") if key == DEFAULT_KEY else (LossConfig().nc_weight, "default")
     fallback = next((p for p in points if p["weight"] == published), None)
     why = (f"no weight beats pCE by more than the held-out noise (best by score: "
            f"{max(points, key=_by_score)['weight']:g}, {INTERVAL:.0%} intervals of the gain over pCE include 0)")
     if fallback is not None and fallback["gain_high"] < 0:
-        return zero, {**noise, "beats_noise": False, "reason": why + f"; the published {published:g} scores "
+        return zero, {**noise, "beats_noise": False, "reason": why + f"; the {label} {published:g} scores "
                       f"below pCE beyond the noise: keeping pCE (weight 0), the regularizer off"}
     chosen = fallback or {"weight": published, "relative_weight": published, "absolute_weight": None,
                           "heldout_miou": None, "run": None, "loss_type": None}  # a weight the sweep did not train
-    return chosen, {**noise, "beats_noise": False, "reason": why + f"; keeping the published weight {published:g}"}
+    return chosen, {**noise, "beats_noise": False, "reason": why + f"; keeping the {label} weight {published:g}"}
 
 
 def _swept(cfg: TrainConfig, key: str) -> float:
