@@ -13,14 +13,11 @@ training noise (another seed gives another run); it is a lower bound on the unce
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from .config import TrainConfig
-from .data.folder import SegmentationFolder, read_split, split_holdout
 from .data.transforms import EvalTransform
 from .runs import CHECKPOINT
 
@@ -33,12 +30,10 @@ def heldout_confusions(cfg: TrainConfig) -> np.ndarray:
     """``[images, K, K]``: each held-out image's confusion matrix under the finished run of ``cfg``
     (its saved model, evaluated as the run evaluated it: same share, transform, batches and threads)."""
     from .infer import load_predictor
-    from .train import evaluate
+    from .train import evaluate, evaluation_set
 
     d = cfg.data
-    _, held_out = split_holdout(read_split(Path(d.root), d.train_split), d.holdout_fraction)
-    share = SegmentationFolder(d.root, d.train_split, transform=EvalTransform(d.crop_size, d.interpolation),
-                               require_scribbles=False, require_masks=True, ids=held_out)
+    share = evaluation_set(cfg, EvalTransform(d.crop_size, d.interpolation))
     predictor = load_predictor(cfg.run_dir / CHECKPOINT, device=cfg.run.device)
     loader = DataLoader(share, batch_size=d.batch_size if isinstance(d.batch_size, int) else 8, shuffle=False,
                         collate_fn=list)

@@ -202,9 +202,10 @@ def evaluate(model, loader, device, num_classes, class_names, amp="off", channel
             for sample, sample_logits in zip(group, logits.float()):
                 h, w = sample["mask"].shape
                 pred = resize_logits(sample_logits[None], h, w, sample["logit_mode"])[0].argmax(0).cpu()
-                cm.update(pred[None], sample["mask"][None])
+                image_cm = confusion_matrix(pred[None], sample["mask"][None], num_classes, cm.ignore_index)
+                cm.merge(image_cm)
                 if per_image is not None:
-                    per_image.append(confusion_matrix(pred[None], sample["mask"][None], num_classes).cpu().numpy())
+                    per_image.append(image_cm.cpu().numpy())
                 if len(examples["image"]) < num_examples and (
                         not examples["image"] or examples["mask"][0].shape == sample["mask"].shape):
                     examples["image"].append(sample["image_raw"].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0))
@@ -595,6 +596,17 @@ class _Run:
         return self.net if self.average is None else self.average.model
 
 
+def evaluation_set(cfg: TrainConfig, transform, **options) -> SegmentationFolder:
+    """The images a run is scored on: the val split, or with ``data.holdout_fraction`` the share of
+    train held out from its training (the val split is then never read)."""
+    d = cfg.data
+    if d.holdout_fraction > 0:
+        _, held_out = split_holdout(read_split(Path(d.root), d.train_split), d.holdout_fraction)
+        return SegmentationFolder(d.root, d.train_split, transform=transform, require_scribbles=False, ids=held_out,
+                                  require_masks=True, **options)
+    return SegmentationFolder(d.root, d.val_split, transform=transform, require_scribbles=False, **options)
+
+
 def _set_up(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.device) -> _Run:
     """The run's data, model, optimizer and loss; a resumed run's state restored from its checkpoint."""
     from .tracking import RunLogger
@@ -613,14 +625,12 @@ def _set_up(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.de
     train_tf = TrainTransform(d.crop_size, tuple(d.scale_range), d.interpolation, flip=True, seed=cfg.run.seed)
     eval_tf = EvalTransform(d.crop_size, d.interpolation)
     cache = {"cache_bytes": SAMPLE_CACHE_BYTES}
-    if d.holdout_fraction > 0:  # evaluate on a share of train: the val split is never read
-        kept, held_out = split_holdout(read_split(Path(d.root), d.train_split), d.holdout_fraction)
+    if d.holdout_fraction > 0:  # train on the rest of train: evaluation_set holds the share out
+        kept, _ = split_holdout(read_split(Path(d.root), d.train_split), d.holdout_fraction)
         train_set = SegmentationFolder(d.root, d.train_split, transform=train_tf, ids=kept, **cache)
-        val_set = SegmentationFolder(d.root, d.train_split, transform=eval_tf, require_scribbles=False, ids=held_out,
-                                     require_masks=True, **cache)
     else:
         train_set = SegmentationFolder(d.root, d.train_split, transform=train_tf, **cache)
-        val_set = SegmentationFolder(d.root, d.val_split, transform=eval_tf, require_scribbles=False, **cache)
+    val_set = evaluation_set(cfg, eval_tf, **cache)
     num_classes, class_names = train_set.num_classes, train_set.class_names
     batch = d.batch_size
     if batch == AUTO:  # a resumed run keeps the batch it started with

@@ -29,12 +29,16 @@ RECORDED_OUTPUTS = ("miou_table.md", "miou_table.csv", "miou_*.png", "interpolat
 NOT_SCORES = ("epoch", "iteration", "num_pixels")
 
 
+def _runs_dir(folder: Path) -> Path:
+    """Where a study's run folders are: ``runs/`` in a recorded study, else the results folder itself."""
+    return folder / RUNS_DIR if (folder / RUNS_DIR).is_dir() else folder
+
+
 def _run_metrics(folder: Path) -> dict[str, dict]:
     """Each run's metrics.json under ``folder`` (a study's results folder, or a recorded one with
     ``runs/``), by run name; a folder without any is a ValueError naming it."""
-    base = folder / RUNS_DIR if (folder / RUNS_DIR).is_dir() else folder
     runs = {}
-    for path in sorted(base.glob(f"*/{METRICS}")):
+    for path in sorted(_runs_dir(folder).glob(f"*/{METRICS}")):
         try:
             runs[path.parent.name] = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
@@ -94,35 +98,38 @@ def _differences_of_run(name: str, recorded: dict, fresh: dict, recorded_dir: Pa
         elif first:
             lines.append(f"{name}:   first differing evaluation: iteration {first[0]} ({first[1][0]})")
     if lines:  # what may explain it
-        settings_a, settings_b = _comparable_config(recorded_dir / name), _comparable_config(fresh_dir / name)
-        changed = [f"{k}: {settings_a.get(k)!r} -> {settings_b.get(k)!r}"
-                   for k in sorted(set(settings_a) | set(settings_b)) if settings_a.get(k) != settings_b.get(k)]
-        lines.append(f"{name}:   settings: " + ("; ".join(changed) if changed else "the same"))
-        source_a, source_b = recorded.get("provenance") or {}, fresh.get("provenance") or {}
-        changed = [f"{k}: {source_a.get(k)!r} -> {source_b.get(k)!r}"
-                   for k in sorted(set(source_a) | set(source_b)) if source_a.get(k) != source_b.get(k)]
-        lines.append(f"{name}:   provenance: " + ("; ".join(changed) if changed else "the same"))
+        settings = _changed(_comparable_config(recorded_dir / name), _comparable_config(fresh_dir / name))
+        lines.append(f"{name}:   settings: {settings}")
+        lines.append(f"{name}:   provenance: {_changed(recorded.get('provenance') or {}, fresh.get('provenance') or {})}")
     return lines
+
+
+def _changed(a: dict, b: dict) -> str:
+    """The entries of two flat dicts that differ, as 'key: a -> b; ...', or 'the same'."""
+    changed = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return "; ".join(changed) if changed else "the same"
+
+
+def _compare(recorded: Path, fresh: Path) -> tuple[list[str], list[str]]:
+    """The differences, run by run, and the names of the runs both studies have."""
+    runs_a, runs_b = _run_metrics(recorded), _run_metrics(fresh)
+    shared = sorted(set(runs_a) & set(runs_b))
+    lines = [f"{name}: recorded, but not in the new study" for name in sorted(set(runs_a) - set(runs_b))]
+    lines += [f"{name}: in the new study, but not recorded" for name in sorted(set(runs_b) - set(runs_a))]
+    for name in shared:
+        lines += _differences_of_run(name, runs_a[name], runs_b[name], _runs_dir(recorded), _runs_dir(fresh))
+    return lines, shared
 
 
 def compare_studies(recorded: str | Path, fresh: str | Path) -> list[str]:
     """Every difference between a recorded study and a fresh one, run by run (an empty list: the
     fresh study reproduces the recorded one exactly)."""
-    recorded, fresh = Path(recorded), Path(fresh)
-    runs_a, runs_b = _run_metrics(recorded), _run_metrics(fresh)
-    dir_a = recorded / RUNS_DIR if (recorded / RUNS_DIR).is_dir() else recorded
-    dir_b = fresh / RUNS_DIR if (fresh / RUNS_DIR).is_dir() else fresh
-    lines = [f"{name}: recorded, but not in the new study" for name in sorted(set(runs_a) - set(runs_b))]
-    lines += [f"{name}: in the new study, but not recorded" for name in sorted(set(runs_b) - set(runs_a))]
-    for name in sorted(set(runs_a) & set(runs_b)):
-        lines += _differences_of_run(name, runs_a[name], runs_b[name], dir_a, dir_b)
-    return lines
+    return _compare(Path(recorded), Path(fresh))[0]
 
 
 def report_comparison(recorded: str | Path, fresh: str | Path) -> int:
     """Prints the comparison; returns 0 when every run reproduces exactly, else 1."""
-    lines = compare_studies(recorded, fresh)
-    shared = sorted(set(_run_metrics(Path(recorded))) & set(_run_metrics(Path(fresh))))
+    lines, shared = _compare(Path(recorded), Path(fresh))
     if not lines:
         print(f"reproduce: all {len(shared)} runs of {fresh} equal the recorded ones in {recorded}, "
               "every evaluation to the last digit")
