@@ -52,11 +52,15 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return 0 if status.startswith("ok") and "CUDA:" not in status else 1  # a requested CUDA part must build too
 
 
+RECIPE_HELP = ("the defaults under the config file: default (the recipe validated on small images from scratch) "
+               "or paper (SGD, poly decay, 0.5-2 rescaling: the paper's, from ImageNet weights)")
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .train import train
 
-    config = load_config(args.config, args.set or ())
+    config = load_config(args.config, args.set or (), recipe=args.recipe)
     final = train(config, resume=args.resume)
     print(f"{config.run.name}: mIoU {final['miou']:.4f} after {final['iteration']} iterations; results in {config.run_dir}")
     return 0
@@ -71,11 +75,11 @@ def _cmd_sweep_weight(args: argparse.Namespace) -> int:
     from .config import load_config
     from .sweep import sweep_crf_weight, two_phase_base
 
-    base = load_config(args.config, args.set or ())
-    if args.finetune_epochs is not None and not args.two_phase:
-        raise ValueError("sweep-weight: --finetune-epochs needs --two-phase")
+    base = load_config(args.config, args.set or (), recipe=args.recipe)
+    if args.finetune_iterations is not None and not args.two_phase:
+        raise ValueError("sweep-weight: --finetune-iterations needs --two-phase")
     if args.two_phase:
-        base = two_phase_base(base, args.name, args.finetune_epochs, holdout_fraction=args.holdout, rerun=args.rerun)
+        base = two_phase_base(base, args.name, args.finetune_iterations, holdout_fraction=args.holdout, rerun=args.rerun)
     weights = [float(w) for w in args.weights.split(",")] if args.weights else None
     extra = {"weights": weights} if weights else {}
     budget = args.time_budget * 60 if args.time_budget else None
@@ -188,7 +192,8 @@ def _print_summary(summary: dict) -> None:
 def _cmd_data_synthetic(args: argparse.Namespace) -> int:
     from .data.synthetic import generate_synthetic
 
-    _print_summary(generate_synthetic(Path(args.out), size=args.size, n_train=args.n_train, n_val=args.n_val, seed=args.seed))
+    _print_summary(generate_synthetic(Path(args.out), size=args.size, n_train=args.n_train, n_val=args.n_val, seed=args.seed,
+                                      low_contrast=args.low_contrast))
     return 0
 
 
@@ -232,6 +237,11 @@ def _add_data_commands(commands) -> None:
     synthetic.add_argument("--n-train", type=int, default=200)
     synthetic.add_argument("--n-val", type=int, default=50)
     synthetic.add_argument("--seed", type=int, default=0)
+    from .data.synthetic import LOW_CONTRAST_P
+
+    synthetic.add_argument("--low-contrast", type=float, default=LOW_CONTRAST_P, metavar="SHARE",
+                           help="share of objects coloured close to their background, 0..1: the higher, the less "
+                                f"colour tells the classes apart (default {LOW_CONTRAST_P})")
     synthetic.set_defaults(run=_cmd_data_synthetic)
 
     voc = kinds.add_parser("voc", help="download (or verify) and prepare PASCAL VOC 2012 + SBD + ScribbleSup")
@@ -275,15 +285,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_data_commands(commands)
 
+    from .config import RECIPES
+
     train = commands.add_parser("train", help="train a segmenter (pCE, pCE + DenseCRF, normalized cut or KernelCut, or full supervision)")
     train.add_argument("--config", help="YAML file (see rloss/config.py for the keys and defaults)")
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. loss.type=pce_crf")
     train.add_argument("--resume", action="store_true", help="continue from results/<run.name>/checkpoint.pt")
+    train.add_argument("--recipe", choices=tuple(RECIPES), default="default", help=RECIPE_HELP)
     train.set_defaults(run=_cmd_train)
 
     sweep = commands.add_parser("sweep-weight", help="choose a regularizer's weight on a share of train held out (never val)")
     sweep.add_argument("--config", help="YAML training config (the schedule every weight is trained with)")
     sweep.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. data.root=data/mine")
+    sweep.add_argument("--recipe", choices=tuple(RECIPES), default="default", help=RECIPE_HELP)
     sweep.add_argument("--name", required=True, help="runs are NAME_sweep_w<weight> (NAME_sweep_nc_w<weight> for "
                                                      "loss.nc_weight); result: RESULTS/NAME_weight_sweep.json")
     sweep.add_argument("--weights", help="weights, comma-separated (default: 0,0.25,1,4,16 for DenseCRF, "
@@ -295,8 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--time-budget", type=float, metavar="MIN", help="start no run that would end after this")
     sweep.add_argument("--two-phase", action="store_true",
                        help="the paper's schedule: train pCE on the kept share first, then fine-tune it once per weight")
-    sweep.add_argument("--finetune-epochs", type=int, metavar="N",
-                       help="with --two-phase: epochs of each fine-tuning (default: the config's epochs)")
+    sweep.add_argument("--finetune-iterations", type=int, metavar="N",
+                       help="with --two-phase: iterations of each fine-tuning (default: half the config's length)")
     sweep.add_argument("--rerun", action="store_true", help="train finished runs again")
     sweep.add_argument("--parallel-runs", default="auto", type=_parallel_runs, metavar="N",
                        help="runs trained at once, one process each (default auto: one per CPU core as memory "

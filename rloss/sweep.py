@@ -14,16 +14,18 @@ Each weight (relative to the paper's balance, ``rloss/crf_weight.py``) trains on
 of ``base``'s schedule on the train split minus a held-out share of it, and is scored
 by mIoU on that held-out share (``data.holdout_fraction``): the val split is never
 read, so val stays a fair test of the chosen weight. Runs are ``<name>_sweep_w<weight>``
-(``<name>_sweep_nc_w<weight>`` for ``loss.nc_weight``) in ``base``'s results folder, trained
+(``<name>_sweep_nc_w<weight>`` for ``loss.nc_weight``, but for weight 0) in ``base``'s results folder, trained
 ``parallel_runs`` at once; finished ones are skipped, so a sweep interrupted or extended with
 more weights only trains what is missing.
 The result goes to ``<results>/<name>_weight_sweep.json`` (what the study's
 notebooks read with ``crf_relative_weight = "sweep"``) and a plot beside it.
 
 For the paper's two-phase schedule (the regularized run fine-tunes a finished pCE run), sweep
-the weight of the fine-tuning: ``sweep_crf_weight(two_phase_base(base, name, finetune_epochs=8),
-name)`` first trains pCE on the kept share (``<name>_sweep_start``), then fine-tunes it once per
-weight; weight 0 is then pCE trained on for as long, the control.
+the weight of the fine-tuning: ``sweep_crf_weight(two_phase_base(base, name), name)`` first trains
+pCE on the kept share (``<name>_sweep_start``), then fine-tunes it once per weight, as long as the
+study's fine-tuning (``rloss.config.fine_tuning``); weight 0 is then pCE trained on for as long, the
+control. Its run is named for pCE, not for the swept key (``<runs_prefix>_sweep_w0``), so that the
+normalized cut sweep of a study reuses the DenseCRF sweep's.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import CRF_LOSS_TYPES, NC_LOSS_TYPES, LossConfig, TrainConfig
+from .config import CRF_LOSS_TYPES, NC_LOSS_TYPES, LossConfig, TrainConfig, fine_tuning
 from .data.io import save_figure, write_text_atomic
 from .run_pool import THREADS_PER_RUN, resolve_processes
 from .runs import CHECKPOINT, train_runs
@@ -64,9 +66,11 @@ def sweep_path(results_dir: str | Path, name: str) -> Path:
     return Path(results_dir) / f"{name}_weight_sweep.json"
 
 
-def sweep_configs(base: TrainConfig, name: str, weights=None,
-                  holdout_fraction: float = DEFAULT_HOLDOUT, key: str = DEFAULT_KEY) -> list[TrainConfig]:
-    """One config per weight: ``base`` trained on train minus the held-out share, scored on it."""
+def sweep_configs(base: TrainConfig, name: str, weights=None, holdout_fraction: float = DEFAULT_HOLDOUT,
+                  key: str = DEFAULT_KEY, runs_prefix: str | None = None) -> list[TrainConfig]:
+    """One config per weight: ``base`` trained on train minus the held-out share, scored on it. Runs are
+    ``<runs_prefix>_sweep_<infix>w<weight>`` (``runs_prefix`` default: ``name``); a weight that trains
+    plain pCE is ``<runs_prefix>_sweep_w0`` for every key: the same run."""
     if key not in SWEEP_KEYS:
         raise ValueError(f"sweep: the swept key must be one of {', '.join(SWEEP_KEYS)}; got {key!r}")
     if weights is None:
@@ -84,17 +88,19 @@ def sweep_configs(base: TrainConfig, name: str, weights=None,
         else:
             cfg.loss.nc_weight = weight
         cfg.data.holdout_fraction = holdout_fraction
-        cfg.run.name = f"{name}_sweep_{SWEEP_KEYS[key][2]}w{weight:g}"
+        infix = "" if cfg.loss.type == "pce" else SWEEP_KEYS[key][2]
+        cfg.run.name = f"{runs_prefix or name}_sweep_{infix}w{weight:g}"
         cfg.wandb.enabled = False
         configs.append(cfg.validate())
     return configs
 
 
-def two_phase_base(base: TrainConfig, name: str, finetune_epochs: int | None = None,
+def two_phase_base(base: TrainConfig, name: str, finetune_iterations: int | None = None,
                    holdout_fraction: float = DEFAULT_HOLDOUT, rerun: bool = False) -> TrainConfig:
     """``base`` set up to sweep a weight of the two-phase schedule: trains pCE with ``base``'s schedule on
     train minus the held-out share (run ``<name>_sweep_start``; it never sees the share the sweep scores
-    on) and returns ``base`` fine-tuning its final weights for ``finetune_epochs`` (None: ``base``'s)."""
+    on) and returns ``base`` fine-tuning its final weights for ``finetune_iterations`` (None: the
+    study's share of ``base``'s length, :func:`rloss.config.fine_tuning`)."""
     start = copy.deepcopy(base)
     start.loss.type, start.loss.init_from = "pce", None
     start.data.holdout_fraction = holdout_fraction
@@ -104,16 +110,14 @@ def two_phase_base(base: TrainConfig, name: str, finetune_epochs: int | None = N
     print(f"sweep {name}: pCE on the kept share first ({start.run.name}), fine-tuned once per weight",
           file=sys.stderr)
     train_runs([start], rerun=rerun)
-    tuned = copy.deepcopy(base)
+    tuned = fine_tuning(base, finetune_iterations)
     tuned.loss.init_from = str(start.run_dir / CHECKPOINT)
-    if finetune_epochs:
-        tuned.optim.epochs, tuned.optim.iterations = finetune_epochs, None
     return tuned.validate()
 
 
 def sweep_crf_weight(base: TrainConfig, name: str, weights=None, holdout_fraction: float = DEFAULT_HOLDOUT,
                      rerun: bool = False, time_budget_s: float | None = None, plot: bool = True,
-                     key: str = DEFAULT_KEY, parallel_runs: int | str = "auto") -> dict:
+                     key: str = DEFAULT_KEY, parallel_runs: int | str = "auto", runs_prefix: str | None = None) -> dict:
     """Trains the sweep's runs (in order of weight, ``parallel_runs`` at once: see
     ``rloss.run_pool``) and writes and returns the result.
 
@@ -121,7 +125,7 @@ def sweep_crf_weight(base: TrainConfig, name: str, weights=None, holdout_fractio
     group so far would exceed it; the choice is then made among the finished weights
     (``complete`` is false in the result).
     """
-    configs = sweep_configs(base, name, weights, holdout_fraction, key)
+    configs = sweep_configs(base, name, weights, holdout_fraction, key, runs_prefix)
     processes = resolve_processes(parallel_runs, base.run.device, len(configs), base.run.threads or THREADS_PER_RUN)
     started, longest, points = time.monotonic(), 0.0, []
     for first in range(0, len(configs), processes):
@@ -131,8 +135,10 @@ def sweep_crf_weight(base: TrainConfig, name: str, weights=None, holdout_fractio
                   f"{len(configs)} weights", file=sys.stderr)
             break
         group = configs[first:first + processes]
-        weights_now = ", ".join(f"{_swept(cfg, key):g}" for cfg in group)
-        print(f"sweep {name}: {key} {weights_now} ({first + len(group)}/{len(configs)})", file=sys.stderr)
+        weights_now = ", ".join(f"{cfg.run.name} ({_swept(cfg, key):g})" for cfg in group)
+        groups_left = -(-(len(configs) - first) // processes)
+        left = f", about {groups_left * spent / (first // processes) / 60:.0f} min left" if first else ""
+        print(f"sweep {name}: {key} of {weights_now}: {first + len(group)}/{len(configs)}{left}", file=sys.stderr)
         t0 = time.monotonic()
         finals = train_runs(group, rerun=rerun, parallel_runs=len(group))
         longest = max(longest, time.monotonic() - t0)

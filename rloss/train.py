@@ -578,7 +578,7 @@ class _Run:
     total_iters: int
     num_epochs: int
     net: torch.nn.Module  # the model itself, the one the optimizer trains
-    average: WeightAverage | None  # optim.weight_average_epochs > 0: the model evaluated and saved
+    average: WeightAverage | None  # a weight average (optim.weight_average_*): the model evaluated and saved
     forward: torch.nn.Module  # what a step calls: the model, wrapped by DDP and torch.compile when asked
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
@@ -648,7 +648,7 @@ def _set_up(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.de
     iters_per_epoch = len(train_set) // batch
     if iters_per_epoch < 1:
         raise ValueError(f"data.batch_size {batch} is larger than the {len(train_set)} training images")
-    total_iters = cfg.optim.iterations or cfg.optim.epochs * iters_per_epoch
+    total_iters = cfg.optim.iterations or cfg.optim.epochs * iters_per_epoch  # config: one of them is set
     num_epochs = math.ceil(total_iters / iters_per_epoch)
     val_share = Subset(val_set, range(ctx.rank, len(val_set), ctx.world_size))
     val_loader = DataLoader(val_share, batch_size=per_process, shuffle=False, num_workers=d.num_workers,
@@ -703,8 +703,9 @@ def _set_up(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.de
                              f"({type(exc).__name__}: {first_line(exc)})") from None
         progress.last_saved = progress.iteration
     average = None
-    if o.weight_average_epochs > 0:  # made after the net is complete: it copies it
-        average = WeightAverage(net, max(1.0, o.weight_average_epochs * iters_per_epoch))
+    if cfg.averages_weights:  # made after the net is complete: it copies it
+        window = o.weight_average_iters or o.weight_average_epochs * iters_per_epoch
+        average = WeightAverage(net, max(1.0, window))
         if checkpoint is not None and "trained_model" in checkpoint:
             try:
                 average.load_state_dict(checkpoint["model"], int(checkpoint["average_updates"]))
@@ -759,9 +760,25 @@ def _run_timings(run: _Run) -> dict:
     return _timings(run.progress.iter_times, run.progress.crf_times, run.device, run.ctx.world_size)
 
 
-def _evaluate_run(run: _Run, epoch_number: int) -> dict:
+def _evaluate_and_show(run: _Run) -> None:
+    scores = _evaluate_run(run)
+    if run.bar is not None:
+        p = run.progress
+        run.bar.write(f"{run.cfg.run.name}: epoch {p.evals[-1]['epoch']} iteration {p.iteration} mIoU {scores['miou']:.4f}")
+
+
+def _epochs_done(run: _Run) -> int | float:
+    """The passes over the training set so far: a whole number at an epoch's end, else to 3 decimals."""
+    p = run.progress
+    if p.position == 0 or p.position >= run.iters_per_epoch * run.batch:
+        return p.epoch + (p.position > 0)
+    return round(p.epoch + p.position / (run.iters_per_epoch * run.batch), 3)
+
+
+def _evaluate_run(run: _Run) -> dict:
     """Scores the model on the validation share, records them in metrics.json and the logger."""
     cfg, p = run.cfg, run.progress
+    epoch_number = _epochs_done(run)
     want = cfg.wandb.num_images if run.tracker.active else 0
     scores, examples = evaluate(run.scored, run.val_loader, run.device, run.num_classes, run.class_names, cfg.run.amp,
                                 cfg.model.channels_last, num_examples=want)
@@ -869,21 +886,24 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.dev
                     _read_pending(run)
                 if will_save:
                     _save(run)
+                every = cfg.run.eval_every_iters
+                if every and p.iteration % every == 0 and p.iteration < run.total_iters:  # the last: below
+                    _read_pending(run)
+                    _evaluate_and_show(run)
             _read_pending(run)
             # end of the epoch (or of the run)
             epoch_done = p.iteration >= run.total_iters or p.position >= run.iters_per_epoch * run.batch
             if not epoch_done:
                 break
             last = p.iteration >= run.total_iters
-            if last or (p.epoch + 1) % cfg.run.eval_every_epochs == 0:
-                scores = _evaluate_run(run, p.epoch + 1)
-                if run.bar is not None:
-                    run.bar.write(f"{cfg.run.name}: epoch {p.epoch + 1} iteration {p.iteration} mIoU {scores['miou']:.4f}")
+            every = cfg.run.eval_every_epochs if not cfg.run.eval_every_iters else None
+            if last or (every and (p.epoch + 1) % every == 0):
+                _evaluate_and_show(run)
             p.epoch += 1
             p.position = 0
 
         if not p.evals or p.evals[-1]["iteration"] != p.iteration:  # e.g. resumed from the final checkpoint
-            _evaluate_run(run, p.epoch)
+            _evaluate_run(run)
         final = p.evals[-1]
         _save(run)
         if ctx.is_main:

@@ -59,6 +59,10 @@ def test_a_finished_run_is_reused_when_every_setting_it_uses_matches(tmp_path):
                  "optim.momentum=0.5", "optim.poly_power=2") == done
     assert asked("optim.lr=0.5") is None  # a setting it uses: another run
     assert asked("loss.type=pce_crf") is None
-    crf = tiny_config(data_root, tmp_path, "c", "loss.type=pce_crf")
+    crf = tiny_config(data_root, tmp_path, "c", "loss.type=pce_crf", "optim.name=sgd", "optim.epochs=3")
     assert "crf_relative_weight" in crf.settings_used()["loss"] and "nc_weight" not in crf.settings_used()["loss"]
     assert "momentum" in crf.settings_used()["optim"]  # SGD reads it
+    # The length is counted in epochs here: the iterations (null) are not a setting it uses, the epochs are.
+    assert crf.settings_used()["optim"]["epochs"] == 3 and crf.settings_used()["optim"]["iterations"] is None
+    by_iterations = tiny_config(data_root, tmp_path, "c", "loss.type=pce_crf", "optim.iterations=30")
+    assert "epochs" not in by_iterations.settings_used()["optim"] and by_iterations.optim.epochs is None

@@ -48,7 +48,9 @@ BACKGROUND_COLOURS = np.array(
     [[115, 135, 95], [160, 140, 115], [120, 130, 150], [95, 95, 100], [175, 172, 160], [140, 150, 130]],
     dtype=np.float64,
 )
-LOW_CONTRAST_P = 0.2  # chance that an object's colour is pulled close to the background's
+# Chance that an object's colour is pulled close to the background's: how much colour tells the
+# objects from the background (`rloss data synthetic --low-contrast`; 0.2 in the built-in set).
+LOW_CONTRAST_P = 0.2
 LABELED_TARGET = (0.028, 0.044)  # per image, about the fraction of all pixels that strokes aim to cover ...
 OBJECT_SHARE, BACKGROUND_SHARE = 1.6, 0.8  # ... times these factors within objects and the background
 
@@ -180,11 +182,11 @@ def _random_shape(rng: np.random.Generator, cls: int, cy: float, cx: float, radi
     return (lambda y, x: _polar_sdf(y, x, cy, cx, radius, harmonics)), extent
 
 
-def _object_fill(rng, cls, y, x, cy, cx, radius, background_colour) -> np.ndarray:
+def _object_fill(rng, cls, y, x, cy, cx, radius, background_colour, low_contrast: float) -> np.ndarray:
     """Float RGB fill of one object over the crop (y [h, 1], x [1, w]): jittered class colour,
     shading gradient, a texture and (sometimes) a colour close to the background."""
     base = (CLASS_COLOURS[cls] + rng.normal(0, 14, 3)) * rng.uniform(0.8, 1.12)
-    if rng.random() < LOW_CONTRAST_P:
+    if rng.random() < low_contrast:
         base = background_colour + (base - background_colour) * rng.uniform(0.2, 0.45)
     angle = rng.uniform(0, 2 * math.pi)
     ramp = ((x - cx) * math.cos(angle) + (y - cy) * math.sin(angle)) / radius
@@ -342,10 +344,13 @@ def _check_size(size) -> int:
     return int(size)
 
 
-def make_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def make_sample(rng: np.random.Generator, size: int,
+                low_contrast: float = LOW_CONTRAST_P) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One synthetic sample drawn from ``rng``: image uint8 [size, size, 3], full mask
-    uint8 [size, size] (class per pixel) and scribble uint8 [size, size] (255 = unlabeled)."""
+    uint8 [size, size] (class per pixel) and scribble uint8 [size, size] (255 = unlabeled).
+    ``low_contrast``: the chance that an object's colour is pulled close to the background's."""
     size = _check_size(size)
+    low_contrast = _check_share("low_contrast", low_contrast)
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
     background = _background(rng, size)
@@ -374,7 +379,8 @@ def make_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
         x = np.arange(x0, x1, dtype=np.float64)[None, :]
         distance = sdf(y, x)
         coverage = np.clip(0.5 - distance / softness, 0, 1)[..., None]  # > 0.5 exactly where inside
-        fill = _object_fill(rng, cls, y, x, cy, cx, radius, background[y0:y1, x0:x1].mean(axis=(0, 1)))
+        fill = _object_fill(rng, cls, y, x, cy, cx, radius, background[y0:y1, x0:x1].mean(axis=(0, 1)),
+                             low_contrast)
         image[y0:y1, x0:x1] = image[y0:y1, x0:x1] * (1 - coverage) + fill * coverage
         instances[y0:y1, x0:x1][distance < 0] = k + 1
         classes.append(cls)
@@ -395,6 +401,12 @@ def _check_count(name: str, value) -> int:
     return int(value)
 
 
+def _check_share(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not 0 <= value <= 1:
+        raise ValueError(f"{name} must be a number from 0 to 1, got {value!r}")
+    return float(value)
+
+
 def sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
     """The random stream of image ``index`` of ``split``: depends on (seed, split, index) only."""
     sequence = np.random.SeedSequence(seed, spawn_key=(SPLITS.index(split), index))
@@ -408,12 +420,14 @@ def generate_synthetic(
     n_val: int = 50,
     seed: int = 0,
     progress: bool = True,
+    low_contrast: float = LOW_CONTRAST_P,
 ) -> dict:
     """Writes the synthetic data set (``n_train`` + ``n_val`` images of ``size`` x ``size``) to ``out``.
 
     Same arguments give byte-identical files. Returns a summary (also written to
     ROOT/synthetic.json, without ``root`` so the folder's files do not depend on
-    where it lies): sizes, class names and the labeled (scribble) fraction.
+    where it lies): sizes, class names and the labeled (scribble) fraction. ``low_contrast``:
+    the share of objects coloured close to their background (colour tells those apart less).
     """
     from tqdm import tqdm
 
@@ -422,6 +436,7 @@ def generate_synthetic(
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     seed = int(seed)
+    low_contrast = _check_share("low_contrast", low_contrast)
     root = Path(out)
     if root.exists() and not root.is_dir():
         raise DataError(f"{root}: exists and is not a folder")
@@ -432,7 +447,7 @@ def generate_synthetic(
     fractions, objects = [], []
     for split, i in tqdm(jobs, desc="synthetic", unit="img", disable=not progress, file=sys.stderr):
         sample_id = f"{split}_{i:05d}"
-        image, mask, scribble = make_sample(sample_rng(seed, split, i), size)
+        image, mask, scribble = make_sample(sample_rng(seed, split, i), size, low_contrast)
         save_rgb(image, root / "JPEGImages" / f"{sample_id}.png")
         save_label_png(mask, root / "SegmentationClassAug" / f"{sample_id}.png")
         save_label_png(scribble, root / "pascal_2012_scribble" / f"{sample_id}.png")
@@ -448,6 +463,7 @@ def generate_synthetic(
         "n_train": n_train,
         "n_val": n_val,
         "seed": seed,
+        **({"low_contrast": low_contrast} if low_contrast != LOW_CONTRAST_P else {}),  # the built-in set's file as before
         "num_classes": len(CLASS_NAMES),
         "class_names": list(CLASS_NAMES),
         "labeled_fraction": float(np.mean(fractions)),

@@ -8,7 +8,12 @@
 ``losses`` may add the regularizers beyond Table 1 (:data:`EXTRA_LOSSES`: pCE + normalized cut,
 pCE + KernelCut). Runs are named ``<name>_<loss>_seed<seed>``. With ``two_phase=True`` each regularized
 run follows the paper's DenseCRF schedule: it starts from the finished pCE run of the same seed
-(``loss.init_from``) and fine-tunes for ``finetune_epochs``.
+(``loss.init_from``) and fine-tunes for ``finetune_iterations`` (default: half the pCE run's length,
+``rloss.config.fine_tuning``).
+
+The training recipe is written once: the config's defaults (``rloss/config.py``), or ``recipe="paper"``.
+A notebook parameter left None takes the recipe's value; :func:`notebook_config` maps the training
+notebooks' flat parameters to config keys.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from ..config import TrainConfig, config_from_dict
+from ..config import TrainConfig, config_from_dict, fine_tuning, recipe_config
 from ..crf_weight import relative_crf_weight
 from ..runs import (CHECKPOINT, METRICS, finished_metrics, in_studies, read_run_config, run_folders,  # noqa: F401
                     run_name, study_of, train_runs)  # re-exported: the notebooks' calls
@@ -34,9 +39,36 @@ LOSS_LABELS = {"pce": "pCE", "pce_crf": "pCE + DenseCRF", "full": "full supervis
                "pce_nc": "pCE + normalized cut", "pce_kernelcut": "pCE + KernelCut"}
 
 
-def base_config(data_root: str, results_dir: str, **settings) -> TrainConfig:
-    """A training config from the notebooks' flat parameters: each ``section_key=value``
-    (e.g. ``optim_epochs=30``, ``loss_crf_weight=5e-7``) sets ``section.key`` to the value as it is;
+# The paper's two-phase schedule is the recipe's: a regularized run fine-tunes the pCE run of its seed.
+TWO_PHASE = True
+
+# The training notebooks' parameters (02, 03) and the config keys they set.
+NOTEBOOK_SETTINGS = {
+    "model": "model_name", "pretrained": "model_pretrained", "output_stride": "model_output_stride",
+    "crop_size": "data_crop_size", "batch_size": "data_batch_size", "interpolation": "data_interpolation",
+    "scale_range": "data_scale_range", "num_workers": "data_num_workers",
+    "iterations": "optim_iterations", "epochs": "optim_epochs", "optimizer": "optim_name", "lr": "optim_lr",
+    "lr_schedule": "optim_lr_schedule", "weight_decay": "optim_weight_decay", "head_lr_mult": "optim_head_lr_mult",
+    "weight_average_iters": "optim_weight_average_iters",
+    "sigma_rgb": "loss_sigma_rgb", "sigma_xy": "loss_sigma_xy", "scale_factor": "loss_scale_factor",
+    "kernel": "loss_kernel", "eval_every_iters": "run_eval_every_iters", "eval_every_epochs": "run_eval_every_epochs",
+    "device": "run_device", "amp": "run_amp", "wandb": "wandb_enabled", "wandb_mode": "wandb_mode",
+}
+
+
+def notebook_config(data_root: str, results_dir: str, recipe: str | None = None, **parameters) -> TrainConfig:
+    """The training notebooks' base config: each parameter of :data:`NOTEBOOK_SETTINGS` into its config
+    key, over the ``recipe``'s defaults (None: ``"default"``); a parameter left None keeps the recipe's."""
+    unknown = sorted(set(parameters) - set(NOTEBOOK_SETTINGS))
+    if unknown:
+        raise ValueError(f"study: unknown training parameter {unknown[0]!r} (known: {', '.join(NOTEBOOK_SETTINGS)})")
+    settings = {NOTEBOOK_SETTINGS[name]: value for name, value in parameters.items() if value is not None}
+    return base_config(data_root, results_dir, recipe=recipe or "default", **settings)
+
+
+def base_config(data_root: str, results_dir: str, recipe: str = "default", **settings) -> TrainConfig:
+    """A training config from flat settings over the ``recipe``'s defaults: each ``section_key=value``
+    (e.g. ``optim_iterations=2000``, ``loss_crf_weight=5e-7``) sets ``section.key`` to the value as it is;
     the config dataclasses declare the keys, and check the values once, as they check a config file."""
     values = {"data": {"root": str(data_root)}, "run": {"results_dir": str(results_dir)}}
     for key, value in settings.items():
@@ -44,15 +76,17 @@ def base_config(data_root: str, results_dir: str, **settings) -> TrainConfig:
         if not name:
             raise ValueError(f"study: setting {key!r} must be <section>_<key>, e.g. optim_epochs")
         values.setdefault(section, {})[name] = value
-    return config_from_dict(values, "the study's settings").validate()
+    return config_from_dict(values, "the study's settings", base=recipe_config(recipe)).validate()
 
 
-def plan_grid(base: TrainConfig, name: str, losses=LOSSES, seeds=(0,), two_phase: bool = False,
-              finetune_epochs: int | None = None, crf_relative_weight: float | str = 1.0,
+def plan_grid(base: TrainConfig, name: str, losses=LOSSES, seeds=(0,), two_phase: bool | None = False,
+              finetune_iterations: int | None = None, crf_relative_weight: float | str = 1.0,
               rerun: bool = False, nc_weight: float | str | None = None) -> list[TrainConfig]:
     """The training notebooks' grid: :func:`study_grid` of ``base`` with ``crf_relative_weight`` and (None:
     ``base``'s) ``nc_weight``; ``"sweep"`` first chooses that weight on a held-out share of train
-    (``rloss.sweep``; val is never read). The normalized cut sweep (``<name>_nc``) trains pCE + normalized cut."""
+    (``rloss.sweep``; val is never read). The normalized cut sweep (``<name>_nc``) trains pCE + normalized cut
+    and shares the DenseCRF sweep's pCE runs. ``two_phase`` None: the recipe's (:data:`TWO_PHASE`)."""
+    two_phase = TWO_PHASE if two_phase is None else two_phase
     if not seeds or not losses:
         raise ValueError("give at least one seed and one loss")
     sweep, sweep_nc = crf_relative_weight == "sweep", nc_weight == "sweep"
@@ -64,7 +98,7 @@ def plan_grid(base: TrainConfig, name: str, losses=LOSSES, seeds=(0,), two_phase
         from ..sweep import sweep_crf_weight, two_phase_base
 
         # A two-phase grid sweeps the weight of the fine-tuning, from pCE trained on the kept share.
-        sweep_base = two_phase_base(base, name, finetune_epochs or None, rerun=rerun) if two_phase else base
+        sweep_base = two_phase_base(base, name, finetune_iterations, rerun=rerun) if two_phase else base
 
     if sweep:  # the sweep's runs set their own weights
         chosen = sweep_crf_weight(sweep_base, name, rerun=rerun)
@@ -72,7 +106,7 @@ def plan_grid(base: TrainConfig, name: str, losses=LOSSES, seeds=(0,), two_phase
         print(f"DenseCRF weight chosen by the sweep: {chosen['best']:g}x the published balance ({chosen['reason']})")
     if sweep_nc:
         nc_base = config_from_dict({"loss": {"type": "pce_nc"}}, "the normalized cut sweep", base=sweep_base).validate()
-        chosen = sweep_crf_weight(nc_base, f"{name}_nc", rerun=rerun, key="loss.nc_weight")
+        chosen = sweep_crf_weight(nc_base, f"{name}_nc", rerun=rerun, key="loss.nc_weight", runs_prefix=name)
         base.loss.nc_weight = chosen["best"]
         print(f"normalized cut weight chosen by the sweep: {chosen['best']:g} ({chosen['reason']})")
     crf_weight = base.loss.crf_relative_weight if base.loss.crf_weight is None else base.loss.crf_weight
@@ -83,7 +117,7 @@ def plan_grid(base: TrainConfig, name: str, losses=LOSSES, seeds=(0,), two_phase
         print(f"{', '.join(LOSS_LABELS[loss] for loss in off)}: weight 0 is pCE; "
               "no such runs are trained (the pCE runs are the result)")
     configs = study_grid(base, name, losses=losses, seeds=seeds, two_phase=two_phase,
-                         finetune_epochs=finetune_epochs or None)
+                         finetune_iterations=finetune_iterations)
     print(f"{len(configs)} runs: " + ", ".join(c.run.name for c in configs))
     return configs
 
@@ -116,7 +150,7 @@ def grid_summary(runs: list[dict]) -> str:
 
 
 def study_grid(base: TrainConfig, name: str, losses=LOSSES, seeds=(0,), two_phase: bool = False,
-               finetune_epochs: int | None = None) -> list[TrainConfig]:
+               finetune_iterations: int | None = None) -> list[TrainConfig]:
     """One config per (loss, seed), in an order that trains a two-phase run after its pCE run."""
     unknown = [loss for loss in losses if loss not in ALL_LOSSES]
     if unknown:
@@ -126,13 +160,12 @@ def study_grid(base: TrainConfig, name: str, losses=LOSSES, seeds=(0,), two_phas
     configs = []
     for seed in seeds:
         for loss in sorted(losses, key=ALL_LOSSES.index):
-            cfg = copy.deepcopy(base)
+            cfg = fine_tuning(base, finetune_iterations) if loss in REGULARIZERS and two_phase else copy.deepcopy(base)
             cfg.loss.type = loss
             cfg.run.seed = int(seed)
             cfg.run.name = run_name(name, loss, seed)
             if loss in REGULARIZERS and two_phase:
                 cfg.loss.init_from = str(Path(cfg.run.results_dir) / run_name(name, "pce", seed) / CHECKPOINT)
-                cfg.optim.epochs = finetune_epochs or base.optim.epochs
             configs.append(cfg.validate())
     return configs
 
@@ -247,8 +280,8 @@ def _spread(values: list[float]) -> tuple[float | None, float | None]:
 
 # Settings that change nothing a run learns: where it writes, how it logs, how fast it runs.
 NEUTRAL_SETTINGS = ("run.name", "run.seed", "run.results_dir", "run.device", "run.threads", "run.compile",
-                    "run.checkpoint_every_iters", "run.eval_every_epochs", "data.num_workers", "loss.backend",
-                    "loss.type")
+                    "run.checkpoint_every_iters", "run.eval_every_epochs", "run.eval_every_iters", "data.num_workers",
+                    "loss.backend", "loss.type")
 NEUTRAL_SECTIONS = ("wandb",)
 # Settings of the DenseCRF term alone: they tell DenseCRF runs apart and mean nothing to pCE or full runs.
 CRF_SETTINGS = ("loss.crf_relative_weight", "loss.crf_weight", "loss.sigma_rgb", "loss.sigma_xy",

@@ -5,7 +5,7 @@ regularizers beyond it (pCE + normalized cut, pCE + KernelCut) add their columns
     rows = summarize(runs)                                     # rloss.study: one row per setting
     table = miou_table(rows)                                   # the rows as the report shows them
     print(to_markdown(table))
-    paths = write_report("results", runs)                      # miou_table.md / miou_table.csv, atomically
+    paths = write_report("results", runs, ["smoke40"])         # results/report-smoke40/miou_table.md and .csv
     fig = plot_learning_curves(runs)                           # also plot_per_class_iou, plot_crf_share
 
 mIoU is reported in percent (mean ± sample standard deviation over seeds, with the
@@ -43,6 +43,7 @@ __all__ = [
     "published_note",
     "conclusions",
     "report_markdown",
+    "report_dir",
     "write_report",
     "plot_learning_curves",
     "plot_per_class_iou",
@@ -423,13 +424,20 @@ def report_markdown(table: list[dict], title: str = "mIoU: pCE, pCE + DenseCRF l
     return "\n".join(parts)
 
 
+def report_dir(results_dir, study_names=None) -> Path:
+    """Where the report of ``study_names`` goes: ``<results_dir>/report-<name>+<name>`` (``report-all``
+    for every run), so that a study's table and figures are not replaced by another study's."""
+    names = [study_names] if isinstance(study_names, str) else study_names
+    return Path(results_dir) / ("report-" + ("+".join(names) if names else "all"))
+
+
 def write_report(results_dir, runs: list[dict] | None = None, study_names=None, out_dir=None) -> dict:
     """Writes ``miou_table.md`` (ours, conclusions, the published table apart) and ``miou_table.csv``
-    (ours only) atomically under ``out_dir`` (default ``results_dir``). ``runs`` default:
+    (ours only) atomically under ``out_dir`` (default :func:`report_dir`). ``runs`` default:
     ``load_runs(results_dir)``. Returns ``{"table", "markdown", "csv"}`` (paths as Path)."""
     runs = select_runs(load_runs(results_dir) if runs is None else runs, study_names)
     table = miou_table(summarize(runs))
-    out = Path(results_dir if out_dir is None else out_dir)
+    out = report_dir(results_dir, study_names) if out_dir is None else Path(out_dir)
     md, csv_path = out / TABLE_MD, out / TABLE_CSV
     write_text_atomic(md, report_markdown(table, runs=runs))
     write_text_atomic(csv_path, to_csv(table))

@@ -23,8 +23,8 @@ from pathlib import Path
 from ..runs import CONFIG, METRICS, read_run_config
 
 RUNS_DIR = "runs"  # a recorded study's run folders
-# The study's outputs kept beside the runs (notebook 04's and 05's tables and figures).
-RECORDED_OUTPUTS = ("miou_table.md", "miou_table.csv", "miou_*.png", "interpolation_*")
+# The study's outputs kept beside the runs: notebook 05's folders (tables and figures), notebook 04's files.
+RECORDED_OUTPUTS = ("report-*", "interpolation_*")
 # Per-evaluation entries that are not scores.
 NOT_SCORES = ("epoch", "iteration", "num_pixels")
 
@@ -158,7 +158,7 @@ def record_study(results_dir: str | Path, dest: str | Path) -> Path:
             shutil.copy2(results_dir / name / file, staging / RUNS_DIR / name / file)
     for pattern in RECORDED_OUTPUTS:
         for path in sorted(results_dir.glob(pattern)):
-            shutil.copy2(path, staging / path.name)
+            (shutil.copytree if path.is_dir() else shutil.copy2)(path, staging / path.name)
     staging.rename(dest)  # the recorded folder appears whole or not at all
     return dest
 

@@ -46,7 +46,7 @@ def test_grid_summary_prints_each_loss_over_seeds(tmp_path):
     for (loss, seed), values in SETTING_A.items():
         write_run(tmp_path, "alpha", "/data/fake40", 40, loss, seed, *values)
     lines = grid_summary(load_runs(tmp_path)).splitlines()
-    assert lines[0] == "deeplabv3plus_tiny on fake40 (40 px images, crop 32):"
+    assert lines[0] == "deeplabv3plus_micro on fake40 (40 px images, crop 32):"
     # pCE: 0.50 and 0.54 -> mean 0.52, sample standard deviation 0.0283; median 0.2 s/iteration
     assert lines[1] == f"  {'pCE':>17}: mIoU 0.5200 ± 0.0283 over 2 seed(s), 200 ms/iteration"
     assert lines[-1] == "  DenseCRF loss share of an iteration: 45.0%"

@@ -73,7 +73,7 @@ def sample_std(values):
 def test_table_means_stds_gains(table):
     assert len(table) == 2
     a = row_of(table, "fake40")
-    assert (a["network"], a["resolution_px"], a["crop_px"]) == ("deeplabv3plus_tiny", 40, 32)
+    assert (a["network"], a["resolution_px"], a["crop_px"]) == ("deeplabv3plus_micro", 40, 32)
     assert a["pce_miou"] == pytest.approx(52.0)
     assert a["pce_crf_miou"] == pytest.approx(63.0)
     assert a["full_miou"] == pytest.approx(71.0)
