@@ -3,6 +3,7 @@ brings a study notebook's training progress to the terminal of ``python -m rloss
 
     bar = progress_bar(total=2000, desc="small_pce_seed0")   # tqdm.auto: a widget in JupyterLab
     report_run(2, 9, "small_pce_seed0")                       # the run being trained, i of N
+    announce("sweep small: chose 16x")                        # a line for the terminal, also under the study
 
 A notebook run by papermill is a separate process whose output goes into the notebook, not to
 the terminal. The study runner names a file in ``RLOSS_PROGRESS_FILE`` (the kernel inherits the
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-__all__ = ["PROGRESS_ENV", "progress_bar", "report_run", "StudyDisplay", "clock"]
+__all__ = ["PROGRESS_ENV", "progress_bar", "report_run", "announce", "StudyDisplay", "clock"]
 
 PROGRESS_ENV = "RLOSS_PROGRESS_FILE"
 REPORT_EVERY_S = 0.5  # the longest a terminal waits for an iteration count; also bounds the writes
@@ -48,6 +49,13 @@ def report_run(index: int, count: int, name: str, skipped: bool = False) -> None
     _report({"event": "run", "index": index, "count": count, "name": name, "skipped": skipped})
 
 
+def announce(text: str) -> None:
+    """One line for whoever runs the work: printed to stderr (in a notebook, under its cell) and,
+    under ``python -m rloss study``, written in the study's terminal too."""
+    print(text, file=sys.stderr, flush=True)
+    _report({"event": "line", "text": text})
+
+
 class _ReportingBar(tqdm):
     """tqdm.auto's bar (a widget in a notebook, text in a terminal) that also reports its count."""
 
@@ -59,7 +67,13 @@ class _ReportingBar(tqdm):
     def _report(self) -> None:
         self._reported_at = time.monotonic()
         _report({"event": "iterations", "name": self.desc, "n": self.n, "total": self.total, "unit": self.unit,
-                 "initial": self.initial, "elapsed": round(self.format_dict["elapsed"], 3)})
+                 "initial": self.initial, "elapsed": round(self.format_dict["elapsed"], 3),
+                 "postfix": self.postfix or ""})
+
+    def set_postfix_str(self, s="", refresh=True):
+        super().set_postfix_str(s, refresh)
+        if getattr(self, "_reported_at", None) is not None:  # e.g. the runs in flight: shown at once
+            self._report()
 
     def update(self, n=1):
         shown = super().update(n)
@@ -105,6 +119,7 @@ class StudyDisplay:
         self._bar = None
         self._cells = None  # the notebook's cell count, once papermill has parameterized it
         self._run = None  # (index, count, name) of the run being trained
+        self._postfix = ""  # what the kernel's bar shows after its count
         self._channel = None
         self._offset = 0
         self._thread = None
@@ -177,14 +192,20 @@ class StudyDisplay:
     def _elapsed(self) -> str:
         return f"study {clock(time.monotonic() - self.start)}"
 
-    def _tick(self) -> None:
-        """The study's elapsed time, redrawn when its text changes (once a second at most)."""
-        if self._bar is not None and self._bar.postfix != self._elapsed():
-            self._bar.set_postfix_str(self._elapsed(), refresh=True)
+    def _tick(self, force: bool = False) -> None:
+        """The bar's own postfix and the study's elapsed time, redrawn when the text changes (once a
+        second at most) or when ``force``d."""
+        if self._bar is None:
+            return
+        text = ", ".join(part for part in (self._postfix if self._bar.unit != "cell" else "", self._elapsed()) if part)
+        if force or self._bar.postfix != text:
+            self._bar.set_postfix_str(text, refresh=True)
 
     def _handle(self, event: dict) -> None:
         kind = event.get("event")
-        if kind == "run":
+        if kind == "line":
+            tqdm.write(f"{self.prefix} {event.get('text', '')}", file=self.file)
+        elif kind == "run":
             self._run = (event["index"], event["count"], event["name"])
             if event.get("skipped"):
                 tqdm.write(f"{self.prefix} run {event['index']}/{event['count']} {event['name']}: "
@@ -203,7 +224,8 @@ class StudyDisplay:
             # the kernel's clock (tqdm's is time.time): events arrive in batches, twice a second
             self._bar.start_t = time.time() - event.get("elapsed", 0.0)
             self._bar.n = event["n"]
-            self._bar.set_postfix_str(self._elapsed(), refresh=True)  # every count drawn: they come twice a second
+            self._postfix = event.get("postfix") or ""  # e.g. the runs in flight of a parallel bar
+            self._tick(force=True)  # every count drawn: they come twice a second
 
     # -- papermill's hooks (nbclient's on_notebook_start, on_cell_start) --------------------------
     def notebook_started(self, notebook, **_) -> None:

@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 import time
 from pathlib import Path
 
 from .config import CRF_LOSS_TYPES, NC_LOSS_TYPES, LossConfig, TrainConfig, fine_tuning
 from .data.io import save_figure, write_text_atomic
+from .progress import announce
 from .run_pool import THREADS_PER_RUN, resolve_processes
 from .runs import CHECKPOINT, train_runs
 
@@ -107,8 +107,7 @@ def two_phase_base(base: TrainConfig, name: str, finetune_iterations: int | None
     start.run.name = f"{name}_sweep_start"
     start.wandb.enabled = False
     start = start.validate()
-    print(f"sweep {name}: pCE on the kept share first ({start.run.name}), fine-tuned once per weight",
-          file=sys.stderr)
+    announce(f"sweep {name}: pCE on the kept share first ({start.run.name}), fine-tuned once per weight")
     train_runs([start], rerun=rerun)
     tuned = fine_tuning(base, finetune_iterations)
     tuned.loss.init_from = str(start.run_dir / CHECKPOINT)
@@ -131,14 +130,14 @@ def sweep_crf_weight(base: TrainConfig, name: str, weights=None, holdout_fractio
     for first in range(0, len(configs), processes):
         spent = time.monotonic() - started
         if time_budget_s is not None and points and spent + longest > time_budget_s:
-            print(f"sweep {name}: time budget of {time_budget_s:.0f} s reached after {len(points)} of "
-                  f"{len(configs)} weights", file=sys.stderr)
+            announce(f"sweep {name}: time budget of {time_budget_s:.0f} s reached after {len(points)} of "
+                     f"{len(configs)} weights")
             break
         group = configs[first:first + processes]
         weights_now = ", ".join(f"{cfg.run.name} ({_swept(cfg, key):g})" for cfg in group)
         groups_left = -(-(len(configs) - first) // processes)
         left = f", about {groups_left * spent / (first // processes) / 60:.0f} min left" if first else ""
-        print(f"sweep {name}: {key} of {weights_now}: {first + len(group)}/{len(configs)}{left}", file=sys.stderr)
+        announce(f"sweep {name}: {key} of {weights_now}: {first + len(group)}/{len(configs)}{left}")
         t0 = time.monotonic()
         finals = train_runs(group, rerun=rerun, parallel_runs=len(group))
         longest = max(longest, time.monotonic() - t0)
@@ -165,7 +164,7 @@ def sweep_crf_weight(base: TrainConfig, name: str, weights=None, holdout_fractio
     write_text_atomic(path, json.dumps(result, indent=1) + "\n")
     if plot:
         save_figure(plot_sweep(result), path.with_suffix(".png"))
-    print(f"sweep {name}: chose {key} {result['best']:g}: {result['reason']}; written to {path}", file=sys.stderr)
+    announce(f"sweep {name}: chose {key} {result['best']:g}: {result['reason']}; written to {path}")
     return result
 
 

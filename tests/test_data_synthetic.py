@@ -133,6 +133,36 @@ def test_colour_edges_follow_the_mask_boundaries():
     assert edge > 2.5 * flat, (edge, flat)
 
 
+def _object_contrast(low_contrast: float) -> float:
+    """Mean distance in RGB between each object's mean colour and the mean colour of the background
+    pixels around it (a 4-pixel ring), over 40 images."""
+    distances = []
+    for i in range(40):
+        image, mask, _ = make_sample(sample_rng(3, "train", i), 64, low_contrast)
+        rgb = image.astype(np.float64)
+        for c in np.unique(mask[mask > 0]):
+            inside = ndimage.binary_erosion(mask == c, iterations=2)
+            ring = ndimage.binary_dilation(mask == c, iterations=4) & (mask == 0)
+            if inside.sum() > 10 and ring.sum() > 10:
+                distances.append(np.linalg.norm(rgb[inside].mean(0) - rgb[ring].mean(0)))
+    return float(np.mean(distances))
+
+
+def test_low_contrast_objects_are_closer_in_colour_to_their_background():
+    """--low-contrast is how much colour tells objects from the background: more of it, less contrast."""
+    none, built_in, most = (_object_contrast(share) for share in (0.0, 0.2, 0.9))
+    assert none > built_in > most and most < 0.6 * none, (none, built_in, most)
+
+
+def test_the_built_in_set_is_the_default_low_contrast_share(tmp_path):
+    generate_synthetic(tmp_path / "a", size=32, n_train=3, n_val=1, progress=False)
+    generate_synthetic(tmp_path / "b", size=32, n_train=3, n_val=1, progress=False, low_contrast=0.2)
+    generate_synthetic(tmp_path / "c", size=32, n_train=3, n_val=1, progress=False, low_contrast=0.7)
+    assert hashes(tmp_path / "a") == hashes(tmp_path / "b")
+    assert json.loads((tmp_path / "c" / "synthetic.json").read_text())["low_contrast"] == 0.7
+    assert hashes(tmp_path / "a") != hashes(tmp_path / "c")
+
+
 def test_make_sample_at_odd_and_large_sizes():
     for size in (33, 513):
         image, mask, scribble = make_sample(np.random.default_rng(1), size)
@@ -154,6 +184,8 @@ def test_make_sample_at_odd_and_large_sizes():
         ({"n_train": -1}, "n_train"),
         ({"n_val": 0}, "n_val"),
         ({"seed": -1}, "seed"),
+        ({"low_contrast": 1.5}, "low_contrast"),
+        ({"low_contrast": "high"}, "low_contrast"),
     ],
 )
 def test_bad_arguments_name_the_argument(tmp_path, kwargs, name):

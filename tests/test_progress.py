@@ -10,7 +10,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from rloss import progress
-from rloss.progress import PROGRESS_ENV, StudyDisplay, progress_bar, report_run
+from rloss.progress import PROGRESS_ENV, StudyDisplay, announce, progress_bar, report_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,8 +34,10 @@ def test_a_bar_reports_its_count_a_few_times_a_second_and_its_end(tmp_path, monk
     events = _events(channel)
     for event in events:
         assert 0 <= event.pop("elapsed") < 5
-    assert events[0] == {"event": "iterations", "name": "small_pce_seed0", "n": 0, "total": 50, "unit": "it", "initial": 0}
-    assert events[-1] == {"event": "iterations", "name": "small_pce_seed0", "n": 50, "total": 50, "unit": "it", "initial": 0}
+    assert events[0] == {"event": "iterations", "name": "small_pce_seed0", "n": 0, "total": 50, "unit": "it", "initial": 0,
+                         "postfix": ""}
+    assert events[-1] == {"event": "iterations", "name": "small_pce_seed0", "n": 50, "total": 50, "unit": "it",
+                          "initial": 0, "postfix": ""}
     assert len(events) <= 4
 
     channel.unlink()
@@ -111,6 +113,30 @@ def test_study_display_draws_cells_runs_iterations_and_elapsed_time(monkeypatch)
     assert any("cell 1/4" in line for line in lines[:first_run])
     assert any("cell 4/4" in line for line in lines[last_run:])
     assert not any("run 2/2" in line for line in lines[lines.index(cells[-1]):]), "a stale event reopened the run"
+
+
+def test_the_study_terminal_shows_announced_lines_and_the_runs_in_flight(monkeypatch, capsys):
+    """A sweep's lines (its choice and margin, the weights being trained, the time left) and the names a
+    parallel bar shows after its count reach the runner's terminal, not only the notebook."""
+    monkeypatch.setattr(progress, "REPORT_EVERY_S", 0.0)
+    out = io.StringIO()
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("")])
+    with StudyDisplay(3, 6, "02_train_40px", time.monotonic(), file=out) as display:
+        display.notebook_started(notebook=notebook)
+        display.cell_started(cell=notebook.cells[0], cell_index=0)
+        announce("sweep s40: chose loss.crf_relative_weight 4: +2.00 pp over pCE")
+        bar = progress_bar(total=2, desc="runs finished (2 at once)", unit="run", file=io.StringIO())
+        bar.set_postfix_str("training s40_sweep_w1, s40_sweep_w4")
+        bar.update(1)
+        bar.set_postfix_str("training s40_sweep_w4")
+        bar.update(1)
+        bar.close()
+    lines = _lines(out.getvalue())
+    assert "[3/6] 02_train_40px sweep s40: chose loss.crf_relative_weight 4: +2.00 pp over pCE" in lines
+    assert any("runs finished (2 at once)" in line and "0/2" in line
+               and "training s40_sweep_w1, s40_sweep_w4, study 0:0" in line for line in lines), lines
+    assert any("1/2" in line and "training s40_sweep_w4, study" in line for line in lines), lines
+    assert "sweep s40: chose" in capsys.readouterr().err  # and in the notebook, under its cell
 
 
 def _moved_paths(values: dict, root: Path) -> dict:

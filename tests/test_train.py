@@ -273,3 +273,18 @@ def test_learning_rate_schedule(data_root, tmp_path, schedule, last_step_share):
     assert all(g["lr"] == pytest.approx(g["initial_lr"] * last_step_share) for g in groups)
     with pytest.raises(ValueError, match="optim.lr_schedule must be one of poly, cosine"):
         load_config(None, ["optim.lr_schedule=step"])
+
+
+def test_evaluations_every_n_iterations_fall_mid_epoch_and_change_nothing_trained(data_root, tmp_path):
+    """8 images at batch 4 are 2 iterations per epoch: every 3 iterations of 7 is mid-epoch (3, 6) and
+    the end (7); the epochs are counted in passes over the data. Evaluating more often trains the same."""
+    length = ("loss.type=pce", "optim.iterations=7", "optim.weight_average_iters=2")
+    train(tiny(data_root, tmp_path, "every3", *length, "run.eval_every_iters=3"))
+    train(tiny(data_root, tmp_path, "every1", *length, "run.eval_every_iters=1"))
+    evals = json.loads((tmp_path / "every3" / "metrics.json").read_text())["evals"]
+    assert [(e["iteration"], e["epoch"]) for e in evals] == [(3, 1.5), (6, 3), (7, 3.5)]
+    assert len(json.loads((tmp_path / "every1" / "metrics.json").read_text())["evals"]) == 7
+    a, b = (torch.load(tmp_path / name / "checkpoint.pt", weights_only=True) for name in ("every3", "every1"))
+    assert a["average_updates"] == 7
+    for weights in ("model", "trained_model"):
+        assert all(torch.equal(value, b[weights][key]) for key, value in a[weights].items()), weights

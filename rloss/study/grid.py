@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ..config import TrainConfig, config_from_dict, fine_tuning, recipe_config
 from ..crf_weight import relative_crf_weight
+from ..progress import announce
 from ..runs import (CHECKPOINT, METRICS, finished_metrics, in_studies, read_run_config, run_folders,  # noqa: F401
                     run_name, study_of, train_runs)  # re-exported: the notebooks' calls
 
@@ -114,8 +115,8 @@ def plan_grid(base: TrainConfig, name: str, losses=LOSSES, seeds=(0,), two_phase
            if loss in losses and weight == 0]
     if off:  # a regularizer at weight 0 is pCE: its runs would duplicate the pCE runs under another name
         losses = [loss for loss in losses if loss not in off]
-        print(f"{', '.join(LOSS_LABELS[loss] for loss in off)}: weight 0 is pCE; "
-              "no such runs are trained (the pCE runs are the result)")
+        announce(f"{', '.join(LOSS_LABELS[loss] for loss in off)}: weight 0 is pCE; "
+                 "no such runs are trained (the pCE runs are the result)")
     configs = study_grid(base, name, losses=losses, seeds=seeds, two_phase=two_phase,
                          finetune_iterations=finetune_iterations)
     print(f"{len(configs)} runs: " + ", ".join(c.run.name for c in configs))

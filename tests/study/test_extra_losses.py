@@ -158,13 +158,15 @@ def test_the_grid_trains_the_new_losses(tmp_path, capsys, monkeypatch):
 
     calls = []
 
-    def fake_sweep(cfg, name, rerun=False, key="loss.crf_relative_weight"):
-        calls.append((name, key, cfg.loss.type))
+    def fake_sweep(cfg, name, rerun=False, key="loss.crf_relative_weight", runs_prefix=None):
+        calls.append((name, key, cfg.loss.type, runs_prefix))
         return {"best": 0.0125, "reason": "held-out mIoU 0.5, +3.00 pp over pCE (the sweep's own words)"}
 
     monkeypatch.setattr("rloss.sweep.sweep_crf_weight", fake_sweep)
     configs = plan_grid(base, "s", ["pce", "pce_nc"], [0], nc_weight="sweep")
-    assert calls == [("s_nc", "loss.nc_weight", "pce_nc")]  # its own sweep file, not the DenseCRF one
+    # Its own sweep file, not the DenseCRF one; its runs named after the study, so that its pCE run is
+    # the DenseCRF sweep's (rloss.sweep.sweep_configs).
+    assert calls == [("s_nc", "loss.nc_weight", "pce_nc", "s")]
     assert {c.loss.nc_weight for c in configs} == {0.0125}
     assert {c.loss.type for c in configs} == {"pce", "pce_nc"}
     assert ("normalized cut weight chosen by the sweep: 0.0125 (held-out mIoU 0.5, +3.00 pp over pCE "

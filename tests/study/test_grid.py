@@ -2,7 +2,10 @@
 
 import pytest
 
-from rloss.study.grid import base_config, grid_summary, load_runs, plan_grid
+from rloss.config import TrainConfig
+from rloss.study.grid import (NOTEBOOK_SETTINGS, base_config, grid_summary, load_runs, notebook_config, plan_grid,
+                              study_grid)
+from rloss.sweep import sweep_configs
 
 from test_report import SETTING_A, write_run
 
@@ -18,6 +21,42 @@ def test_parameters_reach_the_config_as_values(tmp_path):
         base_config("d", tmp_path, loss_sigma=1.0)
     with pytest.raises(ValueError, match="must be <section>_<key>"):
         base_config("d", tmp_path, epochs=1)
+
+
+def test_notebook_parameters_left_none_take_the_recipe(tmp_path):
+    every_none = notebook_config("d", tmp_path, None, **dict.fromkeys(NOTEBOOK_SETTINGS))
+    recipe = TrainConfig()
+    recipe.data.root, recipe.run.results_dir = "d", str(tmp_path)
+    assert every_none.to_dict() == recipe.to_dict()
+    cfg = notebook_config("d", tmp_path, "paper", model="deeplabv3plus_tiny", epochs=60, eval_every_epochs=5, lr=None)
+    assert (cfg.model.name, cfg.optim.name, cfg.optim.lr, cfg.optim.epochs, cfg.optim.iterations) == \
+        ("deeplabv3plus_tiny", "sgd", 0.007, 60, None)
+    assert (cfg.run.eval_every_epochs, cfg.run.eval_every_iters) == (5, None)
+    # Every parameter names a real config key (a typo in the table would only fail when that parameter is set).
+    assert all(base_config("d", tmp_path, **{key: value}) for key, value in
+               zip(NOTEBOOK_SETTINGS.values(), [getattr(getattr(recipe, k.split("_", 1)[0]), k.split("_", 1)[1])
+                                                for k in NOTEBOOK_SETTINGS.values()]))
+    with pytest.raises(ValueError, match="unknown training parameter 'epoch'"):
+        notebook_config("d", tmp_path, None, epoch=3)
+
+
+def test_two_phase_runs_fine_tune_for_half_the_length_unless_told(tmp_path):
+    base = base_config("d", tmp_path, optim_iterations=300)
+    pce, crf = study_grid(base, "s", ["pce", "pce_crf"], [0], two_phase=True)
+    assert (pce.optim.iterations, crf.optim.iterations) == (300, 150)
+    pce, crf = study_grid(base, "s", ["pce", "pce_crf"], [0], two_phase=True, finetune_iterations=40)
+    assert (pce.optim.iterations, crf.optim.iterations, crf.optim.epochs) == (300, 40, None)
+    pce, crf = study_grid(base, "s", ["pce", "pce_crf"], [0], two_phase=False)
+    assert crf.optim.iterations == 300 and crf.loss.init_from is None
+
+
+def test_the_pce_run_of_a_sweep_has_one_name_whatever_the_swept_weight(tmp_path):
+    base = base_config("d", tmp_path, loss_type="pce_crf")
+    crf = sweep_configs(base, "s", [0, 1])
+    nc = sweep_configs(base, "s_nc", [0, 0.05], key="loss.nc_weight", runs_prefix="s")
+    assert [(c.run.name, c.loss.type) for c in crf] == [("s_sweep_w0", "pce"), ("s_sweep_w1", "pce_crf")]
+    assert [(c.run.name, c.loss.type) for c in nc] == [("s_sweep_w0", "pce"), ("s_sweep_nc_w0.05", "pce_nc")]
+    assert crf[0].settings_used() == nc[0].settings_used()  # so the second sweep reuses the first's run
 
 
 def test_plan_grid_sets_the_weight_on_every_run(tmp_path, capsys):
@@ -36,7 +75,7 @@ def test_a_densecrf_weight_of_0_is_pce_and_trains_no_duplicate(tmp_path, capsys)
     base = base_config("d", tmp_path)
     configs = plan_grid(base, "s", ["pce", "pce_crf", "full"], [0], crf_relative_weight=0.0)
     assert [c.run.name for c in configs] == ["s_pce_seed0", "s_full_seed0"]
-    assert "pCE + DenseCRF: weight 0 is pCE; no such runs are trained" in capsys.readouterr().out
+    assert "pCE + DenseCRF: weight 0 is pCE; no such runs are trained" in capsys.readouterr().err
     absolute = base_config("d", tmp_path, loss_crf_weight=5e-7)  # an absolute weight decides, not the relative 0
     names = [c.run.name for c in plan_grid(absolute, "s", ["pce", "pce_crf"], [0], crf_relative_weight=0.0)]
     assert names == ["s_pce_seed0", "s_pce_crf_seed0"]

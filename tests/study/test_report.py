@@ -365,3 +365,18 @@ def test_a_two_phase_gain_continues_its_pce_run_and_compares_with_its_end_point(
     # One-phase runs are compared at the evaluations both have (here 5 and 10).
     one_phase = [dict(r, config={**r["config"], "loss": {**r["config"]["loss"], "init_from": None}}) for r in crf]
     assert [i for i, _ in gain_along_training(one_phase, pce)] == [5, 10]
+
+
+def test_each_studys_report_goes_to_its_own_folder(results, tmp_path):
+    """A study's table is not replaced by the next study's: each set of study names has its folder."""
+    assert report.report_dir(tmp_path, ["alpha", "beta"]) == tmp_path / "report-alpha+beta"
+    assert report.report_dir(tmp_path, "alpha") == tmp_path / "report-alpha"
+    assert report.report_dir(tmp_path, None) == tmp_path / "report-all"
+    runs = load_runs(results)
+    alpha = report.write_report(results, runs, ["alpha"], out_dir=None)
+    first = alpha["markdown"].read_text()
+    beta = report.write_report(results, runs, ["beta"])
+    assert alpha["markdown"] == results / "report-alpha" / "miou_table.md"
+    assert beta["markdown"] == results / "report-beta" / "miou_table.md"
+    assert alpha["markdown"].read_text() == first and "fake40" in first and "fake64" not in first
+    assert "fake64" in beta["markdown"].read_text()
