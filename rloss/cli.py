@@ -323,7 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--rerun", action="store_true", help="train finished runs again (default: skip them)")
     study.add_argument("--set", action="append", metavar="NOTEBOOK.KEY=VALUE",
                        help="override one parameter (VALUE as YAML; section 'common' too); repeatable")
-    study.add_argument("--output", default="results/notebooks", help="folder for the executed notebooks")
+    study.add_argument("--output", help="folder for the executed notebooks (default: results/notebooks-<parameter "
+                                        "file name>, so another parameter file's study keeps its own)")
     study.add_argument("--parallel-runs", type=_parallel_runs, metavar="N",
                        help="runs trained at once in every training notebook (auto or a number; changes the "
                             "time, never a number; default: the parameter file's)")

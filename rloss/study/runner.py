@@ -15,7 +15,7 @@ declare, or a ``common`` key that no notebook declares, is an error naming the
 key, the section and the file, before anything runs (papermill itself would only
 warn and go on). ``--set 02_train_40px.wandb=true``
 changes one value on top of the file (the value is read as YAML), checked the same
-way. Executed copies go to ``results/notebooks/``; a failure names the notebook
+way. Executed copies go to ``results/notebooks-<parameter file name>/``; a failure names the notebook
 and the cell.
 
 Folders in a parameter file (parameters named ``*_root`` or ``*_dir``) are relative to
@@ -132,9 +132,11 @@ def plan(params_path: str | Path, notebooks: list[Path], rerun: bool = False,
 
 
 def run_study(params_path: str | Path, only: list[str] | None = None, rerun: bool = False,
-              overrides: list[str] = (), output_dir: str | Path = "results/notebooks", notebooks_dir: Path = NOTEBOOKS_DIR,
+              overrides: list[str] = (), output_dir: str | Path | None = None, notebooks_dir: Path = NOTEBOOKS_DIR,
               base_dir: str | Path | None = None, parallel_runs: int | str | None = None) -> int:
-    """Executes the notebooks in order; returns 0, or 1 after the first failure (reported)."""
+    """Executes the notebooks in order; returns 0, or 1 after the first failure (reported). The executed
+    copies go to ``output_dir`` (default: ``results/notebooks-<parameter file name>``, so that another
+    parameter file's study does not replace them)."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
     from traitlets.config import Config
@@ -150,7 +152,7 @@ def run_study(params_path: str | Path, only: list[str] | None = None, rerun: boo
     if parallel_runs is not None:
         resolve_processes(parallel_runs, "cpu", pending=2)  # checked now, not after the first notebooks
     steps = plan(params_path, notebooks, rerun, overrides, base_dir, parallel_runs)  # all checks before the first notebook runs
-    output_dir = Path(output_dir)
+    output_dir = Path(output_dir) if output_dir is not None else Path("results") / f"notebooks-{Path(params_path).stem}"
     if only:  # a partial rerun keeps the whole study's executed notebooks: its copies go to a folder of their own
         output_dir = output_dir / time.strftime("only-%Y%m%d-%H%M%S")
     output_dir.mkdir(parents=True, exist_ok=True)

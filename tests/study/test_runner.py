@@ -112,3 +112,18 @@ def test_a_partial_rerun_keeps_the_whole_studys_executed_notebooks(tmp_path):
     assert (out / "01_second.ipynb").read_text() == whole  # the whole study's copy is untouched
     [partial] = list(out.glob("only-*/01_second.ipynb"))
     assert "partial" in partial.read_text() and not list(out.glob("only-*/00_first.ipynb"))
+
+
+def test_each_parameter_files_study_keeps_its_executed_notebooks(tmp_path, monkeypatch):
+    from rloss.study.runner import run_study
+
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    _tiny_notebook(notebooks / "00_only.ipynb", "a")
+    for name in ("mine", "theirs"):
+        (tmp_path / f"{name}.yaml").write_text(f"00_only:\n  value: {name}-value\n")
+    monkeypatch.chdir(tmp_path)
+    assert run_study("mine.yaml", notebooks_dir=notebooks) == 0
+    assert run_study("theirs.yaml", notebooks_dir=notebooks) == 0
+    for name in ("mine", "theirs"):
+        assert f"{name}-value" in (tmp_path / "results" / f"notebooks-{name}" / "00_only.ipynb").read_text()
