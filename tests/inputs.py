@@ -68,12 +68,13 @@ def tiny_synthetic(root):
 
 
 def tiny_config(data_root, results, name, *extra):
-    """A 2-epoch CPU run of the tiny network on 32 px crops; ``extra`` ``--set`` items win."""
+    """A 2-epoch CPU run of the tiny network on 32 px crops, scored and saved as its last iterate (the
+    tests read the weights it trained); ``extra`` ``--set`` items win."""
     from rloss.config import load_config
 
     return load_config(None, [
         f"data.root={data_root}", "data.crop_size=32", "data.batch_size=4", "data.num_workers=0",
-        "model.name=deeplabv3plus_tiny", "optim.epochs=2", "loss.kernel=exact",
+        "model.name=deeplabv3plus_tiny", "optim.epochs=2", "optim.weight_average_iters=0", "loss.kernel=exact",
         f"run.results_dir={results}", f"run.name={name}", "run.eval_every_epochs=1", "run.device=cpu",
         *extra,
     ])

@@ -75,7 +75,7 @@ def test_sweep_weight_cli_sweeps_the_normalized_cut_weight_on_held_out_train(dat
     result = json.loads((tmp_path / "t_weight_sweep.json").read_text())
     assert result["key"] == "loss.nc_weight" and result["complete"]
     assert [(p["weight"], p["loss_type"], p["run"]) for p in result["points"]] == [
-        (0.0, "pce", "t_sweep_nc_w0"), (0.5, "pce_nc", "t_sweep_nc_w0.5")]
+        (0.0, "pce", "t_sweep_w0"), (0.5, "pce_nc", "t_sweep_nc_w0.5")]  # weight 0 is pCE, named as such
     # 0.5 if it beats pCE beyond the held-out noise, else the default (published-like) weight 0.05
     assert result["best"] == (0.5 if result["points"][1]["gain_low"] > 0 else 0.05)
     run = json.loads((tmp_path / "t_sweep_nc_w0.5" / "metrics.json").read_text())

@@ -66,16 +66,16 @@ def test_a_two_phase_sweep_fine_tunes_pce_trained_on_the_kept_share_and_never_re
         f"data.root={root}", "data.crop_size=32", "data.batch_size=4", "optim.epochs=2", "loss.kernel=exact",
         f"run.results_dir={results}", "run.device=cpu", "run.eval_every_epochs=1",
     ])
-    tuned = two_phase_base(base, "t", finetune_epochs=1, holdout_fraction=0.3)
+    tuned = two_phase_base(base, "t", finetune_iterations=7 // 4, holdout_fraction=0.3)
     start = json.loads((results / "t_sweep_start" / "metrics.json").read_text())
     # The start is pCE with the base schedule, trained on the kept 7 images and scored on the held-out 3.
     assert read_run_config(results / "t_sweep_start").loss.type == "pce"
     assert start["final"]["iteration"] == 2 * (7 // 4)
     assert start["data"]["train_images"] == 7 and start["data"]["evaluated_on"] == "held-out share of train"
-    assert tuned.loss.init_from == str(results / "t_sweep_start" / CHECKPOINT) and tuned.optim.epochs == 1
+    assert tuned.loss.init_from == str(results / "t_sweep_start" / CHECKPOINT) and tuned.optim.iterations == 1
     result = sweep_crf_weight(tuned, "t", weights=[0.0, 2.0], holdout_fraction=0.3, plot=False)
     assert result["fine_tunes"] == tuned.loss.init_from
-    for point in result["points"]:  # each weight fine-tunes the start for one epoch on the same kept share
+    for point in result["points"]:  # each weight fine-tunes the start for one epoch (1 iteration) on the same kept share
         metrics = json.loads((results / point["run"] / "metrics.json").read_text())
         assert metrics["final"]["iteration"] == 7 // 4 and metrics["data"]["train_images"] == 7
         assert read_run_config(results / point["run"]).loss.init_from == tuned.loss.init_from

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from inputs import tiny_config, tiny_synthetic
-from rloss.config import load_config
+from rloss.config import TrainConfig, load_config
 from rloss.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +59,7 @@ _CHILD = """
 import sys, time, torch
 torch.use_deterministic_algorithms(True)
 import rloss.train as T
-from rloss.config import load_config
+from rloss.config import TrainConfig, load_config
 save = T._save_checkpoint
 def save_and_wait(path, state):
     save(path, state)
@@ -141,7 +141,8 @@ def test_config_errors_and_overrides(tmp_path):
     cfg = load_config(path, ["loss.type=pce_crf", "optim.epochs=3", "data.scale_range=[0.75, 1.5]"])
     assert cfg.loss.type == "pce_crf" and cfg.optim.epochs == 3 and cfg.optim.lr == 1e-3
     assert cfg.data.scale_range == [0.75, 1.5] and cfg.run.amp == "off"
-    assert cfg.optim.head_lr_mult == 10 and cfg.optim.poly_power == 0.9
+    defaults = TrainConfig().optim  # what neither the file nor --set names keeps its default
+    assert (cfg.optim.head_lr_mult, cfg.optim.poly_power) == (defaults.head_lr_mult, defaults.poly_power)
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,7 +240,10 @@ def test_compiled_training_matches_eager(data_root, tmp_path, monkeypatch):
     finals, weights = {}, {}
     runs = {"eager": ("false", 4), "compiled": ("true", 4), "eager_3_steps": ("false", 3)}
     for name, (compiled, steps) in runs.items():
-        cfg = tiny(data_root, tmp_path, name, "loss.type=pce_crf", f"optim.iterations={steps}", f"run.compile={compiled}")
+        # SGD: its step is linear in the gradient, so float rounding stays rounding (AdamW's normalised
+        # step turns a rounding difference in a near-zero gradient into a full-size one)
+        cfg = tiny(data_root, tmp_path, name, "loss.type=pce_crf", f"optim.iterations={steps}", f"run.compile={compiled}",
+                   "optim.name=sgd")
         finals[name] = train(cfg)
         weights[name] = torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)["model"]
 
