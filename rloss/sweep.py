@@ -196,10 +196,13 @@ def _choose(points: list[dict], configs: list[TrainConfig], key: str) -> tuple[d
     above = [p for p in points if p["weight"] > 0 and p["gain_low"] > 0]
     if above:
         best = max(above, key=_by_score)
-        return best, {**noise, "beats_noise": True, "reason": (
+        # The grid's top: the curve has not turned down within it, so a larger weight may score higher.
+        edge = best["weight"] == max(p["weight"] for p in points) and len(points) > 2
+        return best, {**noise, "beats_noise": True, "at_largest_weight": edge, "reason": (
             f"held-out mIoU {best['heldout_miou']:.4f}, {100 * best['gain_over_pce']:+.2f} pp over pCE "
             f"({INTERVAL:.0%} interval {100 * best['gain_low']:+.2f} to {100 * best['gain_high']:+.2f} over "
-            f"{len(baseline)} held-out images)")}
+            f"{len(baseline)} held-out images)" + ("; it is the largest weight swept: a larger one may score "
+                                                    "higher (sweep-weight --weights adds some)" if edge else ""))}
     # DenseCRF's published balance; normalized cut has no published weight, only the config's default.
     published, label = (1.0, "published") if key == DEFAULT_KEY else (LossConfig().nc_weight, "default")
     fallback = next((p for p in points if p["weight"] == published), None)

@@ -85,6 +85,10 @@ def test_the_best_weight_that_beats_pce_beyond_the_noise_is_chosen(confusions):
     best, noise = _choose(_points([(0.0, 0), (1.0, 0), (4.0, 0)]), confusions)
     assert best["weight"] == 4.0 and noise["beats_noise"] and noise["noise"]["images"] == 60
     assert noise["reason"].startswith(f"held-out mIoU {best['heldout_miou']:.4f}, +")
+    assert noise["at_largest_weight"] and "it is the largest weight swept" in noise["reason"]
+    confusions["w16"] = _images(rng, 60, errors=25)  # past the top: the curve turns down inside the grid
+    best, noise = _choose(_points([(0.0, 0), (1.0, 0), (4.0, 0), (16.0, 0)]), confusions)
+    assert best["weight"] == 4.0 and not noise["at_largest_weight"] and "largest" not in noise["reason"]
 
 
 def test_without_a_weight_above_the_noise_the_published_one_is_kept(confusions):
