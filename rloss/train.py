@@ -882,14 +882,14 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.dev
                 if run.bar is not None:
                     run.bar.update(1)
                 will_save = p.iteration % cfg.run.checkpoint_every_iters == 0 and p.iteration < run.total_iters
-                if will_save or p.iteration % run.read_every == 0:
+                every = cfg.run.eval_every_iters  # the last evaluation is the run's end, below
+                will_evaluate = bool(every) and p.iteration % every == 0 and p.iteration < run.total_iters
+                if will_save or will_evaluate or p.iteration % run.read_every == 0:
                     _read_pending(run)
+                if will_evaluate:  # before the save: a checkpoint holds every evaluation up to it
+                    _evaluate_and_show(run)
                 if will_save:
                     _save(run)
-                every = cfg.run.eval_every_iters
-                if every and p.iteration % every == 0 and p.iteration < run.total_iters:  # the last: below
-                    _read_pending(run)
-                    _evaluate_and_show(run)
             _read_pending(run)
             # end of the epoch (or of the run)
             epoch_done = p.iteration >= run.total_iters or p.position >= run.iters_per_epoch * run.batch

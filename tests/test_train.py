@@ -71,11 +71,15 @@ T.train(load_config(sys.argv[1]))
 """
 
 
-@pytest.mark.parametrize("average_epochs", [0, 1])  # 1: the weight average is saved and restored too
-def test_resume_after_sigkill_matches_uninterrupted(data_root, tmp_path, average_epochs):
+# epochs=1: the weight average is saved and restored too; eval_every_iters=3: an evaluation at the
+# iteration of the checkpoint the run is killed after (it must be in that checkpoint)
+@pytest.mark.parametrize("setting", ["optim.weight_average_epochs=0", "optim.weight_average_epochs=1",
+                                     "run.eval_every_iters=3"])
+def test_resume_after_sigkill_matches_uninterrupted(data_root, tmp_path, setting):
+    averaged = setting == "optim.weight_average_epochs=1"
     torch.use_deterministic_algorithms(True)
     try:
-        extra = ("loss.type=pce_crf", "run.checkpoint_every_iters=1", f"optim.weight_average_epochs={average_epochs}")
+        extra = ("loss.type=pce_crf", "run.checkpoint_every_iters=1", setting)
         final_a = train(tiny(data_root, tmp_path, "a", *extra))
 
         cfg_b = tiny(data_root, tmp_path, "b", *extra)
@@ -107,8 +111,8 @@ def test_resume_after_sigkill_matches_uninterrupted(data_root, tmp_path, average
     assert metrics_b["evals"] == metrics_a["evals"]
     ckpt_a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
     ckpt_b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
-    weights = ("model", "trained_model") if average_epochs else ("model",)
-    assert ("trained_model" in ckpt_a) == bool(average_epochs)
+    weights = ("model", "trained_model") if averaged else ("model",)
+    assert ("trained_model" in ckpt_a) == averaged
     for weight in weights:
         assert ckpt_a[weight].keys() == ckpt_b[weight].keys()
         for key, value in ckpt_a[weight].items():
