@@ -23,8 +23,9 @@ from pathlib import Path
 from ..runs import CONFIG, METRICS, read_run_config
 
 RUNS_DIR = "runs"  # a recorded study's run folders
-# The study's outputs kept beside the runs: notebook 05's folders (tables and figures), notebook 04's files.
-RECORDED_OUTPUTS = ("report-*", "interpolation_*")
+# The study's outputs kept beside the runs: notebook 05's folders (tables and figures), notebook 04's
+# files, the weight sweeps' results and plots.
+RECORDED_OUTPUTS = ("report-*", "interpolation_*", "*_weight_sweep.*")
 # Per-evaluation entries that are not scores.
 NOT_SCORES = ("epoch", "iteration", "num_pixels")
 

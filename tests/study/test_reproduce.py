@@ -84,12 +84,14 @@ def test_record_study_keeps_configs_metrics_tables_and_no_checkpoint(tmp_path):
     (results / "report-small").mkdir()
     (results / "report-small" / "miou_table.md").write_text("| table |\n")
     (results / "interpolation_small.csv").write_text("a,b\n")
+    (results / "small_weight_sweep.json").write_text("{}\n")
     dest = record_study(results, tmp_path / "recorded")
     for name in "ab":
         for file in (CONFIG, METRICS):
             assert (dest / "runs" / name / file).read_bytes() == (results / name / file).read_bytes()
     assert not (dest / "runs" / "a" / CHECKPOINT).exists()
     assert (dest / "report-small" / "miou_table.md").is_file() and (dest / "interpolation_small.csv").is_file()
+    assert (dest / "small_weight_sweep.json").is_file()
     assert compare_studies(dest, results) == []  # a recorded folder reads like the study it came from
     # A second record into the same folder is refused, and leaves it as it was.
     before = sorted(p.relative_to(dest) for p in dest.rglob("*"))
