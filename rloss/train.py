@@ -648,7 +648,7 @@ def _set_up(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.de
     iters_per_epoch = len(train_set) // batch
     if iters_per_epoch < 1:
         raise ValueError(f"data.batch_size {batch} is larger than the {len(train_set)} training images")
-    total_iters = cfg.optim.iterations or cfg.optim.epochs * iters_per_epoch  # config: one of them is set
+    total_iters = cfg.total_iterations(iters_per_epoch)
     num_epochs = math.ceil(total_iters / iters_per_epoch)
     val_share = Subset(val_set, range(ctx.rank, len(val_set), ctx.world_size))
     val_loader = DataLoader(val_share, batch_size=per_process, shuffle=False, num_workers=d.num_workers,

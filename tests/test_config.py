@@ -16,7 +16,7 @@ def test_the_defaults_are_the_recipe_validated_by_the_built_in_study():
         ("deeplabv3plus_micro", 64, 8, [0.9, 1.2])
     o = cfg.optim
     assert (o.name, o.lr, o.lr_schedule, o.weight_decay, o.head_lr_mult) == ("adamw", 0.002, "cosine", 1e-4, 1.0)
-    assert (o.iterations, o.epochs) == (32 * 1000 // 8, None)
+    assert (o.iterations, o.epochs, o.min_epochs) == (32 * 1000 // 8, None, 16)
     assert (o.weight_average_iters, cfg.run.eval_every_iters) == (1000 // 8, 1000 // 8)
     assert fine_tuning(cfg).optim.iterations == 2000 == o.iterations * FINETUNE_SHARE
 
@@ -66,6 +66,24 @@ def test_settings_used_hold_the_unit_in_use_only():
     assert by_iters["iterations"] == 4000 and "epochs" not in by_iters and "weight_average_epochs" not in by_iters
     by_epochs = load_config(None, ["optim.epochs=3"]).settings_used()["optim"]
     assert by_epochs["epochs"] == 3 and by_epochs["iterations"] is None
+
+
+def test_the_length_is_the_iterations_or_the_floor_of_passes_over_the_data():
+    cfg = TrainConfig()  # 4000 steps, but at least 16 passes
+    assert cfg.total_iterations(1000 // 8) == 4000  # the built-in 1000 images: 32 epochs
+    assert cfg.total_iterations(300 // 8) == 4000  # 300 images: 108 epochs
+    assert cfg.total_iterations(3000 // 8) == 16 * 375  # 3000 images: 4000 steps are only 10.7 epochs
+    tuned = fine_tuning(cfg)  # half of each: 2000 steps, 8 passes
+    assert (tuned.total_iterations(125), tuned.total_iterations(375)) == (2000, 8 * 375)
+    assert load_config(None, ["optim.epochs=3"]).total_iterations(7) == 21
+    # A length given without a floor means it exactly (a smoke test's 4 steps, a run's config.yaml written
+    # before the floor existed); given with one, the floor stays.
+    assert load_config(None, ["optim.iterations=4"]).total_iterations(375) == 4
+    assert load_config(None, ["optim.iterations=4", "optim.min_epochs=2"]).total_iterations(375) == 750
+    assert fine_tuning(cfg, iterations=40).total_iterations(375) == 40
+    assert "min_epochs" not in load_config(None, ["optim.epochs=3"]).settings_used()["optim"]
+    with pytest.raises(ValueError, match="optim.min_epochs must be >= 0"):
+        load_config(None, ["optim.min_epochs=-1"])
 
 
 def test_fine_tuning_is_a_share_of_the_length_in_its_unit():
