@@ -148,13 +148,14 @@ def sweep_crf_weight(base: TrainConfig, name: str, weights=None, holdout_fractio
             else:  # the normalized cut weight is the loss's own (no size normalisation)
                 absolute = weight
             points.append({"weight": weight, "relative_weight": weight, "absolute_weight": absolute,
-                           "loss_type": cfg.loss.type, "heldout_miou": final["miou"], "run": cfg.run.name})
+                           "loss_type": cfg.loss.type, "heldout_miou": final["miou"], "run": cfg.run.name,
+                           "iterations": final["iteration"]})  # the floor of passes may raise the configured length
     best, noise = _choose(points, configs, key)
     result = {
         "name": name, "key": key, "loss_type": base.loss.type,
         "data_root": base.data.root, "crop_size": base.data.crop_size, "sigma_xy": base.loss.sigma_xy,
         "scale_factor": base.loss.scale_factor, "holdout_fraction": holdout_fraction,
-        "iterations": base.optim.iterations, "epochs": base.optim.epochs, "seed": base.run.seed,
+        "iterations": max((p["iterations"] for p in points), default=None), "seed": base.run.seed,
         "fine_tunes": base.loss.init_from,  # the two-phase start, or None
         "points": points, "complete": len(points) == len(configs),
         "best": best["weight"], "best_absolute": best["absolute_weight"], "best_heldout_miou": best["heldout_miou"],

@@ -172,8 +172,9 @@ def test_make_study_shows_each_run_its_iterations_and_no_kernel_warning(tmp_path
         if parallel_runs == 1:
             shown = [line for line in lines if line.startswith(f"[2/2] 02_train_40px run {i}/3 {name}:")]
             assert shown, err[-3000:]
-            assert re.search(rf"100%\|█+\| {iterations}/{iterations} \[[\d:]+<00:00, +[\d.]+(it/s|s/it), study \d+:\d\d\]$",
-                             shown[-1]), shown[-1]
+            # the run's loss terms (e.g. "pce=1.101"), then the study's elapsed time
+            assert re.search(rf"100%\|█+\| {iterations}/{iterations} \[[\d:]+<00:00, +[\d.]+(it/s|s/it)"
+                             rf"(, \w+=[-+\d.e]+)+, study \d+:\d\d\]$", shown[-1]), shown[-1]
     if parallel_runs == 2:
         shown = [line for line in lines if line.startswith("[2/2] 02_train_40px runs finished (2 at once):")]
         assert shown, err[-3000:]

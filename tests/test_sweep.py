@@ -30,7 +30,8 @@ def test_sweep_scores_on_held_out_train_images_and_never_reads_val(tmp_path):
     generate_synthetic(root, size=32, n_train=10, n_val=4, seed=0, progress=False)
     (root / "ImageSets" / "Segmentation" / "val.txt").unlink()  # any read of val would now fail
     base = load_config(None, [
-        f"data.root={root}", "data.crop_size=32", "data.batch_size=4", "optim.epochs=1", "loss.kernel=exact",
+        f"data.root={root}", "data.crop_size=32", "data.batch_size=4", "loss.kernel=exact",
+        "optim.iterations=1", "optim.min_epochs=2",  # the floor of passes raises 1 iteration to 2 (1 per epoch)
         f"run.results_dir={tmp_path / 'results'}", "run.device=cpu", "run.eval_every_epochs=1",
     ])
     result = sweep_crf_weight(base, "t", weights=[2.0, 0.0], holdout_fraction=0.3, plot=False)
@@ -51,6 +52,8 @@ def test_sweep_scores_on_held_out_train_images_and_never_reads_val(tmp_path):
         assert metrics["data"]["evaluated_on"] == "held-out share of train"
         assert metrics["data"]["val_images"] == len(held) == 3
         assert metrics["data"]["train_images"] == 7
+        assert metrics["final"]["iteration"] == point["iterations"] == 2  # what was trained, not what was asked
+    assert result["iterations"] == 2
     crf_run = json.loads((tmp_path / "results" / "t_sweep_w2" / "metrics.json").read_text())
     assert crf_run["crf_weight"] == pytest.approx(result["points"][1]["absolute_weight"])
 
