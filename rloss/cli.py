@@ -60,8 +60,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .train import train
 
+    from .termination import exit_code, reason
+
     config = load_config(args.config, args.set or (), recipe=args.recipe)
-    final = train(config, resume=args.resume)
+    try:
+        final = train(config, resume=args.resume, overwrite=args.overwrite)
+    except KeyboardInterrupt as exc:
+        print(f"rloss train: {reason(exc)}; its last checkpoint is kept: --resume with the same settings continues "
+              f"{config.run_dir}", file=sys.stderr)
+        return exit_code(exc)
     print(f"{config.run.name}: mIoU {final['miou']:.4f} after {final['iteration']} iterations; results in {config.run_dir}")
     return 0
 
@@ -136,10 +143,10 @@ def _add_infer_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
 
 
 def _cmd_infer(args: argparse.Namespace) -> int:
-    from .infer import infer_path, load_predictor
+    from .infer import default_output_dir, infer_path, load_predictor
 
     predictor = load_predictor(args.checkpoint, args.device)
-    output = Path(args.output) if args.output else Path("results") / "inference" / predictor.run_name
+    output = Path(args.output) if args.output else default_output_dir(predictor)  # the run name checked
     s = infer_path(predictor, args.input, output, interpolation=args.interpolation, batch_size=args.batch_size,
                    save_probs=args.save_probs, overwrite=args.overwrite)
     rate = f"{s['images_per_s']:.1f} images/s" if s["images_per_s"] else "no images processed"
@@ -193,7 +200,7 @@ def _cmd_data_synthetic(args: argparse.Namespace) -> int:
     from .data.synthetic import generate_synthetic
 
     _print_summary(generate_synthetic(Path(args.out), size=args.size, n_train=args.n_train, n_val=args.n_val, seed=args.seed,
-                                      low_contrast=args.low_contrast))
+                                      low_contrast=args.low_contrast, overwrite=args.overwrite))
     return 0
 
 
@@ -212,7 +219,8 @@ def _cmd_data_downscale(args: argparse.Namespace) -> int:
     from .data.downscale import downscale_dataset
 
     summary = downscale_dataset(
-        args.src, args.out, size=args.size, image_filter=args.filter, mask_mode=args.mask, skip_bad=args.skip_bad
+        args.src, args.out, size=args.size, image_filter=args.filter, mask_mode=args.mask, skip_bad=args.skip_bad,
+        overwrite=args.overwrite,
     )
     _print_summary(summary)
     return 0
@@ -227,6 +235,9 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def _add_data_commands(commands) -> None:
+    overwrite_help = ("replace the data set in --out (its images, masks, scribbles, lists, classes.txt and "
+                      "synthetic.json are removed first; other files are kept); without it a folder that is not "
+                      "empty is refused")
     data = commands.add_parser("data", help="prepare data sets (VOC + ScribbleSup, synthetic, low resolution)")
     kinds = data.add_subparsers(dest="data_command", title="data commands")
     kinds.required = True
@@ -242,6 +253,7 @@ def _add_data_commands(commands) -> None:
     synthetic.add_argument("--low-contrast", type=float, default=LOW_CONTRAST_P, metavar="SHARE",
                            help="share of objects coloured close to their background, 0..1: the higher, the less "
                                 f"colour tells the classes apart (default {LOW_CONTRAST_P})")
+    synthetic.add_argument("--overwrite", action="store_true", help=overwrite_help)
     synthetic.set_defaults(run=_cmd_data_synthetic)
 
     voc = kinds.add_parser("voc", help="download (or verify) and prepare PASCAL VOC 2012 + SBD + ScribbleSup")
@@ -259,6 +271,7 @@ def _add_data_commands(commands) -> None:
     downscale.add_argument("--filter", choices=("area", "bicubic", "bilinear"), default="area", help="image filter")
     downscale.add_argument("--mask", choices=("nearest", "majority"), default="majority", help="full-mask rule")
     downscale.add_argument("--skip-bad", action="store_true", help="skip and count bad samples instead of stopping")
+    downscale.add_argument("--overwrite", action="store_true", help=overwrite_help)
     downscale.set_defaults(run=_cmd_data_downscale)
 
     check = kinds.add_parser("check", help="read every sample of a split and report problems")
@@ -290,7 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a segmenter (pCE, pCE + DenseCRF, normalized cut or KernelCut, or full supervision)")
     train.add_argument("--config", help="YAML file (see rloss/config.py for the keys and defaults)")
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. loss.type=pce_crf")
-    train.add_argument("--resume", action="store_true", help="continue from results/<run.name>/checkpoint.pt")
+    train.add_argument("--resume", action="store_true", help="continue from results/<run.name>/checkpoint.pt "
+                                                             "(refused when a setting of the run differs)")
+    train.add_argument("--overwrite", action="store_true", help="replace the run already in results/<run.name> "
+                                                                "(default: refuse)")
     train.add_argument("--recipe", choices=tuple(RECIPES), default="default", help=RECIPE_HELP)
     train.set_defaults(run=_cmd_train)
 
@@ -388,15 +404,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from .data.io import DataError
     from .errors import TrainingError, one_line
+    from .termination import exit_code, reason, stop_like_ctrl_c
 
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        with stop_like_ctrl_c():  # SIGTERM and SIGHUP end the command as Ctrl-C does
+            return args.run(args)
     # Bad input or settings, and files or folders that cannot be read or written (a file where
     # a folder should be, no permission): one line, no traceback.
     except (DataError, ValueError, OSError, TrainingError) as exc:
         print(f"rloss {args.command}: {one_line(exc)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(f"rloss {args.command}: {reason(exc)}", file=sys.stderr)
+        return exit_code(exc)

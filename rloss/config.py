@@ -227,6 +227,10 @@ class TrainConfig:
         return bool(o.weight_average_iters if o.weight_average_iters is not None else o.weight_average_epochs)
 
     def validate(self) -> "TrainConfig":
+        for section, values in self.to_dict().items():  # nan passes every comparison below: refused first
+            for key, value in values.items():
+                if any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
+                    raise ValueError(f"config: {section}.{key} must be a finite number, got {value}")
         _choice("loss.type", self.loss.type, LOSS_TYPES)
         _choice("run.amp", self.run.amp, AMP_MODES)
         _choice("optim.name", self.optim.name, OPTIMIZERS)
@@ -282,11 +286,20 @@ class TrainConfig:
         ):
             if value < 0:
                 raise ValueError(f"config: {key} must be >= 0, got {value}")
+        if self.loss.scale_factor > 1:  # the losses run on a copy scaled by it: smaller, never larger
+            raise ValueError(f"config: loss.scale_factor must be <= 1, got {self.loss.scale_factor}")
         if self.loss.crf_weight is not None and self.loss.crf_weight < 0:
             raise ValueError(f"config: loss.crf_weight must be >= 0 (or null), got {self.loss.crf_weight}")
-        if not self.run.name or "/" in self.run.name or self.run.name in (".", ".."):
+        if not is_plain_name(self.run.name):
             raise ValueError(f"config: run.name must be a plain folder name, got {self.run.name!r}")
         return self
+
+
+def is_plain_name(name) -> bool:
+    """Whether ``name`` is one plain path component, a folder name that stays inside the folder it is
+    joined to: a non-empty string without '/' or '\\', not '.' or '..' (so never absolute either).
+    Run names become folders (``<results_dir>/<run.name>``, ``results/inference/<run name>``)."""
+    return isinstance(name, str) and bool(name) and not any(sep in name for sep in "/\\") and name not in (".", "..")
 
 
 def _choice(key: str, value, choices) -> None:

@@ -29,7 +29,9 @@ would need code to load is refused, never executed.
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -40,9 +42,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import TrainConfig
+from .config import TrainConfig, is_plain_name
 from .data.folder import IMAGE_SUFFIXES
-from .data.io import DataError, atomic_path, colorize, output_folder, read_rgb, save_label_png, save_rgb, write_text_atomic
+from .data.io import (DataError, colorize, output_folder, read_rgb, save_label_png, save_rgb, write_bytes_atomic,
+                      write_text_atomic)
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, choose_interpolation, network_size
 from .data.transforms import resize_logits as _resize_logits
 from .errors import first_line
@@ -218,6 +221,21 @@ def load_predictor(checkpoint_path, device: str = "auto") -> Predictor:
 # --------------------------------------------------------------------------------------------
 
 
+DEFAULT_OUTPUT = Path("results") / "inference"
+
+
+def default_output_dir(predictor: Predictor, base: str | os.PathLike = DEFAULT_OUTPUT) -> Path:
+    """``base/<run name>``, the run name read from the checkpoint. That name is input: one that is not
+    a plain folder name (``../../x``, an absolute path: :func:`rloss.config.is_plain_name`) would put
+    the outputs outside ``base``, so it is refused with one line naming the checkpoint and the name."""
+    name = predictor.run_name
+    if not is_plain_name(name):
+        raise ValueError(f"{predictor.checkpoint_path}: the run name {name!r} it records is not a plain folder name "
+                         "(no '/' or '\\', not '.' or '..', not empty), so it cannot name the output folder "
+                         f"{Path(base).as_posix()}/<run name>; pass --output")
+    return Path(base) / name
+
+
 def _is_within(path: Path, folder: Path) -> bool:
     try:
         path.relative_to(folder)
@@ -265,8 +283,11 @@ def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = OVERLAY_ALPHA)
 
 
 def _save_npy(array: np.ndarray, path: Path) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # np.save(name) would append ".npy" to the temp name
-        np.save(f, array)
+    # Through memory: np.save to a file writes with C fwrite, whose short write on a full disk
+    # says only "24576 requested and 24512 written"; write_bytes_atomic names the file and the reason.
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    write_bytes_atomic(path, buffer.getbuffer())
 
 
 def _write_outputs(image: np.ndarray, pred: Prediction, paths: dict[str, Path], overwrite: bool) -> None:

@@ -94,7 +94,7 @@ class _DenseCRFTerm(torch.autograd.Function):
 
 class _AffinityLoss(nn.Module):
     """What the losses built on the Gaussian affinity share: the call ``loss(images, probs,
-    roi)``, the input checks (``validate``), float32 under autocast and the resize by
+    roi=None)``, the input checks (``validate``), float32 under autocast and the resize by
     ``scale_factor``. A subclass gives its terms in ``_terms(images, probs, roi)``."""
 
     def __init__(self, scale_factor: float, kernel: str, backend: str, validate: bool | None):
@@ -104,20 +104,37 @@ class _AffinityLoss(nn.Module):
             raise ValueError(f"{name}: kernel must be one of {KERNELS}, got {kernel!r}")
         if backend not in BACKENDS:
             raise ValueError(f"{name}: backend must be one of {BACKENDS}, got {backend!r}")
-        self.scale_factor = float(scale_factor)
+        self.scale_factor = self._setting("scale_factor", scale_factor, "scale_factor")
         self.kernel = kernel
         self.backend = backend
         self.validate = validate
         self._calls = 0  # forward calls so far, for the scheduled checks
 
-    def _positive(self, **values: float) -> None:
-        for key, value in values.items():
-            if not value > 0:
-                raise ValueError(f"{type(self).__name__}: {key} must be > 0, got {value}")
+    def _setting(self, key: str, value, kind: str) -> float:
+        """``value`` as a float, or an error naming ``key``: a weight must be finite and >= 0, a
+        sigma finite and > 0, scale_factor in (0, 1] (the loss runs on a smaller copy; above 1
+        it would only cost more). NaN fails every comparison, so it is refused too."""
+        name = type(self).__name__
+        try:
+            number = float(value)  # strings such as "2e-9" (YAML reads them so) are numbers too
+        except (TypeError, ValueError):
+            raise TypeError(f"{name}: {key} must be a number, got {type(value).__name__}") from None
+        rule, in_range = {
+            "weight": (">= 0 and finite", number >= 0 and math.isfinite(number)),
+            "sigma": ("> 0 and finite", number > 0 and math.isfinite(number)),
+            "scale_factor": ("> 0 and <= 1", 0 < number <= 1),
+        }[kind]
+        if not in_range:
+            raise ValueError(f"{name}: {key} must be {rule}, got {value}")
+        return number
 
-    def forward(self, images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor | None = None
+    ) -> torch.Tensor:
         name = type(self).__name__
         _check_shapes(images, probs, roi, name)
+        if roi is None:  # every pixel
+            roi = probs.new_ones(probs.shape[0], *probs.shape[2:])
         # Default (validate=None) on CPU tensors: every check on scheduled calls; on the
         # others a non-finite result or an error of the op (both free to see) brings the
         # checks in, so that they name the input at fault.
@@ -169,10 +186,9 @@ class _OneAffinityLoss(_AffinityLoss):
         validate: bool | None = None,
     ):
         super().__init__(scale_factor, kernel, backend, validate)
-        self._positive(sigma_rgb=sigma_rgb, sigma_xy=sigma_xy, scale_factor=scale_factor)
-        self.weight = float(weight)
-        self.sigma_rgb = float(sigma_rgb)
-        self.sigma_xy = float(sigma_xy)
+        self.weight = self._setting("weight", weight, "weight")
+        self.sigma_rgb = self._setting("sigma_rgb", sigma_rgb, "sigma")
+        self.sigma_xy = self._setting("sigma_xy", sigma_xy, "sigma")
 
     def extra_repr(self) -> str:
         return (
@@ -182,13 +198,13 @@ class _OneAffinityLoss(_AffinityLoss):
 
 
 class DenseCRFLoss(_OneAffinityLoss):
-    """The DenseCRF regularised loss, called as ``loss(images, probs, roi)``.
+    """The DenseCRF regularised loss, called as ``loss(images, probs, roi)`` or ``loss(images, probs)``.
 
     Args:
         weight: loss weight (published: 2e-9 with the permutohedral kernel at 513 px).
         sigma_rgb: colour bandwidth in 0..255 units (published: 15).
         sigma_xy: spatial bandwidth in pixels of the full-size input (published: 100).
-        scale_factor: the loss is computed on inputs resized by this factor
+        scale_factor: the loss is computed on inputs resized by this factor, in (0, 1]
             (published: 0.5); ``sigma_xy`` is scaled with it.
         kernel: ``"auto"``, ``"exact"`` or ``"permutohedral"`` (see ``rloss.filtering``).
             The exact kernel is the true Gaussian; the lattice is about 0.5-0.6x
@@ -198,18 +214,19 @@ class DenseCRFLoss(_OneAffinityLoss):
             ``"torch"`` (the portable lattice, torch operations on any device, same
             values) or ``"auto"`` (the extension where it is built for the tensor's
             device, else the portable lattice with a one-line notice).
-        validate: ``True`` checks values (finite, ranges, probs summing to 1) on every
-            call. ``None`` checks CPU tensors only, since reading values back from a
-            GPU would synchronise every step: all values on the first 10 calls and
-            every 50th after, NaN and infinity on every call (through the loss
-            value), so the checks cost under 10% of the loss. ``False`` checks no
-            values. Shapes and dtypes are always checked.
+        validate: ``True`` checks values (finite, ranges, probs summing to 1, images
+            not scaled to 0..1) on every call. ``None`` checks CPU tensors only, since
+            reading values back from a GPU would synchronise every step: all values
+            on the first 10 calls and every 50th after, NaN and infinity on every
+            call (through the loss value), so the checks cost under 10% of the loss.
+            ``False`` checks no values. Shapes and dtypes are always checked.
 
-    Inputs: ``images [N, 3, H, W]`` RGB in 0..255 (not normalised), ``probs
-    [N, K, H, W]`` softmax output, ``roi [N, H, W]`` 1 where the loss applies
-    (0 on padding). Returns the scalar ``-weight / N * sum(S * A S)`` with
-    ``S = probs * roi``, computed in float32 (float64 for float64 inputs) even
-    under autocast.
+    Inputs: ``images [N, 3, H, W]`` RGB in 0..255 (not normalised; the value checks
+    refuse images that look scaled to 0..1), ``probs [N, K, H, W]`` softmax output,
+    ``roi [N, H, W]`` 1 where the loss applies (0 on padding), or None (the default)
+    for every pixel, the same as an ROI of ones. Returns the scalar
+    ``-weight / N * sum(S * A S)`` with ``S = probs * roi``, computed in float32
+    (float64 for float64 inputs) even under autocast.
     """
 
     def _terms(self, images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor) -> torch.Tensor:
@@ -269,7 +286,8 @@ class _CutTerms(torch.autograd.Function):
 
 
 class NormalizedCutLoss(_OneAffinityLoss):
-    """The normalized cut loss, called as ``loss(images, probs, roi)`` like ``DenseCRFLoss``.
+    """The normalized cut loss, called as ``loss(images, probs, roi)`` like ``DenseCRFLoss``
+    (``roi`` None, the default, is every pixel).
 
     Tang, Djelouah, Perazzi, Boykov, Schroers, "Normalized Cut Loss for Weakly-supervised
     CNN Segmentation", CVPR 2018 (its normalized cut loss: Shi & Malik's normalized cut,
@@ -323,7 +341,8 @@ class KernelCutLoss(_AffinityLoss):
     both affinities are the same, one filtering of ``[S, roi]`` serves both terms; else
     each term filters once.
 
-    ``scale_factor``, ``kernel``, ``backend`` and ``validate`` as in ``DenseCRFLoss``.
+    Called as ``loss(images, probs, roi)`` like ``DenseCRFLoss`` (``roi`` None, the default, is
+    every pixel); ``scale_factor``, ``kernel``, ``backend`` and ``validate`` as in ``DenseCRFLoss``.
     """
 
     def __init__(
@@ -340,14 +359,12 @@ class KernelCutLoss(_AffinityLoss):
         validate: bool | None = None,
     ):
         super().__init__(scale_factor, kernel, backend, validate)
-        self._positive(nc_sigma_rgb=nc_sigma_rgb, nc_sigma_xy=nc_sigma_xy, crf_sigma_rgb=crf_sigma_rgb,
-                       crf_sigma_xy=crf_sigma_xy, scale_factor=scale_factor)
-        self.nc_weight = float(nc_weight)
-        self.crf_weight = float(crf_weight)
-        self.nc_sigma_rgb = float(nc_sigma_rgb)
-        self.nc_sigma_xy = float(nc_sigma_xy)
-        self.crf_sigma_rgb = float(crf_sigma_rgb)
-        self.crf_sigma_xy = float(crf_sigma_xy)
+        self.nc_weight = self._setting("nc_weight", nc_weight, "weight")
+        self.crf_weight = self._setting("crf_weight", crf_weight, "weight")
+        self.nc_sigma_rgb = self._setting("nc_sigma_rgb", nc_sigma_rgb, "sigma")
+        self.nc_sigma_xy = self._setting("nc_sigma_xy", nc_sigma_xy, "sigma")
+        self.crf_sigma_rgb = self._setting("crf_sigma_rgb", crf_sigma_rgb, "sigma")
+        self.crf_sigma_xy = self._setting("crf_sigma_xy", crf_sigma_xy, "sigma")
 
     def extra_repr(self) -> str:
         return (
@@ -367,7 +384,21 @@ class KernelCutLoss(_AffinityLoss):
                 + _DenseCRFTerm.apply(crf_features, probs, roi, crf_scale, self.kernel, self.backend))
 
 
-def _check_shapes(images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor, name: str = "DenseCRFLoss") -> None:
+def _check_shapes(
+    images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor | None, name: str = "DenseCRFLoss"
+) -> None:
+    """Raises TypeError or ValueError naming the first input of the wrong type, shape, dtype or
+    device; ``roi`` None stands for every pixel."""
+    for input_name, t, expected in (
+        ("images", images, "torch.Tensor [N, 3, H, W] (RGB in 0..255)"),
+        ("probs", probs, "torch.Tensor [N, K, H, W] (softmax output)"),
+    ):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: {input_name} must be a {expected}, got {type(t).__name__}")
+    if roi is not None and not isinstance(roi, torch.Tensor):
+        raise TypeError(
+            f"{name}: roi must be a torch.Tensor [N, H, W] or None (every pixel), got {type(roi).__name__}"
+        )
     if probs.dim() != 4:
         raise ValueError(f"{name}: probs must be [N, K, H, W], got shape {tuple(probs.shape)}")
     n, _, h, w = probs.shape
@@ -375,14 +406,20 @@ def _check_shapes(images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor, 
         raise ValueError(
             f"{name}: images must be [N, 3, H, W] = {(n, 3, h, w)} to match probs, got {tuple(images.shape)}"
         )
-    if roi.shape != (n, h, w):
+    if roi is not None and roi.shape != (n, h, w):
         raise ValueError(f"{name}: roi must be [N, H, W] = {(n, h, w)} to match probs, got {tuple(roi.shape)}")
+    # Empty inputs would otherwise fail deep in the value checks or the filtering.
+    if n == 0:
+        raise ValueError(f"{name}: images, probs and roi must hold at least one image, got a batch of 0 images")
+    if h * w == 0:
+        raise ValueError(f"{name}: images must have at least one pixel, got H x W = {h} x {w}")
     for input_name, t in (("images", images), ("probs", probs)):
         if not t.is_floating_point():
             raise ValueError(f"{name}: {input_name} must be a floating-point tensor, got {t.dtype}")
-    if not (images.device == probs.device == roi.device):
+    devices = (images.device, probs.device) + (() if roi is None else (roi.device,))
+    if len(set(devices)) > 1:
         raise ValueError(
-            f"{name}: images, probs and roi must be on one device, got {images.device}, {probs.device}, {roi.device}"
+            f"{name}: images, probs and roi must be on one device, got {', '.join(map(str, devices))}"
         )
 
 
@@ -403,11 +440,11 @@ def _scheduled_check(call: int) -> bool:
 def _check_values(images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor, name: str = "DenseCRFLoss") -> None:
     """Raises ValueError naming the first input out of its range: one aminmax per input
     (NaN propagates into it; infinity fails the range) and the per-pixel sums of probs."""
-    lo, hi = (float(v) for v in torch.aminmax(images))
-    _check_finite(name, "images", lo, hi)
-    if lo < -1e-3 or hi > 255.0 + 1e-3:
+    lo, images_max = (float(v) for v in torch.aminmax(images))
+    _check_finite(name, "images", lo, images_max)
+    if lo < -1e-3 or images_max > 255.0 + 1e-3:
         raise ValueError(
-            f"{name}: images must be RGB in 0..255 (not normalised), got values in [{lo:.3g}, {hi:.3g}]"
+            f"{name}: images must be RGB in 0..255 (not normalised), got values in [{lo:.3g}, {images_max:.3g}]"
         )
     tol = 1e-3 if probs.dtype in (torch.float32, torch.float64) else 3e-2
     lo, hi = (float(v) for v in torch.aminmax(probs))
@@ -428,6 +465,14 @@ def _check_values(images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor, 
         lo, hi = int(roi.min()), int(roi.max())
     if lo < 0.0 or hi > 1.0:
         raise ValueError(f"{name}: roi must be in 0..1 (1 where the loss applies), got values in [{lo:.3g}, {hi:.3g}]")
+    # Last, as a guess rather than a certainty: images in 0..1 pass the range check, but sigma_rgb
+    # (0..255 units) is then 255x too wide and the loss is off by orders of magnitude. All-zero
+    # images (training's memory probe) have no scale to tell.
+    if 0.0 < images_max <= 1.0:
+        raise ValueError(
+            f"{name}: images look scaled to 0..1 (their largest value is {images_max:.3g}); the loss expects "
+            f"RGB in 0..255 (sigma_rgb is in 0..255 units): multiply them by 255"
+        )
 
 
 def _check_finite(loss_name: str, name: str, lo: float, hi: float) -> None:

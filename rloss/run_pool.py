@@ -23,6 +23,8 @@ import io
 import multiprocessing
 import os
 import queue
+import signal
+import threading
 from typing import Callable, Sequence
 
 import torch
@@ -85,11 +87,24 @@ def resolve_processes(setting: int | str, device: str, pending: int, threads_per
     return max(1, min(pending, usable_cores() // threads_per_run, by_memory))
 
 
+def _end_quietly(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds the run (lock released, partial file removed), no traceback
+
+
 def _start_worker(threads: int) -> None:
+    # Ctrl-C, the parent's SIGINT on SIGTERM/SIGHUP (rloss.termination) or the pool's own SIGTERM when it
+    # ends the runs in flight: the run stops as it would by an error, its checkpoint kept for a resume.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _end_quietly)
     torch.set_num_threads(threads)  # until train() sets the run's own (a GPU run's config may name none)
     # The parent reports progress (one bar over the runs); a child's bars would interleave with it.
     os.environ.pop(PROGRESS_ENV, None)
     os.environ["TQDM_DISABLE"] = "1"
+    # tqdm's default lock holds a multiprocessing semaphore: a worker ended by an interrupt would leave
+    # it to the resource tracker, which reports it as leaked at exit. A thread lock serves one process.
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
 
 
 def _train_quietly(task: tuple[int, TrainConfig, bool]) -> tuple[int, dict, str]:
@@ -99,7 +114,7 @@ def _train_quietly(task: tuple[int, TrainConfig, bool]) -> tuple[int, dict, str]
     index, cfg, resume = task
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
-        final = train(cfg, resume=resume)
+        final = train(cfg, resume=resume, overwrite=True)  # train_runs decided: resume, or train it (again)
     return index, final, printed.getvalue()
 
 

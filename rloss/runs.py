@@ -173,6 +173,30 @@ def remove_debris(run_dir: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def held_run(run_dir: str | os.PathLike) -> str | None:
+    """What a run folder already holds, in words ("a finished run (iteration 4000, mIoU 0.8123)"),
+    or None when it holds no run's files."""
+    run_dir = Path(run_dir)
+    try:
+        final = json.loads((run_dir / METRICS).read_text()).get("final")
+    except (OSError, ValueError, AttributeError):
+        final = None
+    if isinstance(final, dict) and "iteration" in final and "miou" in final:
+        return f"a finished run (iteration {final['iteration']}, mIoU {final['miou']:.4f})"
+    if (run_dir / CHECKPOINT).is_file():
+        return "an unfinished run with a checkpoint"
+    if (run_dir / CONFIG).is_file() or (run_dir / METRICS).is_file():
+        return "a run that stopped before its first checkpoint"
+    return None
+
+
+def clear_run(run_dir: str | os.PathLike) -> None:
+    """Removes a run's own files (config, metrics, checkpoint) before another run replaces it, so no
+    file of the old run is left beside the new one's; other files in the folder stay."""
+    for name in (CHECKPOINT, METRICS, CONFIG):
+        (Path(run_dir) / name).unlink(missing_ok=True)
+
+
 # --------------------------------------------------------------------------------------------
 # Run ids
 # --------------------------------------------------------------------------------------------
@@ -230,7 +254,7 @@ def check_run_folder(run_dir: str | os.PathLike, files=(CONFIG, METRICS, CHECKPO
     if len(distinct) > 1:
         which = ", ".join(f"{name} of run {run_id or '(none: older)'}" for name, run_id in ids.items())
         raise MixedRunFolder(f"{run_dir}: mixed run folder ({which}): two trainings wrote here; train this run "
-                             "again (rloss train without --resume, or rloss study --rerun) or remove the folder")
+                             "again (rloss train --overwrite, or rloss study --rerun) or remove the folder")
     return next(iter(distinct), None)
 
 
@@ -265,7 +289,7 @@ def train_runs(configs: list[TrainConfig], rerun: bool = False, parallel_runs: i
     on ``parallel_runs`` or on the machine's load."""
     from .train import train  # train.py imports this module
 
-    configs = [with_fixed_threads(cfg) for cfg in configs]
+    configs = [with_fixed_threads(cfg.validate()) for cfg in configs]  # every config checked before the first run
     finals: list[dict | None] = [None] * len(configs)
     pending = []  # (index, resume)
     for i, cfg in enumerate(configs):
@@ -289,7 +313,7 @@ def train_runs(configs: list[TrainConfig], rerun: bool = False, parallel_runs: i
     if processes == 1:
         for j, (i, resumable) in enumerate(pending):
             announce(j)
-            finals[i] = train(configs[i], resume=resumable)
+            finals[i] = train(configs[i], resume=resumable, overwrite=True)  # decided above: resume or (re)train
         return finals  # type: ignore[return-value]
 
     print(f"training {len(pending)} runs, {processes} at once (one process each)", file=sys.stderr)

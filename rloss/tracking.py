@@ -13,8 +13,11 @@ Disabled, every call is a cheap no-op and ``wandb`` is not even imported. Enable
 run's files go to ``<run_dir>/wandb/`` (offline: ``offline-run-<time>-<id>/``, to upload
 later with ``wandb sync``). Any exception from wandb — a missing package, a failed
 ``init`` or ``log`` — becomes one line ``W&B disabled: <reason>`` on stderr and the
-logger is a no-op from then on. The API key is never handled here: wandb reads it from
-``WANDB_API_KEY`` or the netrc file (``python -m rloss wandb-login`` writes it there).
+logger is a no-op from then on (a failed ``init`` says that training continues without
+W&B). ``init`` waits at most :data:`INIT_TIMEOUT_S` seconds (``WANDB_INIT_TIMEOUT``
+overrides it) for the W&B server, not wandb's own 90. The API key is never handled
+here: wandb reads it from ``WANDB_API_KEY`` or the netrc file (``python -m rloss
+wandb-login`` writes it there).
 """
 
 from __future__ import annotations
@@ -30,6 +33,13 @@ import numpy as np
 MODES = ("offline", "online")
 IMAGES_KEY = "val/examples"
 IGNORE_INDEX = 255  # unlabeled scribble pixels / ignored ground-truth pixels
+
+# How long wandb.init may wait for the W&B server (online mode) before it gives up and training
+# goes on without W&B. wandb's default, 90 s (plus about 10 s of its own), held training for
+# ~100 s whenever the network was down; creating a run normally takes a few seconds, so 20 s
+# leaves a wide margin and bounds the wait at about 30 s. WANDB_INIT_TIMEOUT=<seconds> overrides.
+INIT_TIMEOUT_S = 20.0
+INIT_TIMEOUT_ENV = "WANDB_INIT_TIMEOUT"
 
 
 def _numpy(array, name: str, ndim: int) -> np.ndarray:
@@ -57,6 +67,31 @@ def _scalar(value):
         return value
     numel = value.numel() if hasattr(value, "numel") else getattr(value, "size", None)
     return value.item() if numel == 1 else value
+
+
+def init_timeout() -> float:
+    """Seconds ``wandb.init`` may wait: ``WANDB_INIT_TIMEOUT`` when it is a positive number,
+    else :data:`INIT_TIMEOUT_S`."""
+    try:
+        value = float(os.environ.get(INIT_TIMEOUT_ENV, ""))
+    except ValueError:
+        return INIT_TIMEOUT_S
+    return value if 0 < value < float("inf") else INIT_TIMEOUT_S
+
+
+def _init_failure(exc: BaseException, mode: str, timeout: float) -> str:
+    """The reason for a failed ``wandb.init`` and what happens next, for :meth:`RunLogger._disable`.
+
+    wandb's advice to pass ``wandb.Settings(init_timeout=...)`` (code the user does not own)
+    becomes ours: the environment variable."""
+    text = str(exc).split("Consider increasing the init_timeout setting")[0]
+    reason = f"{type(exc).__name__}: {' '.join(text.split())[:300]}"
+    if "timed out" in reason.lower():
+        reason += f" (gave up after {timeout:g} s; {INIT_TIMEOUT_ENV}=<seconds> waits longer)"
+    then = "training continues without W&B logging"
+    if mode == "online":
+        then += " (wandb.mode=offline logs locally, to upload later with `wandb sync`)"
+    return f"{reason}; {then}"
 
 
 def _api_key_configured() -> bool:
@@ -114,12 +149,14 @@ class RunLogger:
             logger._run = wandb.init(
                 project=project, name=run_name, dir=str(run_dir), mode=mode, config=config,
                 reinit="create_new",  # never hand back, or finish, another run active in this process
+                settings=wandb.Settings(init_timeout=init_timeout()),  # see INIT_TIMEOUT_S
                 **resume,
             )
             if logger._run is None:
                 raise RuntimeError("wandb.init returned no run")
         except Exception as exc:
-            logger._disable(exc)
+            logger._disable(_init_failure(exc, mode, init_timeout()))
+            logger._teardown_if_idle()  # stops the service a failed wandb.init may have started
         return logger
 
     # ---------------------------------------------------------------------------------------

@@ -16,9 +16,11 @@ order, the evaluations so far and the RNG states.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import random
+import shutil
 import statistics
 import sys
 import time
@@ -219,7 +221,12 @@ def evaluate(model, loader, device, num_classes, class_names, amp="off", channel
 
 def _save_checkpoint(path: Path, state: dict) -> None:
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as exc:  # torch's zip writer reports a short write (a full disk) as "unexpected pos"
+            free = shutil.disk_usage(path.parent).free
+            raise OSError(errno.EIO, f"the write stopped short, {free / 2**20:.0f} MiB free on its disk "
+                                     f"({first_line(exc, limit=80)})", str(path)) from None
 
 
 def _written(path: Path, write) -> None:
@@ -338,11 +345,13 @@ def _out_of_memory_as_advice(cfg: TrainConfig, per_process: int, device: torch.d
 # --------------------------------------------------------------------------------------------
 
 
-def train(config: TrainConfig, resume: bool = False) -> dict:
+def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
     """Trains as ``config`` says and returns the final evaluation (``epoch``, ``iteration`` and the scores).
 
     ``resume=True`` continues from ``<results_dir>/<run.name>/checkpoint.pt`` and ends
-    with the same weights and metrics as a run that was never interrupted. Started by
+    with the same weights and metrics as a run that was never interrupted; it refuses a config
+    whose settings differ from the run's (:data:`RESUME_MAY_CHANGE` excepted). Without it, a run
+    folder that already holds a run is refused unless ``overwrite`` (then that run is replaced). Started by
     ``torchrun``, it trains data-parallel across the processes (see ``rloss.distributed``).
     Stops with a :class:`TrainingError` on a non-finite loss, when memory runs out or
     when results cannot be written, leaving the last checkpoint as it was.
@@ -360,6 +369,12 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         with runs.lock_run_folder(cfg.run_dir) if ctx.is_main else nullcontext("") as stale:
             if stale:
                 print(f"{cfg.run_dir}: took over the stale lock of a run that did not end ({stale})", file=sys.stderr)
+            held = runs.held_run(cfg.run_dir) if ctx.is_main and not resume else None
+            if held and not overwrite:
+                raise ValueError(f"{cfg.run_dir} already holds {held}: --resume continues it, --overwrite "
+                                 "replaces it, or choose another run.name")
+            if held:
+                runs.clear_run(cfg.run_dir)
             return _train(cfg, resume, ctx, device)
     finally:
         if owns_group:
@@ -379,18 +394,54 @@ def _crf_term(crf, raw, probs, roi):
         return torch.full((), float("nan"), device=probs.device)
 
 
-def _read_resume_checkpoint(path: Path, cfg: TrainConfig, ctx: D.DistContext) -> dict:
+# The settings a resume may change: where the data and results are and how the work is carried out;
+# none of them changes what the run learns (another device's arithmetic aside). Any other setting is the
+# run's own: a resume with another value would train half one run and half another.
+RESUME_MAY_CHANGE = {"data": {"root", "num_workers"}, "run": {"results_dir", "device", "threads", "compile",
+                                                             "checkpoint_every_iters"},
+                     "wandb": {"enabled", "project", "mode", "log_every_iters", "num_images"}}
+
+
+def resume_differences(saved: TrainConfig, cfg: TrainConfig) -> list[str]:
+    """``key saved -> new`` for each setting the run uses that ``cfg`` changes, except :data:`RESUME_MAY_CHANGE`."""
+    before, after = saved.settings_used(), cfg.settings_used()
+    keys = [(section, key) for section in after for key in sorted(set(before.get(section, {})) | set(after[section]))
+            if key not in RESUME_MAY_CHANGE.get(section, ())]
+    return [f"{section}.{key} {before.get(section, {}).get(key, '(unused)')!r} -> "
+            f"{after[section].get(key, '(unused)')!r}" for section, key in keys
+            if before.get(section, {}).get(key, "(unused)") != after[section].get(key, "(unused)")]
+
+
+def _refuse_changes(saved: TrainConfig, cfg: TrainConfig, source: Path) -> None:
+    changed = resume_differences(saved, cfg)
+    if changed:
+        raise ValueError(f"resume: {source} was trained with other settings ({'; '.join(changed)}); a resume "
+                         "continues the same run: resume with its settings, or start a new run from its weights "
+                         f"(loss.init_from={source.parent / CHECKPOINT} and another run.name)")
+
+
+def _read_resume_checkpoint(path: Path, cfg: TrainConfig, ctx: D.DistContext) -> tuple[dict | None, str | None]:
+    """The checkpoint to resume from and the run's id. A run stopped before its first checkpoint
+    (its config.yaml is there) starts again from the beginning: the same run, as it would have trained."""
     if not path.is_file():
-        raise FileNotFoundError(f"resume: no checkpoint at {path} (run once without resume first)")
+        config_path = path.parent / CONFIG
+        if not config_path.is_file():
+            raise FileNotFoundError(f"resume: no checkpoint at {path} (run once without resume first)")
+        try:
+            saved = runs.read_run_config(path.parent)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"resume: {config_path}: {exc}") from None
+        _refuse_changes(saved, cfg, config_path)
+        if ctx.is_main:
+            print(f"resume: {path.parent} stopped before its first checkpoint; it trains again from the beginning",
+                  file=sys.stderr)
+        return None, runs.config_run_id(config_path)
     try:
         checkpoint, saved_config = runs.read_checkpoint(path)
     except runs.NotACheckpoint as exc:
         raise ValueError(f"{path}: not a checkpoint written by rloss train ({exc})") from None
-    saved = saved_config.to_dict()
-    changed = [f"{s}.{k}" for s, d in cfg.to_dict().items() for k, v in d.items() if saved[s][k] != v]
-    if changed and ctx.is_main:
-        print(f"resume: config differs from the checkpoint's in {', '.join(changed)}", file=sys.stderr)
-    return checkpoint
+    _refuse_changes(saved_config, cfg, path)
+    return checkpoint, checkpoint.get("run_id")
 
 
 def _restore_rng(saved, ctx: D.DistContext) -> None:
@@ -613,9 +664,9 @@ def _set_up(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.de
 
     run_dir = cfg.run_dir
     ckpt_path = run_dir / CHECKPOINT
-    checkpoint = _read_resume_checkpoint(ckpt_path, cfg, ctx) if resume else None
+    checkpoint, resumed_id = _read_resume_checkpoint(ckpt_path, cfg, ctx) if resume else (None, None)
     # A resumed run keeps its id; config.yaml, metrics.json and checkpoint.pt all carry it.
-    run_id = (checkpoint or {}).get("run_id") or runs.new_run_id()
+    run_id = resumed_id or runs.new_run_id()
     seed_everything(cfg.run.seed)
     if ctx.is_main:
         _written(run_dir / CONFIG, lambda: runs.write_config(run_dir, cfg.to_yaml(), run_id))
@@ -687,7 +738,8 @@ def _set_up(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.de
         saved_classes = checkpoint.get("num_classes", num_classes)
         if saved_classes != num_classes:
             raise ValueError(f"resume: {ckpt_path} has {saved_classes} classes, the data set {d.root} has "
-                             f"{num_classes}; resume with its own data, or train without --resume")
+                             f"{num_classes}; resume with its own data, or start a new run (another run.name, "
+                             "or --overwrite)")
         try:
             # A run with a weight average saves the average as "model" and what it trains as "trained_model".
             net.load_state_dict(checkpoint.get("trained_model", checkpoint["model"]))

@@ -303,7 +303,7 @@ def test_failing_init_is_one_line_then_no_ops(tmp_path, monkeypatch, capsys):
     assert not logger.active and logger.run_id is None
     exercise(logger)
     err = capsys.readouterr().err
-    assert err.splitlines() == ["W&B disabled: RuntimeError: service failed to start"]
+    assert err.splitlines() == ["W&B disabled: RuntimeError: service failed to start; training continues without W&B logging"]
 
 
 def test_failing_log_is_one_line_then_no_ops(tmp_path, monkeypatch, capsys):
@@ -355,7 +355,65 @@ def test_the_key_never_appears_in_the_disabled_line(tmp_path, monkeypatch, capsy
     create_enabled(tmp_path / "run", mode="online").finish()
     captured = capsys.readouterr()
     assert KEY not in captured.out + captured.err
-    assert disabled_lines(captured.err) == ["W&B disabled: ValueError: invalid key <key> for host"]
+    assert disabled_lines(captured.err) == ["W&B disabled: ValueError: invalid key <key> for host; training continues "
+                                            "without W&B logging (wandb.mode=offline logs locally, to upload later "
+                                            "with `wandb sync`)"]
+
+
+# wandb 0.31's error when the server does not answer within init_timeout (seen with WANDB_BASE_URL
+# pointing at an unreachable host)
+INIT_TIMED_OUT = ("Timed out initializing run: POST http://127.0.0.1:9/graphql giving up after 1 attempt(s): "
+                  "context deadline exceeded\nConsider increasing the init_timeout setting:\n"
+                  "  wandb.init(settings=wandb.Settings(init_timeout=...))")
+
+
+@pytest.mark.parametrize("env, expected", [(None, 20.0), ("45", 45.0), ("soon", 20.0), ("0", 20.0)])
+def test_online_init_waits_at_most_the_stated_timeout(tmp_path, monkeypatch, env, expected):
+    # wandb's own default is 90 s (+10 s): with the network down training stood still for ~100 s
+    from rloss import tracking
+
+    monkeypatch.setenv("WANDB_API_KEY", KEY)
+    if env is None:
+        monkeypatch.delenv("WANDB_INIT_TIMEOUT", raising=False)
+    else:
+        monkeypatch.setenv("WANDB_INIT_TIMEOUT", env)
+    seen = []
+
+    def fake_init(**kwargs):
+        seen.append(kwargs)
+        return SimpleNamespace(id="abc123", dir=str(tmp_path / "run" / "wandb" / "run-x" / "files"),
+                               log=lambda *a, **k: None, finish=lambda *a, **k: None)
+
+    monkeypatch.setattr(wandb, "init", fake_init)
+    monkeypatch.setattr(wandb, "teardown", lambda *a, **k: None)
+    logger = create_enabled(tmp_path / "run", mode="online")
+    assert logger.active and logger.run_id == "abc123"
+    logger.finish()
+    assert len(seen) == 1 and "settings" in seen[0], "wandb.init got no settings: it waits its default 90 s"
+    assert seen[0]["settings"].init_timeout == expected
+    assert tracking.INIT_TIMEOUT_S == expected or env is not None
+
+
+def test_init_timeout_is_one_line_with_the_cause_then_training_goes_on(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_API_KEY", KEY)
+    monkeypatch.delenv("WANDB_INIT_TIMEOUT", raising=False)
+    teardowns = []
+
+    def timed_out(**kwargs):
+        raise wandb.errors.CommError(INIT_TIMED_OUT)
+
+    monkeypatch.setattr(wandb, "init", timed_out)
+    monkeypatch.setattr(wandb, "teardown", lambda *a, **k: teardowns.append(1))
+    logger = create_enabled(tmp_path / "run", mode="online")
+    assert not logger.active and logger.run_id is None
+    exercise(logger)  # every later call is a no-op
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "W&B disabled: CommError: Timed out initializing run: POST http://127.0.0.1:9/graphql giving up after "
+        "1 attempt(s): context deadline exceeded (gave up after 20 s; WANDB_INIT_TIMEOUT=<seconds> waits longer); "
+        "training continues without W&B logging (wandb.mode=offline logs locally, to upload later with `wandb sync`)"
+    ]
+    assert teardowns  # the wandb service the failed init started is stopped
 
 
 def test_disabled_logger_is_a_no_op(tmp_path, monkeypatch, capsys):

@@ -165,8 +165,7 @@ def test_resumed_auto_run_keeps_the_batch_it_started_with(data_root, tmp_path, m
     ckpt["batch_size"] = 4  # as if another device had chosen 4
     torch.save(ckpt, path)
     monkeypatch.setattr(T, "auto_batch_size", lambda *a: pytest.fail("a resumed run must not probe again"))
-    cfg.optim.epochs = 2
-    train(cfg, resume=True)
+    train(cfg, resume=True)  # the same run: the batch comes from its checkpoint
     assert json.loads((tmp_path / "keep" / "metrics.json").read_text())["data"]["batch_size"] == 4
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .folder import IMAGE_DIR, LIST_DIR, MASK_DIR, SCRIBBLE_DIR, SegmentationFolder
-from .io import IGNORE_INDEX, DataError, output_folder, save_label_png, save_rgb, write_text_atomic
+from .folder import IMAGE_DIR, LIST_DIR, MASK_DIR, SCRIBBLE_DIR, SegmentationFolder, dataset_output_folder
+from .io import IGNORE_INDEX, DataError, save_label_png, save_rgb, write_text_atomic
 
 IMAGE_FILTERS = {"area": Image.Resampling.BOX, "bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 MASK_MODES = ("nearest", "majority")
@@ -82,10 +82,13 @@ def downscale_dataset(
     mask_mode: str = "majority",
     skip_bad: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Writes the low-resolution copy of every split of ``src`` to ``out``.
 
-    Returns the counts and the labeled (scribble) fraction before and after.
+    Returns the counts and the labeled (scribble) fraction before and after. ``out`` must be missing
+    or empty (and not ``src``); ``overwrite`` replaces a data set there (what a previous one wrote
+    is removed first; other files are kept: :func:`rloss.data.folder.dataset_output_folder`).
     """
     from tqdm import tqdm
 
@@ -97,15 +100,16 @@ def downscale_dataset(
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
     if src.resolve() == out.resolve():
-        raise ValueError(f"out must differ from src ({src})")
+        raise ValueError(f"{out}: the output folder is the source data set {src}; choose another output folder")
     splits = sorted(p.stem for p in (src / LIST_DIR).glob("*.txt"))
     if not splits:
         raise DataError(f"{src / LIST_DIR}: no split lists (*.txt)")
-    output_folder(out)
+    # Every split list and the class names read (and checked) before the output folder is touched.
+    folders = [SegmentationFolder(src, split, require_scribbles=False, skip_bad=skip_bad) for split in splits]
+    dataset_output_folder(out, overwrite)
 
     before, after, summary = [], [], {"size": size, "image_filter": image_filter, "mask_mode": mask_mode}
-    for split in splits:
-        data = SegmentationFolder(src, split, require_scribbles=False, skip_bad=skip_bad)
+    for split, data in zip(splits, folders):
         written = []
         for sample_id in tqdm(data.ids, desc=f"downscale {split}", unit="img", disable=not progress, file=sys.stderr):
             try:

@@ -9,8 +9,10 @@ ROOT/classes.txt                          class names, line i = class i (optiona
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import math
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Callable
 import numpy as np
 from torch.utils.data import Dataset
 
-from .io import IGNORE_INDEX, DataError, read_labels, read_rgb
+from .io import IGNORE_INDEX, DataError, output_folder, read_labels, read_rgb
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -29,6 +31,12 @@ VOC_CLASSES = (
 IMAGE_DIR, MASK_DIR, SCRIBBLE_DIR = "JPEGImages", "SegmentationClassAug", "pascal_2012_scribble"
 LIST_DIR = Path("ImageSets") / "Segmentation"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+# What rloss writes at the root of a data set in this layout (rloss.data.synthetic, rloss.data.downscale;
+# synthetic.json: the synthetic set's summary): all that overwriting a data set removes, never anything else.
+# .synthetic-in-progress: the generator's mark while it writes (a set whose making was interrupted has it).
+SYNTHETIC_IN_PROGRESS = ".synthetic-in-progress"
+DATASET_ENTRIES = (IMAGE_DIR, MASK_DIR, SCRIBBLE_DIR, LIST_DIR.parts[0], "classes.txt", "synthetic.json",
+                   SYNTHETIC_IN_PROGRESS)
 
 
 @dataclass
@@ -40,16 +48,60 @@ class Sample:
 
 
 def read_class_names(root: Path, class_names: list[str] | None = None) -> list[str]:
-    """Class names from the arguments, else ROOT/classes.txt, else VOC's 21."""
+    """Class names from the arguments, else ROOT/classes.txt, else VOC's 21.
+
+    Line i of classes.txt names class i - 1 (blank lines at the end are ignored). An empty line
+    before the last name, or a name given twice (one class's IoU would replace another's in
+    metrics.json), is a DataError naming the file and the lines."""
     if class_names is not None:
         return list(class_names)
     path = root / "classes.txt"
     if path.exists():
-        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        names = [line.strip() for line in path.read_text().splitlines()]
+        while names and not names[-1]:
+            names.pop()
         if not names:
             raise DataError(f"{path}: no class names")
+        first_line: dict[str, int] = {}
+        for number, name in enumerate(names, 1):
+            if not name:
+                raise DataError(f"{path}: line {number} is empty, so class {number - 1} has no name "
+                                "(line i names class i - 1)")
+            if name in first_line:
+                raise DataError(f"{path}: class name {name!r} is given twice (lines {first_line[name]} and {number}); "
+                                "class names must differ")
+            first_line[name] = number
         return names
     return list(VOC_CLASSES)
+
+
+def dataset_output_folder(path: str | Path, overwrite: bool = False) -> Path:
+    """``path`` made ready (created where missing) for a new data set, before anything is written.
+
+    A folder that is not empty is refused (a DataError naming it) unless ``overwrite``; with it,
+    what a previous data set left there (:data:`DATASET_ENTRIES`) is removed first, so no file of
+    the old set (an image the new one lacks, an old synthetic.json) survives beside the new one,
+    and one line on stderr says what went. Other files, and the folder itself, are kept."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "exists and is not a folder", str(path))
+    entries = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    if entries and not overwrite:
+        shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+        raise DataError(f"{path}: the output folder is not empty (it holds {shown}); refusing to write a data set "
+                        "over it: --overwrite (overwrite=True in Python) replaces the data set there")
+    removed = []
+    for name in DATASET_ENTRIES:
+        entry = path / name
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+            removed.append(f"{name}/")
+        elif entry.is_symlink() or entry.exists():
+            entry.unlink()  # a link: the link only, never what it points to
+            removed.append(name)
+    if removed:
+        print(f"{path}: removed the previous data set's {', '.join(removed)} (overwrite)", file=sys.stderr)
+    return output_folder(path)
 
 
 def check_sample_id(sample_id: str, where: str) -> str:

@@ -4,6 +4,7 @@ and images read with one clear error naming the file."""
 from __future__ import annotations
 
 import errno
+import io
 import os
 import tempfile
 from contextlib import contextmanager
@@ -53,7 +54,10 @@ def _umask() -> int:
 @contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yields a temporary path beside ``path``; renames it to ``path`` only if the
-    block succeeds, so a failure or an interruption never leaves a half-written file."""
+    block succeeds, so a failure or an interruption never leaves a half-written file.
+
+    An OSError of writing it (a full disk: errno ENOSPC) names ``path``, the file asked for,
+    not the temporary name nor none at all: ``<path>: No space left on device``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
@@ -62,9 +66,30 @@ def atomic_path(path: str | os.PathLike):
     try:
         yield Path(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.filename is not None and str(exc.filename) != tmp:
+            raise  # about another file (a source being copied, say), which it names
+        reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+        raise OSError(exc.errno, reason, str(path)) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """``data`` written to ``path`` atomically (:func:`atomic_path`) through Python's own file
+    writes, which report a full disk as ENOSPC (numpy's and PIL's C writers to a file say only
+    "24576 requested and 24512 written" or "broken data stream")."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+
+def _encoded(image: Image.Image, fmt: str, **params) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **params)
+    return buffer.getvalue()
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
@@ -97,15 +122,13 @@ def save_label_png(labels: np.ndarray, path: str | os.PathLike) -> None:
         raise DataError(f"{path}: a label map must be 2-D uint8, got {labels.dtype} {labels.shape}")
     image = Image.fromarray(labels, mode="P")
     image.putpalette(voc_palette())
-    with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
+    write_bytes_atomic(path, _encoded(image, "PNG"))
 
 
 def save_rgb(image: np.ndarray, path: str | os.PathLike) -> None:
     """An RGB uint8 image, JPEG or PNG by the path's suffix, written atomically."""
     fmt = "JPEG" if Path(path).suffix.lower() in (".jpg", ".jpeg") else "PNG"
-    with atomic_path(path) as tmp:
-        Image.fromarray(np.asarray(image, dtype=np.uint8), mode="RGB").save(tmp, format=fmt, quality=95)
+    write_bytes_atomic(path, _encoded(Image.fromarray(np.asarray(image, dtype=np.uint8), mode="RGB"), fmt, quality=95))
 
 
 # Modes PIL converts to RGB without losing what the pixels mean (an alpha channel is dropped).

@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .io import IGNORE_INDEX, DataError, output_folder, save_label_png, save_rgb, write_text_atomic
+from .folder import SYNTHETIC_IN_PROGRESS, dataset_output_folder
+from .io import IGNORE_INDEX, DataError, save_label_png, save_rgb, write_text_atomic
 
 __all__ = ["CLASS_NAMES", "MIN_SIZE", "MAX_SIZE", "generate_synthetic", "make_sample", "stroke_width"]
 
@@ -421,6 +422,7 @@ def generate_synthetic(
     seed: int = 0,
     progress: bool = True,
     low_contrast: float = LOW_CONTRAST_P,
+    overwrite: bool = False,
 ) -> dict:
     """Writes the synthetic data set (``n_train`` + ``n_val`` images of ``size`` x ``size``) to ``out``.
 
@@ -428,6 +430,8 @@ def generate_synthetic(
     ROOT/synthetic.json, without ``root`` so the folder's files do not depend on
     where it lies): sizes, class names and the labeled (scribble) fraction. ``low_contrast``:
     the share of objects coloured close to their background (colour tells those apart less).
+    ``out`` must be missing or empty; ``overwrite`` replaces a data set there (what a previous one
+    wrote is removed first; other files are kept: :func:`rloss.data.folder.dataset_output_folder`).
     """
     from tqdm import tqdm
 
@@ -440,7 +444,9 @@ def generate_synthetic(
     root = Path(out)
     if root.exists() and not root.is_dir():
         raise DataError(f"{root}: exists and is not a folder")
-    output_folder(root)
+    dataset_output_folder(root, overwrite)
+    in_progress = root / SYNTHETIC_IN_PROGRESS  # until synthetic.json ends the set: a rerun may replace it
+    in_progress.touch()
 
     jobs = [(split, i) for split, n in zip(SPLITS, (n_train, n_val)) for i in range(n)]
     ids: dict[str, list[str]] = {split: [] for split in SPLITS}
@@ -473,4 +479,5 @@ def generate_synthetic(
         "stroke_width": stroke_width(size),
     }
     write_text_atomic(root / "synthetic.json", json.dumps(summary, indent=1) + "\n")
+    in_progress.unlink()
     return {"root": str(root), **summary}

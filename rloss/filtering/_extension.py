@@ -13,6 +13,12 @@ builds with a lock *file* (FileBaton): a build killed midway left it behind and
 every later build waited on it forever. With such a torch we serialise builds
 with our own ``flock`` and remove a lock file nobody can hold; torch 2.14 uses
 an advisory lock the kernel releases, so nothing is needed there.
+
+A cached library that cannot be loaded (truncated or overwritten: ninja sees it
+as up to date and never relinks it) is removed with its build folder and built
+again, once per process and part, with one line on stderr; ``python -m rloss
+build`` does the same. A truncated library is found by reading its ELF headers
+before loading it: loading it would kill the process with SIGBUS.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import hashlib
 import logging
 import os
 import re
+import shutil
+import struct
 import sys
 import sysconfig
 import threading
@@ -148,8 +156,77 @@ def _extensions_root() -> Path:
     return Path(root) if root else Path.home() / ".cache" / "torch_extensions"
 
 
+def _library_defect(library: Path) -> str | None:
+    """Why the shared library ``library`` cannot be loaded, from its ELF headers, or None
+    (also when it does not exist). Catches garbage and truncated files; the loader maps a
+    truncated file's segments and dies with SIGBUS instead of raising an error."""
+    try:
+        with open(library, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            header = file.read(64)
+            if len(header) < 64 or header[:4] != b"\x7fELF" or header[4] != 2 or header[5] not in (1, 2):
+                return f"not a 64-bit ELF library ({size} bytes)"
+            order = "<" if header[5] == 1 else ">"
+            phoff, shoff = struct.unpack_from(order + "QQ", header, 32)
+            phentsize, phnum, shentsize, shnum = struct.unpack_from(order + "HHHH", header, 54)
+            needed = max(phoff + phentsize * phnum, shoff + shentsize * shnum)
+            if phentsize < 56 or phnum == 0 or needed > size:
+                return f"truncated: {size} bytes, its headers need {needed}"
+            file.seek(phoff)
+            table = file.read(phentsize * phnum)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"unreadable: {exc.strerror or exc}"
+    for i in range(phnum):
+        kind, _, offset, _, _, filesz = struct.unpack_from(order + "IIQQQQ", table, i * phentsize)
+        if kind == 1 and offset + filesz > size:  # PT_LOAD
+            return f"truncated: {size} bytes, its segments need {offset + filesz}"
+    return None
+
+
+def _unloadable_library(exc: BaseException, library: Path) -> str | None:
+    """The loader's reason when ``exc`` says that ``library`` itself is broken (truncated,
+    not an ELF file...), else None: a compiler error, a missing dependency such as
+    libcudart or an undefined symbol is not cured by building again."""
+    while exc is not None:
+        if isinstance(exc, OSError):
+            text = " ".join(str(exc).split())
+            path, _, reason = text.partition(": ")
+            # dlopen names the file at fault first; torch's wrapper ("Could not load this
+            # library: <path>") carries the loader's message as its cause.
+            if reason and path.startswith("/") and os.path.realpath(path) == os.path.realpath(library):
+                return None if "undefined symbol" in reason else reason[:200]
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _clear_build_dir(build_dir: Path) -> None:
+    """Removes everything a build left in ``build_dir`` (ninja files, objects, the library),
+    keeping torch's lock file. Only ever one of our own folders: ``rloss_lattice_*``."""
+    if not build_dir.name.startswith("rloss_lattice_") or build_dir.parent != _extensions_root():
+        raise ExtensionUnavailable(f"refusing to clear {build_dir}: not an rloss build folder")
+    for entry in build_dir.iterdir():
+        if entry.name == "lock":
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def _forget_build(cpp_extension, name: str) -> None:
+    """Makes the next ``cpp_extension.load(name=...)`` of this process run ninja again:
+    torch skips the build step for a name it has already seen in this process. Without
+    that torch internal the next process builds instead."""
+    entries = getattr(getattr(cpp_extension, "JIT_EXTENSION_VERSIONER", None), "entries", None)
+    if isinstance(entries, dict):
+        entries.pop(name, None)
+
+
 def _build_and_load(name: str, sources: tuple[str, ...], **kwargs) -> None:
-    """Builds (cached on disk under ``name``) and loads one shared library of the extension."""
+    """Builds (cached on disk under ``name``) and loads one shared library of the extension;
+    a cached library that cannot be loaded is built again, once."""
     cpp_extension = _cpp_extension()
     build_dir = _extensions_root() / name
     build_dir.mkdir(parents=True, exist_ok=True)
@@ -161,15 +238,32 @@ def _build_and_load(name: str, sources: tuple[str, ...], **kwargs) -> None:
             stale.unlink()
         if not any(build_dir.glob(f"{name}*.so")):
             print(f"rloss: building the lattice extension {name} (first use, about a minute)...", file=sys.stderr)
-        cpp_extension.load(
-            name=name,
-            sources=[str(CSRC / s) for s in sources],
-            extra_ldflags=LINK_FLAGS,
-            build_directory=str(build_dir),
-            is_python_module=False,
-            verbose=os.environ.get("RLOSS_VERBOSE_BUILD") == "1",
-            **kwargs,
-        )
+
+        def load() -> None:
+            cpp_extension.load(
+                name=name,
+                sources=[str(CSRC / s) for s in sources],
+                extra_ldflags=LINK_FLAGS,
+                build_directory=str(build_dir),
+                is_python_module=False,
+                verbose=os.environ.get("RLOSS_VERBOSE_BUILD") == "1",
+                **kwargs,
+            )
+
+        library = build_dir / f"{name}.so"
+        reason = _library_defect(library)  # checked before loading: a truncated library kills the process
+        if reason is None:
+            try:
+                return load()
+            except OSError as exc:  # a defect the headers do not show: the loader's reason
+                reason = _unloadable_library(exc, library)
+                if reason is None:
+                    raise
+        print(f"rloss: the cached lattice extension {build_dir} cannot be loaded ({reason}); "
+              f"removing it and building again (about a minute)...", file=sys.stderr, flush=True)
+        _clear_build_dir(build_dir)
+        _forget_build(cpp_extension, name)
+        load()
 
 
 def _build_cpu() -> None:

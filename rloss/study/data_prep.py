@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from ..data.downscale import IMAGE_FILTERS
-from ..data.folder import SegmentationFolder
-from ..data.io import IGNORE_INDEX
+from ..data.folder import SYNTHETIC_IN_PROGRESS, SegmentationFolder
+from ..data.io import IGNORE_INDEX, DataError
 from ..data.synthetic import MAX_SIZE, MIN_SIZE
 from .parameters import check_choice, check_integer
 
@@ -53,7 +53,16 @@ def prepare_dataset(dataset: str, data_root, size: int = 64, n_train: int = 200,
         previous = json.loads(done.read_text()) if done.exists() else {}
         if all(previous.get(k) == v for k, v in wanted.items()):
             return previous
-        return generate_synthetic(data_root, size=size, n_train=n_train, n_val=n_val, seed=seed, progress=False)
+        ours = done.exists() or (data_root / SYNTHETIC_IN_PROGRESS).exists()
+        if not ours and data_root.is_dir() and any(data_root.iterdir()):
+            raise DataError(f"{data_root}: not empty and not a synthetic set made here (no {SYNTHETIC_SUMMARY}); "
+                            "remove it or choose another data_root")
+        # A synthetic set made here before with other parameters (its synthetic.json says so), or one whose
+        # making was interrupted, is replaced by the set of these, as it always was: data_root holds the set
+        # of the notebook's parameters, made again from them at will. overwrite=True removes only what a data
+        # set holds, so none of the old set's files is left beside the new one.
+        return generate_synthetic(data_root, size=size, n_train=n_train, n_val=n_val, seed=seed, progress=False,
+                                  overwrite=ours)
     if dataset == "voc":
         from ..data.voc import prepare_voc
 

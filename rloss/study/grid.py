@@ -28,6 +28,7 @@ from pathlib import Path
 from ..config import TrainConfig, config_from_dict, fine_tuning, recipe_config
 from ..crf_weight import relative_crf_weight
 from ..progress import announce
+from .parameters import check_distinct_list
 from ..runs import (CHECKPOINT, METRICS, finished_metrics, in_studies, read_run_config, run_folders,  # noqa: F401
                     run_name, study_of, train_runs)  # re-exported: the notebooks' calls
 
@@ -80,6 +81,26 @@ def base_config(data_root: str, results_dir: str, recipe: str = "default", **set
     return config_from_dict(values, "the study's settings", base=recipe_config(recipe)).validate()
 
 
+def check_grid(losses, seeds, crf_relative_weight=1.0, nc_weight=None) -> None:
+    """The grid's parameters, each checked with its name before any run starts."""
+    check_distinct_list("losses", losses, ALL_LOSSES, item="loss")
+    check_distinct_list("seeds", seeds)
+    for key, weight, optional in (("crf_relative_weight", crf_relative_weight, False), ("nc_weight", nc_weight, True)):
+        if (weight is None and optional) or weight == "sweep":
+            continue
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < float("inf"):
+            raise ValueError(f"{key} must be \"sweep\" or a finite number >= 0; got {weight!r}")
+
+
+def check_training_parameters(values: dict) -> None:
+    """A training notebook's parameters as a study passes them (those given), checked before the first
+    notebook runs: the grid's, and the settings' through the config they make."""
+    check_grid(values.get("losses", LOSSES), values.get("seeds", (0,)), values.get("crf_relative_weight", 1.0),
+               values.get("nc_weight"))
+    notebook_config(values.get("data_root") or ".", values.get("results_dir") or ".", values.get("recipe"),
+                    **{name: values[name] for name in NOTEBOOK_SETTINGS if name in values})
+
+
 def plan_grid(base: TrainConfig, name: str, losses=LOSSES, seeds=(0,), two_phase: bool | None = False,
               finetune_iterations: int | None = None, crf_relative_weight: float | str = 1.0,
               rerun: bool = False, nc_weight: float | str | None = None) -> list[TrainConfig]:
@@ -88,8 +109,7 @@ def plan_grid(base: TrainConfig, name: str, losses=LOSSES, seeds=(0,), two_phase
     (``rloss.sweep``; val is never read). The normalized cut sweep (``<name>_nc``) trains pCE + normalized cut
     and shares the DenseCRF sweep's pCE runs. ``two_phase`` None: the recipe's (:data:`TWO_PHASE`)."""
     two_phase = TWO_PHASE if two_phase is None else two_phase
-    if not seeds or not losses:
-        raise ValueError("give at least one seed and one loss")
+    check_grid(losses, seeds, crf_relative_weight, nc_weight)
     sweep, sweep_nc = crf_relative_weight == "sweep", nc_weight == "sweep"
     weights = {"crf_relative_weight": 1.0 if sweep else crf_relative_weight}
     if nc_weight is not None:

@@ -37,11 +37,18 @@ import yaml
 
 from ..progress import StudyDisplay, clock
 from ..run_pool import resolve_processes
+from ..termination import exit_code, reason
 
 NOTEBOOKS_DIR = Path("notebooks")
 # The kernel's traffic encrypted (CurveZMQ, where its kernelspec supports it, as ipykernel's does):
 # no "running over TCP without encryption" warning at each notebook's start.
 KERNEL_CONFIG = {"KernelManager": {"transport_encryption": "auto"}}
+
+
+def _repository_hint() -> str:
+    """", e.g. cd <root>" when this package sits in a checkout that has the notebooks, else ""."""
+    root = Path(__file__).resolve().parents[2]
+    return f", e.g. cd {root}" if study_notebooks(root / NOTEBOOKS_DIR) else ""
 
 
 def study_notebooks(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Path]:
@@ -123,6 +130,13 @@ def plan(params_path: str | Path, notebooks: list[Path], rerun: bool = False,
         values = {k: v for k, v in common.items() if k in declared}
         values.update(section)
         values = absolute_paths(values, Path(base_dir) if base_dir is not None else Path.cwd())
+        if "seeds" in declared:  # a training notebook: its values checked now, not after the notebooks before it
+            from .grid import check_training_parameters
+
+            try:
+                check_training_parameters(values)
+            except ValueError as exc:
+                raise ValueError(f"{params_path}: {nb.stem}: {str(exc).removeprefix('config: ')}") from None
         if rerun and "rerun" in declared:
             values["rerun"] = True
         if parallel_runs is not None and "parallel_runs" in declared:
@@ -143,7 +157,8 @@ def run_study(params_path: str | Path, only: list[str] | None = None, rerun: boo
 
     notebooks = study_notebooks(notebooks_dir)
     if not notebooks:
-        raise FileNotFoundError(f"no numbered notebooks in {notebooks_dir}")
+        raise FileNotFoundError(f"no numbered notebooks in {Path(notebooks_dir).resolve()}: run the study from the "
+                                f"repository root (the folder with notebooks/ and params/){_repository_hint()}")
     if only:
         picked = [nb for nb in notebooks if any(nb.stem.startswith(o) for o in only)]
         if not picked:
@@ -172,10 +187,10 @@ def run_study(params_path: str | Path, only: list[str] | None = None, rerun: boo
                     # running cell (Ctrl-C) makes the kernel print a long zmq traceback.
                     shutdown_kernel="immediate",
                 )
-        except KeyboardInterrupt:
-            print(f"study: interrupted during {nb}; notebooks done before it are complete, "
+        except KeyboardInterrupt as exc:
+            print(f"study: {reason(exc)} during {nb}; notebooks done before it are complete, "
                   "finished runs are kept and an interrupted run resumes on the next start", file=sys.stderr)
-            return 130
+            return exit_code(exc)
         except PapermillExecutionError as exc:
             print(f"study: {nb} failed in cell {exc.cell_index} (execution count {exc.exec_count}): "
                   f"{exc.ename}: {exc.evalue}\n       the executed copy, with the error, is {out}", file=sys.stderr)

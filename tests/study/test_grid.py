@@ -67,7 +67,7 @@ def test_plan_grid_sets_the_weight_on_every_run(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("4 runs: s_pce_seed0, ")
     with pytest.raises(ValueError, match="crf_relative_weight"):
         plan_grid(base, "s", ["pce_crf"], [0], crf_relative_weight=-2.0)
-    with pytest.raises(ValueError, match="at least one seed"):
+    with pytest.raises(ValueError, match=r"seeds must be a non-empty list of distinct integers >= 0; got \[\]"):
         plan_grid(base, "s", ["pce"], [])
 
 
