@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -128,11 +129,21 @@ def stop_like_ctrl_c():
             logging.disable(logging.CRITICAL)
             raise Terminated(signum)
 
+    def swallowed(unraisable):
+        # Raised during a __del__, the interrupt is printed and ignored by Python: sent again, from a
+        # thread a moment later, so that it is raised once the __del__ has returned.
+        if isinstance(unraisable.exc_value, Terminated):
+            raised.clear()
+            threading.Timer(0.05, os.kill, (os.getpid(), signal.Signals[unraisable.exc_value.signal_name])).start()
+        else:
+            previous_hook(unraisable)
+
     try:
         previous = {signum: signal.signal(signum, handler) for signum in SIGNALS}
     except ValueError:  # not the main thread
         yield
         return
+    previous_hook, sys.unraisablehook = sys.unraisablehook, swallowed
     interrupted = False
     try:
         yield
@@ -144,4 +155,5 @@ def stop_like_ctrl_c():
             end_processes(seen + descendants())
         for signum, old in previous.items():
             signal.signal(signum, old)
+        sys.unraisablehook = previous_hook
         sys.stderr.flush()
