@@ -1,4 +1,6 @@
-"""Several training runs at once, one process each, sharing one machine's CPU cores.
+"""Training a list of runs: which ones (:func:`train_runs`: a run finished with the same settings is
+skipped, an interrupted one resumed), and several at once, one process each, sharing one machine's
+CPU cores. (Above train.py, which writes the run folders of rloss.runs: nothing below imports this.)
 
 A small network on small images keeps two threads of one process busy only part of the time
 (per-operation overhead, the single-threaded data pipeline), so on a CPU two runs with one
@@ -20,18 +22,23 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import json
 import multiprocessing
 import os
 import queue
 import signal
+import sys
 import threading
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
 from .config import TrainConfig
+from .data.io import DataError
 from .distributed import usable_cores
-from .progress import PROGRESS_ENV
+from .progress import PROGRESS_ENV, progress_bar, report_run
+from .runs import CHECKPOINT, CONFIG, METRICS, check_run_folder, read_run_config, with_absolute_data_root
 
 # Room left per run before ``auto`` adds another: a tiny run peaks near 0.4 GiB, a 513 px one far
 # above; ``auto`` is for the small runs a CPU can train, larger ones are best given one at a time.
@@ -91,11 +98,20 @@ def _end_quietly(signum, frame):
     raise SystemExit(128 + signum)  # unwinds the run (lock released, partial file removed), no traceback
 
 
+def _exit_if_swallowed(unraisable) -> None:
+    """A SystemExit raised in a ``__del__`` (the signal came during one) is printed and ignored by
+    Python: end the worker then, as it was asked to (the next start cleans what the run left)."""
+    if isinstance(unraisable.exc_value, SystemExit):
+        os._exit(unraisable.exc_value.code if isinstance(unraisable.exc_value.code, int) else 1)
+    sys.__unraisablehook__(unraisable)
+
+
 def _start_worker(threads: int) -> None:
     # Ctrl-C, the parent's SIGINT on SIGTERM/SIGHUP (rloss.termination) or the pool's own SIGTERM when it
     # ends the runs in flight: the run stops as it would by an error, its checkpoint kept for a resume.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _end_quietly)
+    sys.unraisablehook = _exit_if_swallowed
     torch.set_num_threads(threads)  # until train() sets the run's own (a GPU run's config may name none)
     # The parent reports progress (one bar over the runs); a child's bars would interleave with it.
     os.environ.pop(PROGRESS_ENV, None)
@@ -172,3 +188,115 @@ def train_in_parallel(tasks: list[tuple[TrainConfig, bool]], processes: int,
     finally:
         pool.join()
     return finals  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------------
+# Finished runs, and training those that are not
+# --------------------------------------------------------------------------------------------
+
+
+def finished_metrics(cfg: TrainConfig) -> dict | None:
+    """The final metrics of a finished run with exactly this config; None otherwise (also for a
+    folder whose files come from different runs: it is reported and trained again)."""
+    try:
+        metrics = json.loads((cfg.run_dir / METRICS).read_text())
+    except (OSError, ValueError):
+        return None
+    if metrics.get("final") is None or not _same_config(cfg):
+        return None
+    try:
+        check_run_folder(cfg.run_dir)
+    except DataError as exc:
+        print(f"{exc}; training it again", file=sys.stderr)
+        return None
+    return metrics["final"]
+
+
+def train_runs(configs: list[TrainConfig], rerun: bool = False, parallel_runs: int | str = 1) -> list[dict]:
+    """Trains each config and returns their final metrics. A run already finished with the same
+    config is skipped unless ``rerun``; an interrupted one (a checkpoint and the same config, no
+    final metrics) is resumed. ``parallel_runs``: how many train at once, each in its own process
+    (``"auto"``: one per CPU core as memory allows, one on a GPU; see ``rloss.run_pool``). A CPU run
+    trains with a fixed thread count (``run_pool.with_fixed_threads``), so its numbers do not depend
+    on ``parallel_runs`` or on the machine's load."""
+    from .train import train  # imported when runs train: the library and the run folder need none of this
+
+    configs = [with_fixed_threads(cfg.validate()) for cfg in configs]  # every config checked before the first run
+    finals: list[dict | None] = [None] * len(configs)
+    pending = []  # (index, resume)
+    for i, cfg in enumerate(configs):
+        done = None if rerun else finished_metrics(cfg)
+        if done is not None:
+            print(f"[{i + 1}/{len(configs)}] {cfg.run.name}: finished before (mIoU {done['miou']:.4f}), skipped",
+                  file=sys.stderr)
+            report_run(i + 1, len(configs), cfg.run.name, skipped=True)
+            finals[i] = done
+        else:
+            resumable = not rerun and (cfg.run_dir / CHECKPOINT).is_file() and _same_config(cfg) and _one_run(cfg)
+            pending.append((i, resumable))
+    threads = max((configs[i].run.threads or 1 for i, _ in pending), default=1)
+    processes = resolve_processes(parallel_runs, configs[0].run.device if configs else "cpu", len(pending), threads)
+
+    def announce(j: int) -> None:
+        i = pending[j][0]
+        print(f"[{i + 1}/{len(configs)}] {configs[i].run.name}", file=sys.stderr)
+        report_run(i + 1, len(configs), configs[i].run.name)  # to the study runner's terminal, when there is one
+
+    if processes == 1:
+        for j, (i, resumable) in enumerate(pending):
+            announce(j)
+            finals[i] = train(configs[i], resume=resumable, overwrite=True)  # decided above: resume or (re)train
+        return finals  # type: ignore[return-value]
+
+    print(f"training {len(pending)} runs, {processes} at once (one process each)", file=sys.stderr)
+    bar = progress_bar(total=len(pending), desc=f"runs finished ({processes} at once)", unit="run")
+    training: list[str] = []  # the runs in flight, named after the bar (a sweep's names carry their weights)
+
+    def started(j: int) -> None:
+        announce(j)
+        training.append(configs[pending[j][0]].run.name)
+        bar.set_postfix_str("training " + ", ".join(training))
+
+    def finished(j: int, final: dict, printed: str) -> None:
+        i = pending[j][0]
+        sys.stderr.write(printed)
+        bar.write(f"{configs[i].run.name}: done, mIoU {final['miou']:.4f}", file=sys.stderr)
+        training.remove(configs[i].run.name)
+        bar.set_postfix_str("training " + ", ".join(training) if training else "", refresh=False)
+        bar.update(1)
+
+    try:
+        tasks = [(configs[i], resumable) for i, resumable in pending]
+        done = train_in_parallel(tasks, processes, on_start=started, on_done=finished,
+                                 after=_starts_from([cfg for cfg, _ in tasks]))
+    finally:
+        bar.close()
+    for (i, _), final in zip(pending, done):
+        finals[i] = final
+    return finals  # type: ignore[return-value]
+
+
+def _starts_from(configs: list[TrainConfig]) -> list[int | None]:
+    """For each config, the index of the config whose checkpoint its ``loss.init_from`` names (a
+    two-phase run's pCE run, which must finish first), or None."""
+    checkpoints = {(cfg.run_dir / CHECKPOINT).resolve(): i for i, cfg in enumerate(configs)}
+    return [checkpoints.get(Path(cfg.loss.init_from).resolve()) if cfg.loss.init_from else None for cfg in configs]
+
+
+def _one_run(cfg: TrainConfig) -> bool:
+    """Whether the run folder's config.yaml and checkpoint.pt were written by the same run."""
+    try:
+        check_run_folder(cfg.run_dir, (CONFIG, CHECKPOINT))
+        return True
+    except DataError:
+        return False
+
+
+def _same_config(cfg: TrainConfig) -> bool:
+    """Whether the run folder's config.yaml holds ``cfg`` in every setting the run uses
+    (``TrainConfig.settings_used``: a pCE run is the same whatever DenseCRF weight its config names);
+    a missing or bad one does not."""
+    try:
+        return read_run_config(cfg.run_dir).settings_used() == with_absolute_data_root(cfg).settings_used()
+    except (OSError, ValueError):
+        return False

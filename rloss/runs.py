@@ -32,8 +32,6 @@ from pathlib import Path
 from .config import LOSS_TYPES, TrainConfig, config_from_dict, load_config
 from .data.io import DataError, write_text_atomic
 from .errors import TrainingError, first_line
-from .progress import progress_bar, report_run
-from .run_pool import resolve_processes, train_in_parallel, with_fixed_threads
 
 CHECKPOINT, METRICS, CONFIG = "checkpoint.pt", "metrics.json", "config.yaml"
 LOCK = ".lock"
@@ -256,118 +254,6 @@ def check_run_folder(run_dir: str | os.PathLike, files=(CONFIG, METRICS, CHECKPO
         raise MixedRunFolder(f"{run_dir}: mixed run folder ({which}): two trainings wrote here; train this run "
                              "again (rloss train --overwrite, or rloss study --rerun) or remove the folder")
     return next(iter(distinct), None)
-
-
-# --------------------------------------------------------------------------------------------
-# Finished runs, and training those that are not
-# --------------------------------------------------------------------------------------------
-
-
-def finished_metrics(cfg: TrainConfig) -> dict | None:
-    """The final metrics of a finished run with exactly this config; None otherwise (also for a
-    folder whose files come from different runs: it is reported and trained again)."""
-    try:
-        metrics = json.loads((cfg.run_dir / METRICS).read_text())
-    except (OSError, ValueError):
-        return None
-    if metrics.get("final") is None or not _same_config(cfg):
-        return None
-    try:
-        check_run_folder(cfg.run_dir)
-    except DataError as exc:
-        print(f"{exc}; training it again", file=sys.stderr)
-        return None
-    return metrics["final"]
-
-
-def train_runs(configs: list[TrainConfig], rerun: bool = False, parallel_runs: int | str = 1) -> list[dict]:
-    """Trains each config and returns their final metrics. A run already finished with the same
-    config is skipped unless ``rerun``; an interrupted one (a checkpoint and the same config, no
-    final metrics) is resumed. ``parallel_runs``: how many train at once, each in its own process
-    (``"auto"``: one per CPU core as memory allows, one on a GPU; see ``rloss.run_pool``). A CPU run
-    trains with a fixed thread count (``run_pool.with_fixed_threads``), so its numbers do not depend
-    on ``parallel_runs`` or on the machine's load."""
-    from .train import train  # train.py imports this module
-
-    configs = [with_fixed_threads(cfg.validate()) for cfg in configs]  # every config checked before the first run
-    finals: list[dict | None] = [None] * len(configs)
-    pending = []  # (index, resume)
-    for i, cfg in enumerate(configs):
-        done = None if rerun else finished_metrics(cfg)
-        if done is not None:
-            print(f"[{i + 1}/{len(configs)}] {cfg.run.name}: finished before (mIoU {done['miou']:.4f}), skipped",
-                  file=sys.stderr)
-            report_run(i + 1, len(configs), cfg.run.name, skipped=True)
-            finals[i] = done
-        else:
-            resumable = not rerun and (cfg.run_dir / CHECKPOINT).is_file() and _same_config(cfg) and _one_run(cfg)
-            pending.append((i, resumable))
-    threads = max((configs[i].run.threads or 1 for i, _ in pending), default=1)
-    processes = resolve_processes(parallel_runs, configs[0].run.device if configs else "cpu", len(pending), threads)
-
-    def announce(j: int) -> None:
-        i = pending[j][0]
-        print(f"[{i + 1}/{len(configs)}] {configs[i].run.name}", file=sys.stderr)
-        report_run(i + 1, len(configs), configs[i].run.name)  # to the study runner's terminal, when there is one
-
-    if processes == 1:
-        for j, (i, resumable) in enumerate(pending):
-            announce(j)
-            finals[i] = train(configs[i], resume=resumable, overwrite=True)  # decided above: resume or (re)train
-        return finals  # type: ignore[return-value]
-
-    print(f"training {len(pending)} runs, {processes} at once (one process each)", file=sys.stderr)
-    bar = progress_bar(total=len(pending), desc=f"runs finished ({processes} at once)", unit="run")
-    training: list[str] = []  # the runs in flight, named after the bar (a sweep's names carry their weights)
-
-    def started(j: int) -> None:
-        announce(j)
-        training.append(configs[pending[j][0]].run.name)
-        bar.set_postfix_str("training " + ", ".join(training))
-
-    def finished(j: int, final: dict, printed: str) -> None:
-        i = pending[j][0]
-        sys.stderr.write(printed)
-        bar.write(f"{configs[i].run.name}: done, mIoU {final['miou']:.4f}", file=sys.stderr)
-        training.remove(configs[i].run.name)
-        bar.set_postfix_str("training " + ", ".join(training) if training else "", refresh=False)
-        bar.update(1)
-
-    try:
-        tasks = [(configs[i], resumable) for i, resumable in pending]
-        done = train_in_parallel(tasks, processes, on_start=started, on_done=finished,
-                                 after=_starts_from([cfg for cfg, _ in tasks]))
-    finally:
-        bar.close()
-    for (i, _), final in zip(pending, done):
-        finals[i] = final
-    return finals  # type: ignore[return-value]
-
-
-def _starts_from(configs: list[TrainConfig]) -> list[int | None]:
-    """For each config, the index of the config whose checkpoint its ``loss.init_from`` names (a
-    two-phase run's pCE run, which must finish first), or None."""
-    checkpoints = {(cfg.run_dir / CHECKPOINT).resolve(): i for i, cfg in enumerate(configs)}
-    return [checkpoints.get(Path(cfg.loss.init_from).resolve()) if cfg.loss.init_from else None for cfg in configs]
-
-
-def _one_run(cfg: TrainConfig) -> bool:
-    """Whether the run folder's config.yaml and checkpoint.pt were written by the same run."""
-    try:
-        check_run_folder(cfg.run_dir, (CONFIG, CHECKPOINT))
-        return True
-    except DataError:
-        return False
-
-
-def _same_config(cfg: TrainConfig) -> bool:
-    """Whether the run folder's config.yaml holds ``cfg`` in every setting the run uses
-    (``TrainConfig.settings_used``: a pCE run is the same whatever DenseCRF weight its config names);
-    a missing or bad one does not."""
-    try:
-        return read_run_config(cfg.run_dir).settings_used() == with_absolute_data_root(cfg).settings_used()
-    except (OSError, ValueError):
-        return False
 
 
 # --------------------------------------------------------------------------------------------

@@ -38,8 +38,8 @@ from pathlib import Path
 from .config import CRF_LOSS_TYPES, NC_LOSS_TYPES, LossConfig, TrainConfig, fine_tuning
 from .data.io import save_figure, write_text_atomic
 from .progress import announce
-from .run_pool import THREADS_PER_RUN, resolve_processes
-from .runs import CHECKPOINT, train_runs
+from .run_pool import THREADS_PER_RUN, resolve_processes, train_runs
+from .runs import CHECKPOINT
 
 DEFAULT_WEIGHTS = (0.0, 0.25, 1.0, 4.0, 16.0)  # relative; x4 steps around the published balance
 # The same x4 steps around the default normalized cut weight.
@@ -164,7 +164,12 @@ def sweep_crf_weight(base: TrainConfig, name: str, weights=None, holdout_fractio
     path = sweep_path(base.run.results_dir, name)
     write_text_atomic(path, json.dumps(result, indent=1) + "\n")
     if plot:
-        save_figure(plot_sweep(result), path.with_suffix(".png"))
+        try:
+            figure = plot_sweep(result)
+        except ImportError:  # matplotlib comes with the study's extra, not with the run layer's
+            announce(f"sweep {name}: no plot (matplotlib is missing: pip install 'rloss[study]'); the result is in {path}")
+        else:
+            save_figure(figure, path.with_suffix(".png"))
     announce(f"sweep {name}: chose {key} {result['best']:g}: {result['reason']}; written to {path}")
     return result
 

@@ -93,3 +93,69 @@ def test_the_loss_alone_needs_only_the_core_dependencies():
     extras = {"yaml", "scipy", "tqdm", "torchvision", "matplotlib", "skimage", "wandb", "ipywidgets", "papermill"}
     loaded = set(ast.literal_eval(out.stdout.strip().splitlines()[-1]))
     assert "rloss" in loaded and not loaded & extras, loaded
+
+
+def _module_name(path: Path) -> str:
+    name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return name.removesuffix(".__init__")
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Each module of rloss/ and the modules of rloss/ it imports (lazy imports too; ``from .x import y``
+    counts as an import of ``x``, or of ``x.y`` when that is a module)."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for imported in imported_modules(path, module_package(path)):
+            while imported and imported not in modules:
+                imported = imported.rpartition(".")[0]
+            if imported and imported != name:
+                targets.add(imported)
+        graph[name] = targets
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan), each sorted."""
+    index, low, stack, on_stack, groups, counter = {}, {}, [], set(), [], [0]
+
+    def visit(node):
+        index[node] = low[node] = counter[0]
+        counter[0] += 1
+        stack.append(node)
+        on_stack.add(node)
+        for target in graph.get(node, ()):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return groups
+
+
+def test_the_cycle_finder_finds_a_circle_and_only_circles():
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert import_cycles({"a": {"b"}, "b": set(), "c": {"b"}}) == []
+
+
+def test_no_module_of_the_package_imports_itself_through_others():
+    """No import circle, lazy imports included: runs.py (the run folder) needs nothing of run_pool.py
+    (which trains runs through train.py, which writes run folders)."""
+    graph = import_graph()
+    assert "rloss.runs" in graph and "rloss.train" in graph["rloss.run_pool"]
+    assert import_cycles(graph) == []

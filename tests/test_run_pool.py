@@ -10,7 +10,7 @@ from inputs import tiny_config, tiny_synthetic
 from rloss import run_pool
 from rloss.data.io import DataError
 from rloss.runs import CHECKPOINT, METRICS
-from rloss.runs import train_runs
+from rloss.run_pool import train_runs
 
 
 def _configs(data_root, results, names):

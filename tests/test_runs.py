@@ -4,7 +4,8 @@ was relative to the folder training ran in, are still read; a finished run is re
 import yaml
 
 from inputs import tiny_config, tiny_synthetic
-from rloss.runs import CHECKPOINT, CONFIG, finished_metrics, read_checkpoint, read_run_config
+from rloss.run_pool import finished_metrics
+from rloss.runs import CHECKPOINT, CONFIG, read_checkpoint, read_run_config
 from rloss.train import train
 
 

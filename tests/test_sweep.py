@@ -1,6 +1,7 @@
 """The DenseCRF weight sweep: it scores on a share of train held out, and never reads val."""
 
 import json
+import sys
 
 import pytest
 
@@ -105,3 +106,22 @@ def test_sweep_trains_its_runs_in_groups_and_stops_at_the_time_budget(tmp_path):
 def test_read_sweep_says_how_to_make_a_missing_result(tmp_path):
     with pytest.raises(ValueError, match="sweep-weight --name mine"):
         read_sweep(tmp_path, "mine")
+
+
+def test_a_sweep_without_matplotlib_writes_its_result_and_says_there_is_no_plot(tmp_path, monkeypatch, capsys):
+    """matplotlib is in the study's extra: `pip install rloss[train]` then `sweep-weight` must not fail
+    after all its training."""
+    from rloss.data.synthetic import generate_synthetic
+
+    root = tmp_path / "data"
+    generate_synthetic(root, size=32, n_train=10, n_val=4, seed=0, progress=False)
+    base = load_config(None, [
+        f"data.root={root}", "data.crop_size=32", "data.batch_size=4", "loss.kernel=exact", "optim.iterations=1",
+        f"run.results_dir={tmp_path / 'results'}", "run.device=cpu", "run.eval_every_epochs=1",
+    ])
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    result = sweep_crf_weight(base, "t", weights=[0.0, 1.0], holdout_fraction=0.3)
+    assert read_sweep(tmp_path / "results", "t") == result
+    assert not (tmp_path / "results" / "t_weight_sweep.png").exists()
+    assert "sweep t: no plot (matplotlib is missing: pip install 'rloss[study]')" in capsys.readouterr().err

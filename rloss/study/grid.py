@@ -28,9 +28,10 @@ from pathlib import Path
 from ..config import TrainConfig, config_from_dict, fine_tuning, recipe_config
 from ..crf_weight import relative_crf_weight
 from ..progress import announce
+from ..run_pool import finished_metrics, train_runs  # noqa: F401  (re-exported: the notebooks' calls)
+from ..runs import (CHECKPOINT, METRICS, in_studies, read_run_config, run_folders,  # noqa: F401
+                    run_name, study_of)  # re-exported: the notebooks' calls
 from .parameters import check_distinct_list
-from ..runs import (CHECKPOINT, METRICS, finished_metrics, in_studies, read_run_config, run_folders,  # noqa: F401
-                    run_name, study_of, train_runs)  # re-exported: the notebooks' calls
 
 LOSSES = ("pce", "pce_crf", "full")  # the losses of the paper's Table 1 this study compares, in its order
 # The regularized losses beyond Table 1 (issue 19): extra columns, shown only where such runs exist.
