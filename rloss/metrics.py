@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 from scipy import ndimage
 
+from .data.io import IGNORE_INDEX
+
 __all__ = [
     "ConfusionMatrix",
     "boundary_f_score",
@@ -37,7 +39,7 @@ def _as_label_tensor(x, name: str) -> torch.Tensor:
     return t
 
 
-def confusion_matrix(pred, target, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+def confusion_matrix(pred, target, num_classes: int, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """``[K, K]`` int64 confusion matrix, rows = ground truth, columns = prediction.
 
     ``pred`` and ``target`` are integer tensors (or arrays) of any equal shape.
@@ -84,7 +86,7 @@ class ConfusionMatrix:
     starts on the CPU); with an explicit device every update is moved there.
     """
 
-    def __init__(self, num_classes: int, ignore_index: int = 255, device=None):
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX, device=None):
         if int(num_classes) < 1:
             raise ValueError(f"ConfusionMatrix: num_classes must be >= 1, got {num_classes}")
         self.num_classes = int(num_classes)
@@ -219,7 +221,7 @@ def _to_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
-def boundary_f_score(pred, target, tolerance: float = 2, ignore_index: int = 255) -> float:
+def boundary_f_score(pred, target, tolerance: float = 2, ignore_index: int = IGNORE_INDEX) -> float:
     """Boundary F-score of one ``[H, W]`` label map against its ground truth.
 
     A boundary pixel is a pixel with a 4-neighbour of a different label. Pixels
@@ -253,7 +255,7 @@ def boundary_f_score(pred, target, tolerance: float = 2, ignore_index: int = 255
     return 2 * precision * recall / (precision + recall)
 
 
-def mean_boundary_f_score(preds, targets, tolerance: float = 2, ignore_index: int = 255) -> float:
+def mean_boundary_f_score(preds, targets, tolerance: float = 2, ignore_index: int = IGNORE_INDEX) -> float:
     """Mean of :func:`boundary_f_score` over a batch of ``[N, H, W]`` label maps."""
     p = _to_numpy(preds)
     t = _to_numpy(targets)

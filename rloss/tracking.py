@@ -30,9 +30,10 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from .data.io import IGNORE_INDEX  # unlabeled scribble pixels / ignored ground-truth pixels
+
 MODES = ("offline", "online")
 IMAGES_KEY = "val/examples"
-IGNORE_INDEX = 255  # unlabeled scribble pixels / ignored ground-truth pixels
 
 # How long wandb.init may wait for the W&B server (online mode) before it gives up and training
 # goes on without W&B. wandb's default, 90 s (plus about 10 s of its own), held training for

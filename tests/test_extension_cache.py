@@ -133,6 +133,7 @@ def test_clearing_refuses_folders_that_are_not_rloss_builds(tmp_path, monkeypatc
     assert (other / "keep.so").exists()
 
 
+@pytest.mark.slow
 def test_a_corrupt_cached_build_is_built_again_by_rloss_build(lattice_available, tmp_path):
     # lattice_available has just loaded (and, if needed, built) the real cache for this checkout.
     name = _cpu_build_name()

@@ -147,6 +147,7 @@ def _moved_paths(values: dict, root: Path) -> dict:
             if is_path_parameter(name) and isinstance(value, str) and Path(value).is_relative_to(ROOT)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("parallel_runs", [1, 2])
 def test_make_study_shows_each_run_its_iterations_and_no_kernel_warning(tmp_path, capfd, parallel_runs):
     """The smoke parameters' notebooks 01 and 02 (folders moved to tmp_path), as `make study` runs them:

@@ -134,6 +134,7 @@ def test_sigterm_ends_infer_with_one_line_and_no_partial_file(data_root, tmp_pat
     assert not [p for p in out.rglob("*") if p.name.endswith(".part")]
 
 
+@pytest.mark.slow
 def test_sigterm_ends_a_study_its_kernel_and_its_training_processes(data_root, tmp_path):
     """`rloss study` trains in a Jupyter kernel, two runs at once in processes of the kernel's: SIGTERM
     to the study alone ends all of them (before, they trained on as orphans)."""

@@ -32,7 +32,7 @@ import torch
 
 from ..config import DEVICES
 from ..data.folder import SegmentationFolder
-from ..data.io import DataError, save_figure, write_text_atomic
+from ..data.io import IGNORE_INDEX, DataError, save_figure, write_text_atomic
 from ..infer import Predictor, _resize_input, _resize_logits, load_predictor, network_size, resolve_interpolation
 from ..metrics import ConfusionMatrix, boundary_f_score
 from ..runs import CHECKPOINT, METRICS, check_run_folder
@@ -654,7 +654,7 @@ def plot_examples(samples, predictions: dict, network_inputs: dict, title: str =
             panels.append((f"|bicubic - bilinear| x8\n(max {int(diff.max())} of 255)",
                            np.clip(diff * 8, 0, 255).astype(np.uint8)))
         first = predictions[sample.id][combos[0]]
-        valid = sample.mask != 255
+        valid = sample.mask != IGNORE_INDEX
         for combo in combos:
             labels = predictions[sample.id][combo]
             accuracy = float((labels[valid] == sample.mask[valid]).mean()) if valid.any() else float("nan")
