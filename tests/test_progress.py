@@ -10,7 +10,8 @@ from pathlib import Path
 import nbformat
 import pytest
 from rloss import progress
-from rloss.progress import PROGRESS_ENV, StudyDisplay, announce, progress_bar, report_run
+from rloss.progress import PROGRESS_ENV, announce, progress_bar, report_run
+from rloss.study.display import StudyDisplay
 
 ROOT = Path(__file__).resolve().parents[1]
 

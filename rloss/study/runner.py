@@ -35,7 +35,7 @@ from pathlib import Path
 
 import yaml
 
-from ..progress import StudyDisplay, clock
+from .display import StudyDisplay, clock
 from ..run_pool import resolve_processes
 from ..termination import exit_code, reason
 
