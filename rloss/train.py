@@ -382,12 +382,12 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
         torch.set_num_threads(threads_before)  # a notebook's later work keeps its own setting
 
 
-def _crf_term(crf, raw, probs, roi):
+def _regularizer_term(regularizer, raw, probs, roi):
     """The regularizer's term. Non-finite probabilities (the network diverged) give NaN rather than
     the loss's own input error, so the step's finiteness check stops the run with the same
     advice as under pce."""
     try:
-        return crf(raw, probs, roi)
+        return regularizer(raw, probs, roi)
     except Exception:
         if bool(torch.isfinite(probs).all()):
             raise
@@ -458,7 +458,7 @@ def _restore_rng(saved, ctx: D.DistContext) -> None:
 REGULARIZER_TERMS = {"pce_crf": "crf", "pce_nc": "nc", "pce_kernelcut": "kernelcut"}
 
 
-def _crf_loss(cfg: TrainConfig) -> DenseCRFLoss | NormalizedCutLoss | KernelCutLoss | None:
+def _regularizer(cfg: TrainConfig) -> DenseCRFLoss | NormalizedCutLoss | KernelCutLoss | None:
     """The run's regularizer term: DenseCRF, normalized cut or KernelCut (None for pce and full)."""
     L = cfg.loss
     if L.type == "pce_crf":
@@ -471,7 +471,7 @@ def _crf_loss(cfg: TrainConfig) -> DenseCRFLoss | NormalizedCutLoss | KernelCutL
     return None
 
 
-def _preflight(model, cfg: TrainConfig, per_process: int, crf, device: torch.device) -> None:
+def _preflight(model, cfg: TrainConfig, per_process: int, regularizer, device: torch.device) -> None:
     """One forward and backward pass of a full-size batch on a copy of the model, before
     training starts, so a crop or batch too large for memory is one clear error rather
     than a crash mid-run. The copy stands in for the optimizer's momentum buffers
@@ -491,10 +491,10 @@ def _preflight(model, cfg: TrainConfig, per_process: int, crf, device: torch.dev
             with _autocast(device, cfg.run.amp):
                 logits = probe(image)
             loss = logits.float().mean()
-            if crf is not None:
+            if regularizer is not None:
                 probs = torch.softmax(logits.float(), dim=1)
                 raw = torch.zeros(per_process, 3, size, size, device=device)
-                loss = loss + crf(raw, probs, torch.ones(per_process, size, size, device=device))
+                loss = loss + regularizer(raw, probs, torch.ones(per_process, size, size, device=device))
             loss.backward()
     finally:
         probe = image = logits = loss = None  # noqa: F841 - frees the copy before training
@@ -555,11 +555,11 @@ def probe_batch_size(cfg: TrainConfig, ctx: D.DistContext, device: torch.device,
                         checkpoint_backbone=m.checkpoint_backbone).to(device)
     if m.channels_last:
         probe.to(memory_format=torch.channels_last)
-    crf = _crf_loss(cfg)
+    regularizer = _regularizer(cfg)
 
     def fits(per_process: int) -> bool:
         try:
-            _preflight(probe, cfg, per_process, crf, device)
+            _preflight(probe, cfg, per_process, regularizer, device)
         except TrainingError:  # _preflight's out-of-memory advice
             return False
         return True
@@ -633,7 +633,7 @@ class _Run:
     forward: torch.nn.Module  # what a step calls: the model, wrapped by DDP and torch.compile when asked
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    crf: DenseCRFLoss | NormalizedCutLoss | KernelCutLoss | None  # the regularizer (None for pce and full)
+    regularizer: DenseCRFLoss | NormalizedCutLoss | KernelCutLoss | None  # None for pce and full
     tracker: object
     pending: _PendingSteps
     read_every: int
@@ -714,8 +714,8 @@ def _set_up(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.de
     net.to(device)
     if m.channels_last:
         net.to(memory_format=torch.channels_last)
-    crf = _crf_loss(cfg)
-    _preflight(net, cfg, per_process, crf, device)
+    regularizer = _regularizer(cfg)
+    _preflight(net, cfg, per_process, regularizer, device)
     if ctx.enabled:
         net = D.convert_sync_batchnorm(net, device)
     groups = [
@@ -782,7 +782,7 @@ def _set_up(cfg: TrainConfig, resume: bool, ctx: D.DistContext, device: torch.de
                 batch=batch, per_process=per_process, data_facts=data_facts, source=provenance(device),
                 iters_per_epoch=iters_per_epoch,
                 total_iters=total_iters, num_epochs=num_epochs, net=net, average=average, forward=forward,
-                optimizer=optimizer, scaler=scaler, crf=crf, tracker=tracker, pending=_PendingSteps(device),
+                optimizer=optimizer, scaler=scaler, regularizer=regularizer, tracker=tracker, pending=_PendingSteps(device),
                 read_every=_read_interval(cfg, device), progress=progress)
 
 
@@ -901,12 +901,12 @@ def _train_step(run: _Run, data: dict) -> None:
         # non_blocking: from pinned memory a blocking copy would wait for the GPU to catch up
         target = (data["mask"] if L.type == "full" else data["scribble"]).to(device, non_blocking=True)
         terms = {"ce" if L.type == "full" else "pce": _scribble_loss(logits, target, device, run.ctx)}
-        if run.crf is not None:
+        if run.regularizer is not None:
             probs = torch.softmax(logits.float(), dim=1)
             raw = data["image_raw"].to(device, non_blocking=True)
             roi = data["roi"].to(device, non_blocking=True)
             crf_start = pending.mark()
-            terms[REGULARIZER_TERMS[L.type]] = _crf_term(run.crf, raw, probs, roi)
+            terms[REGULARIZER_TERMS[L.type]] = _regularizer_term(run.regularizer, raw, probs, roi)
             crf_end = pending.mark()
         loss = sum(terms.values())
         run.optimizer.zero_grad(set_to_none=True)
