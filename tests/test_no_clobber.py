@@ -20,11 +20,11 @@ import torch
 from PIL import Image
 
 from rloss import cli
-
-PROGRESS = re.compile(r"^\w[\w ]*: +\d+%\|")  # a tqdm bar ("infer:  33%|###  | 1/3 ...")
 from rloss.data.downscale import downscale_dataset
 from rloss.data.io import DataError
 from rloss.data.synthetic import generate_synthetic
+
+PROGRESS = re.compile(r"^\w[\w ]*: +\d+%\|")  # a tqdm bar ("infer:  33%|###  | 1/3 ...")
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
