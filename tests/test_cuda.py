@@ -24,6 +24,7 @@ from rloss.filtering import (
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_extension.cuda_toolkit_home() is None, reason="needs nvcc (no CUDA toolkit found)")
 def test_extension_builds_with_cuda_for_a100_and_h100_and_registers_both_ops(tmp_path):
     # No GPU is needed to compile, link and load the CUDA part (a library of its
