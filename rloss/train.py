@@ -405,11 +405,14 @@ RESUME_MAY_CHANGE = {"data": {"root", "num_workers"}, "run": {"results_dir", "de
 def resume_differences(saved: TrainConfig, cfg: TrainConfig) -> list[str]:
     """``key saved -> new`` for each setting the run uses that ``cfg`` changes, except :data:`RESUME_MAY_CHANGE`."""
     before, after = saved.settings_used(), cfg.settings_used()
-    keys = [(section, key) for section in after for key in sorted(set(before.get(section, {})) | set(after[section]))
-            if key not in RESUME_MAY_CHANGE.get(section, ())]
-    return [f"{section}.{key} {before.get(section, {}).get(key, '(unused)')!r} -> "
-            f"{after[section].get(key, '(unused)')!r}" for section, key in keys
-            if before.get(section, {}).get(key, "(unused)") != after[section].get(key, "(unused)")]
+    changed = []
+    for section, now in after.items():
+        was = before.get(section, {})
+        for key in sorted((set(was) | set(now)) - RESUME_MAY_CHANGE.get(section, set())):
+            old, new = was.get(key, "(unused)"), now.get(key, "(unused)")
+            if old != new:
+                changed.append(f"{section}.{key} {old!r} -> {new!r}")
+    return changed
 
 
 def _refuse_changes(saved: TrainConfig, cfg: TrainConfig, source: Path) -> None:
