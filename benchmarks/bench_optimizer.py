@@ -3,7 +3,7 @@
     python benchmarks/bench_optimizer.py --json benchmarks/results/optimizer-DATE.json
 
 Median milliseconds per ``step()`` of AdamW and SGD (momentum), interleaved over the three
-implementations; training uses the fused one on CPU and CUDA (rloss.train).
+implementations; training uses the fused one on CPU and CUDA (rloss.engine.train).
 """
 
 import argparse

@@ -3,7 +3,7 @@
     python benchmarks/bench_parallel_runs.py --data data/synthetic_40px --runs 4 --epochs 2 \
         --json benchmarks/results/parallel-runs-DATE.json
 
-The runs are the study's (rloss.run_pool.train_runs on the built-in recipe of params/default.yaml:
+The runs are the study's (rloss.engine.run_pool.train_runs on the built-in recipe of params/default.yaml:
 the tiny network, 64 px crops, an evaluation every epoch), for losses pCE, pCE + DenseCRF and full
 supervision in turn, in a temporary results folder. Each way trains the same runs from scratch:
 one at a time with torch's default threads, then ``parallel_runs="auto"`` (one process per core,
@@ -21,8 +21,8 @@ import time
 import torch
 
 from rloss.data.io import write_text_atomic
-from rloss.run_pool import resolve_processes
-from rloss.run_pool import train_runs
+from rloss.engine.run_pool import resolve_processes
+from rloss.engine.run_pool import train_runs
 from rloss.study.grid import base_config, study_grid
 
 

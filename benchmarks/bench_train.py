@@ -6,7 +6,7 @@
     python benchmarks/bench_train.py --data VOC_ROOT --model deeplabv3plus_resnet101 --crop 513 --batch 12 \
         --sigma-xy 100 --scale 0.5 --crf-weight 2e-9 --amp bf16 --iterations 60
 
-Each loss is a real training run (rloss.train.train) in a temporary results folder;
+Each loss is a real training run (rloss.engine.train.train) in a temporary results folder;
 the figures are the trainer's own timings (metrics.json): the median time per
 iteration (the first is left out) and the DenseCRF loss's share of the iteration time.
 """
@@ -22,7 +22,7 @@ import torch
 
 from rloss.data.io import write_text_atomic
 from rloss.study.grid import base_config
-from rloss.train import train
+from rloss.engine.train import train
 
 
 def main() -> int:

@@ -57,10 +57,10 @@ RECIPE_HELP = ("the defaults under the config file: default (the recipe validate
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .train import train
+    from .engine.config import load_config
+    from .engine.train import train
 
-    from .termination import exit_code, reason
+    from .engine.termination import exit_code, reason
 
     config = load_config(args.config, args.set or (), recipe=args.recipe)
     try:
@@ -79,8 +79,8 @@ def _parallel_runs(text: str) -> int | str:
 
 
 def _cmd_sweep_weight(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .sweep import sweep_crf_weight, two_phase_base
+    from .engine.config import load_config
+    from .engine.sweep import sweep_crf_weight, sweep_path, two_phase_base
 
     base = load_config(args.config, args.set or (), recipe=args.recipe)
     if args.finetune_iterations is not None and not args.two_phase:
@@ -92,6 +92,13 @@ def _cmd_sweep_weight(args: argparse.Namespace) -> int:
     budget = args.time_budget * 60 if args.time_budget else None
     result = sweep_crf_weight(base, args.name, holdout_fraction=args.holdout, rerun=args.rerun, time_budget_s=budget,
                               parallel_runs=args.parallel_runs, **extra, **({"key": args.key} if args.key else {}))
+    try:  # the plot is the study layer's (matplotlib comes with its extra); the result is written already
+        from .study.plots import save_sweep_plot
+
+        save_sweep_plot(result, base.run.results_dir)
+    except ImportError:
+        print(f"sweep {args.name}: no plot (matplotlib is missing: pip install 'rloss[study]'); "
+              f"the result is in {sweep_path(base.run.results_dir, args.name)}", file=sys.stderr)
     if result["key"] == "loss.crf_relative_weight":
         absolute = f" (absolute {result['best_absolute']:.3g})" if result["best_absolute"] is not None else ""
         print(f"chosen relative DenseCRF weight: {result['best']:g}{absolute}; "
@@ -127,7 +134,7 @@ def _cmd_record_study(args: argparse.Namespace) -> int:
 
 def _add_infer_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The ``infer`` options; also sets ``run=_cmd_infer`` as the parser's default."""
-    from .infer import INFER_INTERPOLATIONS
+    from .engine.infer import INFER_INTERPOLATIONS
 
     parser.add_argument("--checkpoint", required=True, help="checkpoint.pt written by `rloss train`")
     parser.add_argument("--input", required=True, help="an image, or a folder searched recursively for .jpg/.jpeg/.png")
@@ -143,7 +150,7 @@ def _add_infer_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
 
 
 def _cmd_infer(args: argparse.Namespace) -> int:
-    from .infer import default_output_dir, infer_path, load_predictor
+    from .engine.infer import default_output_dir, infer_path, load_predictor
 
     predictor = load_predictor(args.checkpoint, args.device)
     output = Path(args.output) if args.output else default_output_dir(predictor)  # the run name checked
@@ -156,38 +163,33 @@ def _cmd_infer(args: argparse.Namespace) -> int:
 
 
 def _cmd_wandb_login(args: argparse.Namespace) -> int:
-    from .credentials import cmd_wandb_login
+    from .engine.credentials import cmd_wandb_login
 
     return cmd_wandb_login(args)
 
 
+def _developer_tool(name: str):
+    """``tools/<name>.py`` of the checkout this package runs from: the GPU check and the benchmark harness are
+    developer tools beside the package, not part of it; ``python -m rloss gpu-check|bench`` reaches them."""
+    import importlib
+
+    from .engine.errors import TrainingError
+
+    checkout = Path(__file__).resolve().parents[1]
+    if not (checkout / "tools" / f"{name}.py").is_file():
+        raise TrainingError(f"tools/{name}.py is not beside this rloss ({checkout}): the GPU check and the benchmarks "
+                            "run from a checkout of the repository (pip install -e .)")
+    if str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
+    return importlib.import_module(f"tools.{name}")
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import bench_crf
-
-    if args.check_cost:
-        from .bench import bench_checks
-
-        bench_checks(repeats=args.repeats, threads=args.threads)
-        return 0
-    if args.losses:
-        from .bench import bench_losses
-
-        for n, size in ((12, 256), (32, 64)):
-            bench_losses(repeats=args.repeats, threads=args.threads, n=n, size=size, device=args.device)
-        return 0
-    bench_crf(repeats=args.repeats, threads=args.threads, crossover=args.crossover, json_path=args.json, device=args.device,
-              checks=args.checks)
-    return 0
+    return _developer_tool("bench").run_command(args)
 
 
 def _cmd_gpu_check(args: argparse.Namespace) -> int:
-    from .gpu_check import run_gpu_check
-
-    doc = run_gpu_check(args.out, dry_run=args.dry_run, only=args.only)
-    failed = [name for name, step in doc["steps"].items() if step["status"] != "ok"]
-    print(f"gpu-check: {len(doc['steps']) - len(failed)} of {len(doc['steps'])} steps ok"
-          + (f", not ok: {', '.join(failed)}" if failed else "") + f"; figures in {Path(args.out) / 'gpu_check.json'}")
-    return 1 if failed else 0
+    return _developer_tool("gpu_check").run_command(args)
 
 
 def _print_summary(summary: dict) -> None:
@@ -281,27 +283,12 @@ def _add_data_commands(commands) -> None:
     check.set_defaults(run=_cmd_data_check)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m rloss",
-        description="Weakly-supervised segmentation from scribbles with regularized losses.",
-    )
-    commands = parser.add_subparsers(dest="command", title="commands")
-    commands.required = True
-
-    env = commands.add_parser("env", help="check the environment and build the lattice extension")
-    env.set_defaults(run=_cmd_env)
-
-    build = commands.add_parser("build", help="build the lattice extension now (it also builds on first use)")
-    build.add_argument("--nvcc-check", action="store_true", help="only compile the CUDA sources with nvcc (no GPU needed)")
-    build.set_defaults(run=_cmd_build)
-
-    _add_data_commands(commands)
-
-    from .config import RECIPES
+def _add_training_commands(commands) -> None:
+    """train and sweep-weight."""
+    from .engine.config import RECIPES
 
     train = commands.add_parser("train", help="train a segmenter (pCE, pCE + DenseCRF, normalized cut or KernelCut, or full supervision)")
-    train.add_argument("--config", help="YAML file (see rloss/config.py for the keys and defaults)")
+    train.add_argument("--config", help="YAML file (see rloss/engine/config.py for the keys and defaults)")
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. loss.type=pce_crf")
     train.add_argument("--resume", action="store_true", help="continue from results/<run.name>/checkpoint.pt "
                                                              "(refused when a setting of the run differs)")
@@ -333,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "allows, one on a GPU)")
     sweep.set_defaults(run=_cmd_sweep_weight)
 
+
+def _add_study_commands(commands) -> None:
+    """study, reproduce and record-study: the study layer, imported only when one of them runs."""
     study = commands.add_parser("study", help="run the study's notebooks in order with papermill")
     study.add_argument("--params", default="params/default.yaml", help="parameter file (sections per notebook)")
     study.add_argument("--only", nargs="+", metavar="NN", help="only these notebooks (by number or name prefix)")
@@ -367,21 +357,15 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--out", required=True, metavar="DIR", help="the new folder (must not exist)")
     record.set_defaults(run=_cmd_record_study)
 
-    _add_infer_arguments(commands.add_parser("infer", help="segment an image or a folder with a trained checkpoint"))
 
-    from .gpu_check import STEP_NAMES
-
+def _add_tool_commands(commands) -> None:
+    """The developer tools of tools/ (a checkout): the GPU check and the benchmark harness."""
     gpu = commands.add_parser("gpu-check", help="prove the GPU path in minutes: environment, extension, tests, "
                                                 "benchmarks, a training step, kill and resume (OUT/gpu_check.json)")
     gpu.add_argument("--out", default="results/gpu_check", help="folder for gpu_check.json and gpu_check.log (new)")
     gpu.add_argument("--dry-run", action="store_true", help="every step on the CPU at tiny sizes (no GPU needed)")
-    gpu.add_argument("--only", nargs="+", choices=STEP_NAMES, metavar="STEP",
-                     help=f"only these steps ({', '.join(STEP_NAMES)})")
+    gpu.add_argument("--only", nargs="+", metavar="STEP", help="only these steps (their names: gpu_check.json, tools/gpu_check.py)")
     gpu.set_defaults(run=_cmd_gpu_check)
-
-    login = commands.add_parser("wandb-login", help="store your W&B API key (asked without echo) in ~/.netrc, mode 0600")
-    login.add_argument("--host", default="api.wandb.ai", help="W&B server host (default: the W&B cloud)")
-    login.set_defaults(run=_cmd_wandb_login)
 
     bench = commands.add_parser("bench", help="benchmarks (speed and memory)")
     what = bench.add_subparsers(dest="benchmark", title="benchmarks")
@@ -398,13 +382,43 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with the loss's default input checks, as users get it (default: off, the filter's own speed)")
     crf.add_argument("--json", help="also write the results to this JSON file")
     crf.set_defaults(run=_cmd_bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m rloss",
+        description="Weakly-supervised segmentation from scribbles with regularized losses.",
+    )
+    commands = parser.add_subparsers(dest="command", title="commands")
+    commands.required = True
+
+    env = commands.add_parser("env", help="check the environment and build the lattice extension")
+    env.set_defaults(run=_cmd_env)
+
+    build = commands.add_parser("build", help="build the lattice extension now (it also builds on first use)")
+    build.add_argument("--nvcc-check", action="store_true", help="only compile the CUDA sources with nvcc (no GPU needed)")
+    build.set_defaults(run=_cmd_build)
+
+    _add_data_commands(commands)
+
+    _add_training_commands(commands)
+    _add_study_commands(commands)
+
+    _add_infer_arguments(commands.add_parser("infer", help="segment an image or a folder with a trained checkpoint"))
+
+    _add_tool_commands(commands)
+
+    login = commands.add_parser("wandb-login", help="store your W&B API key (asked without echo) in ~/.netrc, mode 0600")
+    login.add_argument("--host", default="api.wandb.ai", help="W&B server host (default: the W&B cloud)")
+    login.set_defaults(run=_cmd_wandb_login)
+
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from .data.io import DataError
-    from .errors import TrainingError, one_line
-    from .termination import exit_code, reason, stop_like_ctrl_c
+    from .engine.errors import TrainingError, one_line
+    from .engine.termination import exit_code, reason, stop_like_ctrl_c
 
     args = build_parser().parse_args(argv)
     try:

@@ -42,7 +42,7 @@ def randomise_classifier(checkpoint_path, data_root) -> None:
     import numpy as np
 
     from rloss.data.folder import SegmentationFolder
-    from rloss.infer import load_predictor
+    from rloss.engine.infer import load_predictor
 
     ckpt = torch.load(checkpoint_path, weights_only=True)
     weight = [n for n, v in ckpt["model"].items() if v.dim() == 4 and v.shape[0] == ckpt["num_classes"]][-1]
@@ -70,7 +70,7 @@ def tiny_synthetic(root):
 def tiny_config(data_root, results, name, *extra):
     """A 2-epoch CPU run of the tiny network on 32 px crops, scored and saved as its last iterate (the
     tests read the weights it trained); ``extra`` ``--set`` items win."""
-    from rloss.config import load_config
+    from rloss.engine.config import load_config
 
     return load_config(None, [
         f"data.root={data_root}", "data.crop_size=32", "data.batch_size=4", "data.num_workers=0",

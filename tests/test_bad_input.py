@@ -21,7 +21,7 @@ from inputs import tiny_config, tiny_synthetic
 from rloss import cli
 from rloss.data.folder import SegmentationFolder, read_id_list
 from rloss.data.io import DataError, read_rgb
-from rloss.train import train
+from rloss.engine.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -195,7 +195,7 @@ def test_modes_without_a_known_range_are_refused_in_one_line(tmp_path, mode, val
 
 _HOLD_LOCK = """
 import sys, time
-from rloss.runs import lock_run_folder
+from rloss.engine.runs import lock_run_folder
 with lock_run_folder(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(600)
@@ -203,7 +203,7 @@ with lock_run_folder(sys.argv[1]):
 
 
 def test_a_second_run_of_the_same_name_stops_and_a_dead_holder_is_recognised(data_root, tmp_path, capsys):
-    from rloss.runs import RunFolderInUse
+    from rloss.engine.runs import RunFolderInUse
 
     cfg = tiny(data_root, tmp_path, "same")
     holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(cfg.run_dir)], env=ENV, stdout=subprocess.PIPE,
@@ -229,7 +229,7 @@ def test_a_second_run_of_the_same_name_stops_and_a_dead_holder_is_recognised(dat
 # `rloss train` whose first checkpoint save waits for a file: the run holds its folder until then.
 _FIRST_TRAIN = """
 import os, sys, time
-import rloss.train as T
+import rloss.engine.train as T
 from rloss import cli
 save = T._save_checkpoint
 def save_when_released(path, state):
@@ -243,7 +243,7 @@ sys.exit(cli.main(["train", "--config", sys.argv[1]]))
 
 
 def test_two_concurrent_train_commands_one_stops_with_one_line(data_root, tmp_path):
-    from rloss.runs import check_run_folder
+    from rloss.engine.runs import check_run_folder
 
     config = tmp_path / "c.yaml"
     config.write_text(tiny(data_root, tmp_path / "results", "race", "run.checkpoint_every_iters=1").to_yaml())
@@ -268,7 +268,7 @@ def test_two_concurrent_train_commands_one_stops_with_one_line(data_root, tmp_pa
 
 def test_a_folder_holding_two_runs_files_is_detected_when_read(data_root, tmp_path, capsys):
     from rloss.study.interpolation import checkpoint_paths
-    from rloss.runs import MixedRunFolder, check_run_folder
+    from rloss.engine.runs import MixedRunFolder, check_run_folder
     from rloss.study.grid import finished_metrics, load_runs
     from rloss.study.browser import find_runs
 
@@ -473,7 +473,7 @@ def test_bad_sample_in_a_dataloader_worker_is_its_cause_line(data_root, tmp_path
 
 
 def test_non_finite_loss_gives_the_same_advice_with_and_without_the_crf(data_root, tmp_path):
-    from rloss.errors import TrainingError
+    from rloss.engine.errors import TrainingError
 
     messages = {}
     for loss in ("pce", "pce_crf"):
@@ -565,8 +565,8 @@ def test_cuda_asked_for_where_there_is_none_is_one_line(checkpoint, data_root, t
 
 def test_one_checkpoint_reader_for_resume_and_inference(checkpoint, data_root, tmp_path):
     # The same refusals, phrased for each use: a bare state dict and a truncated file.
-    from rloss.infer import load_predictor
-    from rloss.runs import NotACheckpoint, read_checkpoint
+    from rloss.engine.infer import load_predictor
+    from rloss.engine.runs import NotACheckpoint, read_checkpoint
 
     obj, config = read_checkpoint(checkpoint)
     assert obj["num_classes"] == len(obj["class_names"]) and config.run.name == "trained"
@@ -587,7 +587,7 @@ def test_one_checkpoint_reader_for_resume_and_inference(checkpoint, data_root, t
 
 
 def test_first_line_of_an_exception():
-    from rloss.errors import first_line
+    from rloss.engine.errors import first_line
 
     header = RuntimeError("Error(s) in loading state_dict for Net:\n\tsize mismatch for w\n\tmore")
     assert first_line(header) == "size mismatch for w"

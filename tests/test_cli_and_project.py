@@ -49,7 +49,7 @@ def test_env_reports_the_extension(lattice_available):
 def test_bench_case_runs_and_reports_its_fields(lattice_available):
     case = {"kernel": "permutohedral", "n": 2, "k": 3, "size": 16, "sigma_xy": 3.0}
     out = subprocess.run(
-        [sys.executable, "-m", "rloss.bench", "--case", json.dumps(case), "--repeats", "2"],
+        [sys.executable, "-m", "tools.bench", "--case", json.dumps(case), "--repeats", "2"],
         capture_output=True, text=True, cwd=ROOT,
     )
     assert out.returncode == 0, out.stderr
@@ -61,7 +61,8 @@ def test_bench_case_runs_and_reports_its_fields(lattice_available):
 @pytest.mark.parametrize("checks", [False, True])
 def test_bench_checks_times_the_loss_with_its_default_input_checks(lattice_available, monkeypatch, checks):
     """bench crf --checks: the loss as users get it, its value checks run on every timed call."""
-    from rloss import bench, losses
+    from rloss import losses
+    from tools import bench
 
     calls = []
     real = losses._check_values

@@ -1,10 +1,10 @@
-"""The training config's recipe and its settings in iterations or epochs (rloss/config.py)."""
+"""The training config's recipe and its settings in iterations or epochs (rloss/engine/config.py)."""
 
 import pytest
 import yaml
 
-from rloss.config import (FINETUNE_SHARE, IN_ITERATIONS_OR_EPOCHS, RECIPES, TrainConfig, config_from_dict,
-                          fine_tuning, load_config)
+from rloss.engine.config import (FINETUNE_SHARE, IN_ITERATIONS_OR_EPOCHS, RECIPES, TrainConfig, config_from_dict,
+                                fine_tuning, load_config)
 
 
 def test_the_defaults_are_the_recipe_validated_by_the_built_in_study():

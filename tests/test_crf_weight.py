@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rloss import DenseCRFLoss
-from rloss.config import load_config
+from rloss.engine.config import load_config
 from rloss.crf_weight import (PUBLISHED_WEIGHT, absolute_crf_weight, crf_balance, kernel_mass_1d,
                               relative_crf_weight)
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from inputs import tiny_synthetic
-from rloss.config import load_config
-from rloss.sweep import swept_loss_type
+from rloss.engine.config import load_config
+from rloss.engine.sweep import swept_loss_type
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -86,7 +86,7 @@ def test_sweep_weight_cli_sweeps_the_normalized_cut_weight_on_held_out_train(dat
 
 
 def test_bench_losses_times_the_three_regularizers_side_by_side(capsys):
-    from rloss.bench import bench_losses, regularized_losses
+    from tools.bench import bench_losses, regularized_losses
 
     losses = regularized_losses(16)
     assert [type(v).__name__ for v in losses.values()] == ["DenseCRFLoss", "NormalizedCutLoss", "KernelCutLoss"]

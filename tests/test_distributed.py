@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rloss.config import load_config
-from rloss.distributed import DistContext, cpu_threads
-from rloss.train import EpochSampler, epoch_permutation, train
+from rloss.engine.config import load_config
+from rloss.engine.distributed import DistContext, cpu_threads
+from rloss.engine.train import EpochSampler, epoch_permutation, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,15 +57,15 @@ _CHILD = """
 import sys
 import torch.nn.functional as F
 F.dropout = lambda x, p=0.5, training=True, inplace=False: x
-from rloss.config import load_config
-from rloss.train import train
+from rloss.engine.config import load_config
+from rloss.engine.train import train
 train(load_config(sys.argv[1]))
 """
 
 
 _BN_CHILD = """
 import os, sys, torch, torch.distributed as dist
-from rloss.distributed import CPUSyncBatchNorm
+from rloss.engine.distributed import CPUSyncBatchNorm
 dist.init_process_group("gloo")
 rank = dist.get_rank()
 x, g, w, b = torch.load(sys.argv[1])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rloss import gpu_check as G
+from tools import gpu_check as G
 
 ROOT = Path(__file__).resolve().parents[1]
 # What a stock PyTorch image lacks: the study layer's packages.
@@ -56,7 +56,7 @@ def test_cli_and_gpu_check_help_import_none_of_the_study_packages(bare_env):
     assert out.returncode == 0, out.stderr
     assert "--dry-run" in out.stdout and "--out" in out.stdout
     # Without the blocker: nothing imports them either (an import would succeed and show here).
-    script = ("import sys, rloss.cli, rloss.gpu_check; rloss.cli.build_parser()\n"
+    script = ("import sys, rloss.cli, tools.gpu_check; rloss.cli.build_parser()\n"
               f"print(sorted(m for m in sys.modules if m.split('.')[0] in {STUDY_PACKAGES!r}))")
     out = run(["-c", script], dict(os.environ, PYTHONPATH=str(ROOT)))
     assert out.returncode == 0, out.stderr

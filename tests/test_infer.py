@@ -12,13 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
-from rloss.config import load_config
+from rloss.engine.config import load_config
 from rloss.data.io import read_labels, read_rgb
 from rloss.cli import _add_infer_arguments as add_infer_arguments
 from rloss.cli import _cmd_infer as cmd_infer
-from rloss.infer import infer_path, load_predictor
+from rloss.engine.infer import infer_path, load_predictor
 from rloss.study.interpolation import DEFAULT_COMBOS, evaluate_interpolations
-from rloss.train import train
+from rloss.engine.train import train
 
 from inputs import randomise_classifier
 
@@ -292,7 +292,7 @@ def test_evaluate_interpolations_rows(predictor, data_root):
 def test_training_scores_are_the_inference_scores_at_the_image_size(checkpoint, data_root, tmp_path):
     # One mIoU definition: what training reports equals inference with its mode (auto: bicubic at
     # 40 px) at each image's own size, on the same checkpoint.
-    from rloss.train import evaluate
+    from rloss.engine.train import evaluate
 
     metrics = json.loads((checkpoint.parent / "metrics.json").read_text())
     [row] = evaluate_interpolations(checkpoint, data_root, "val", combos=[("bicubic", "bicubic")], device="cpu")

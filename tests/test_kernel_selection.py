@@ -140,7 +140,7 @@ def test_portable_filter_is_what_the_torch_backend_runs():
 
 
 def test_training_config_takes_the_backend_and_rejects_unknown_ones():
-    from rloss.config import load_config
+    from rloss.engine.config import load_config
 
     assert load_config(None, ["loss.backend=torch"]).loss.backend == "torch"
     assert load_config(None).loss.backend == "auto"

@@ -1,5 +1,6 @@
-"""The three layers: the library and the run layer never import the study layer (rloss.study)
-nor the developer tools (tools/); only the command line reaches the study, lazily."""
+"""The three floors as folders: the library (rloss/ itself: losses, filtering/, models/, data/, ...) never
+imports the run layer (rloss/engine/); neither imports the study (rloss/study/) nor the developer tools
+(tools/); only the command line reaches the study and the tools, lazily. No import circle anywhere."""
 
 import ast
 import subprocess
@@ -10,11 +11,13 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "rloss"
 # Everything in rloss/ outside rloss/study/, except the top entry points (cli.py may import the study
-# for its `study` command; __main__ only calls cli).
+# for its `study` command and the tools for `gpu-check` and `bench`; __main__ only calls cli).
 ENTRY_POINTS = {"rloss/cli.py", "rloss/__main__.py"}
 LOWER_LAYERS = sorted(p for p in PACKAGE.rglob("*.py")
                       if "study" not in p.relative_to(PACKAGE).parts
                       and str(p.relative_to(PACKAGE.parent)) not in ENTRY_POINTS)
+# The library: the same without the run layer.
+LIBRARY = [p for p in LOWER_LAYERS if "engine" not in p.relative_to(PACKAGE).parts]
 
 
 def module_package(path: Path) -> str:
@@ -59,10 +62,24 @@ def test_library_and_run_layers_do_not_import_the_study(path):
     assert not upward, f"{path.relative_to(PACKAGE.parent)} imports {upward}: the study layer sits above it"
 
 
+@pytest.mark.parametrize("path", LIBRARY, ids=lambda p: str(p.relative_to(PACKAGE.parent)))
+def test_the_library_does_not_import_the_run_layer(path):
+    upward = sorted(n for n in imported_modules(path, module_package(path))
+                    if n == "rloss.engine" or n.startswith("rloss.engine."))
+    assert not upward, f"{path.relative_to(PACKAGE.parent)} imports {upward}: the run layer sits above the library"
+
+
+def test_the_floors_are_folders():
+    # The run layer's modules live in rloss/engine/, the study's in rloss/study/, the tools in tools/.
+    assert (PACKAGE / "engine" / "train.py").is_file() and (PACKAGE / "study" / "runner.py").is_file()
+    assert {p.name for p in LIBRARY} >= {"losses.py", "metrics.py", "crf_weight.py"}
+    assert not {"train.py", "config.py", "gpu_check.py", "bench.py"} & {p.name for p in PACKAGE.glob("*.py")}
+    assert (PACKAGE.parent / "tools" / "gpu_check.py").is_file() and (PACKAGE.parent / "tools" / "bench.py").is_file()
+
+
 def test_importing_the_package_and_its_run_layer_loads_no_study_module():
-    run_layer = ["rloss", "rloss.cli", "rloss.config", "rloss.train", "rloss.infer", "rloss.runs", "rloss.sweep",
-                 "rloss.distributed", "rloss.tracking", "rloss.bench", "rloss.gpu_check", "rloss.credentials",
-                 "rloss.progress", "rloss.errors", "rloss.losses", "rloss.metrics", "rloss.crf_weight"]
+    run_layer = ["rloss", "rloss.cli", "rloss.losses", "rloss.metrics", "rloss.crf_weight"] + sorted(
+        f"rloss.engine.{p.stem}" for p in (PACKAGE / "engine").glob("*.py") if p.stem != "__init__")
     code = ("import importlib, sys\n"
             f"for name in {run_layer!r}: importlib.import_module(name)\n"
             "print(sorted(m for m in sys.modules if m.startswith(('rloss.study', 'tools', 'matplotlib', 'ipywidgets', "
@@ -157,7 +174,7 @@ def test_no_module_of_the_package_imports_itself_through_others():
     """No import circle, lazy imports included: runs.py (the run folder) needs nothing of run_pool.py
     (which trains runs through train.py, which writes run folders)."""
     graph = import_graph()
-    assert "rloss.runs" in graph and "rloss.train" in graph["rloss.run_pool"]
+    assert "rloss.engine.runs" in graph and "rloss.engine.train" in graph["rloss.engine.run_pool"]
     assert import_cycles(graph) == []
 
 
@@ -167,7 +184,8 @@ def test_architecture_names_every_module():
     unnamed = []
     for path in sorted(PACKAGE.rglob("*.py")):
         relative = path.relative_to(PACKAGE).as_posix()
-        shown = relative.removeprefix("study/") if relative.startswith("study/") and path.name != "__init__.py" else relative
-        if f"`{relative}`" not in text and f"{shown}" not in text:
+        if f"`{relative}`" not in text:
             unnamed.append(relative)
+    unnamed += [f"tools/{p.name}" for p in sorted((PACKAGE.parent / "tools").glob("*.py"))
+                if p.name != "__init__.py" and f"`tools/{p.name}`" not in text]
     assert not unnamed, f"modules ARCHITECTURE.md does not name: {unnamed}"

@@ -134,7 +134,7 @@ def test_duplicate_or_empty_class_names_are_refused(dataset, capsys):
 
 def fake_checkpoint(path: Path, run_name: str, num_classes: int = 6) -> Path:
     """A checkpoint as ``rloss train`` writes one (the keys inference reads), of an untrained tiny network."""
-    from rloss.config import TrainConfig
+    from rloss.engine.config import TrainConfig
     from rloss.models import build_model
 
     config = TrainConfig()

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from rloss import progress
-from rloss.progress import PROGRESS_ENV, announce, progress_bar, report_run
+from rloss.engine import progress
+from rloss.engine.progress import PROGRESS_ENV, announce, progress_bar, report_run
 from rloss.study.display import StudyDisplay
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def test_the_training_bar_is_tqdm_auto(monkeypatch):
     """In a notebook tqdm.auto draws a widget; the training loop takes its bar from progress_bar."""
     import tqdm.auto
 
-    from rloss import train
+    from rloss.engine import train
 
     monkeypatch.delenv(PROGRESS_ENV, raising=False)
     bar = train._progress(4, 0, "run")

@@ -1,11 +1,11 @@
-"""What a run's numbers depend on (rloss.provenance): the commit and whether the checkout differs
+"""What a run's numbers depend on (rloss.engine.provenance): the commit and whether the checkout differs
 from it, read from git; nothing where there is no git checkout."""
 
 import subprocess
 
 import torch
 
-from rloss.provenance import provenance, source_commit
+from rloss.engine.provenance import provenance, source_commit
 
 
 def _git(repo, *args):

@@ -9,9 +9,9 @@ import torch
 
 from inputs import tiny_config, tiny_synthetic
 from rloss import cli
-from rloss.config import load_config
-from rloss.runs import config_run_id
-from rloss.train import train
+from rloss.engine.config import load_config
+from rloss.engine.runs import config_run_id
+from rloss.engine.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,7 +76,7 @@ def test_resume_with_another_setting_of_the_run_is_refused_naming_it(data_root, 
 
 
 def test_a_run_stopped_before_its_first_checkpoint_resumes_from_the_start(data_root, tmp_path, monkeypatch):
-    import rloss.train as T
+    import rloss.engine.train as T
 
     extra = ("optim.epochs=1", "loss.type=pce")
     final_a = train(tiny_config(data_root, tmp_path, "a", *extra))

@@ -1,4 +1,4 @@
-"""Several runs at once (rloss.run_pool, study.train_runs(parallel_runs=...)): the same runs as
+"""Several runs at once (rloss.engine.run_pool, study.train_runs(parallel_runs=...)): the same runs as
 one at a time, failures raised, the number of processes chosen sensibly."""
 
 import json
@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from inputs import tiny_config, tiny_synthetic
-from rloss import run_pool
+from rloss.engine import run_pool
 from rloss.data.io import DataError
-from rloss.runs import CHECKPOINT, METRICS
-from rloss.run_pool import train_runs
+from rloss.engine.runs import CHECKPOINT, METRICS
+from rloss.engine.run_pool import train_runs
 
 
 def _configs(data_root, results, names):

@@ -4,9 +4,9 @@ was relative to the folder training ran in, are still read; a finished run is re
 import yaml
 
 from inputs import tiny_config, tiny_synthetic
-from rloss.run_pool import finished_metrics
-from rloss.runs import CHECKPOINT, CONFIG, read_checkpoint, read_run_config
-from rloss.train import train
+from rloss.engine.run_pool import finished_metrics
+from rloss.engine.runs import CHECKPOINT, CONFIG, read_checkpoint, read_run_config
+from rloss.engine.train import train
 
 
 def _rewrite_root(run_dir, root: str) -> None:

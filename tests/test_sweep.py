@@ -5,10 +5,10 @@ import sys
 
 import pytest
 
-from rloss.config import load_config
+from rloss.engine.config import load_config
 from rloss.data.folder import split_holdout
-from rloss.runs import CHECKPOINT, read_run_config
-from rloss.sweep import read_sweep, sweep_crf_weight, two_phase_base
+from rloss.engine.runs import CHECKPOINT, read_run_config
+from rloss.engine.sweep import read_sweep, sweep_crf_weight, two_phase_base
 
 
 def test_holdout_split_is_a_partition_fixed_by_the_ids():
@@ -35,7 +35,7 @@ def test_sweep_scores_on_held_out_train_images_and_never_reads_val(tmp_path):
         "optim.iterations=1", "optim.min_epochs=2",  # the floor of passes raises 1 iteration to 2 (1 per epoch)
         f"run.results_dir={tmp_path / 'results'}", "run.device=cpu", "run.eval_every_epochs=1",
     ])
-    result = sweep_crf_weight(base, "t", weights=[2.0, 0.0], holdout_fraction=0.3, plot=False)
+    result = sweep_crf_weight(base, "t", weights=[2.0, 0.0], holdout_fraction=0.3)
 
     assert [p["relative_weight"] for p in result["points"]] == [0.0, 2.0] and result["complete"]
     assert result["best_by_score"] == max(result["points"], key=lambda p: p["heldout_miou"])["weight"]
@@ -77,7 +77,7 @@ def test_a_two_phase_sweep_fine_tunes_pce_trained_on_the_kept_share_and_never_re
     assert start["final"]["iteration"] == 2 * (7 // 4)
     assert start["data"]["train_images"] == 7 and start["data"]["evaluated_on"] == "held-out share of train"
     assert tuned.loss.init_from == str(results / "t_sweep_start" / CHECKPOINT) and tuned.optim.iterations == 1
-    result = sweep_crf_weight(tuned, "t", weights=[0.0, 2.0], holdout_fraction=0.3, plot=False)
+    result = sweep_crf_weight(tuned, "t", weights=[0.0, 2.0], holdout_fraction=0.3)
     assert result["fine_tunes"] == tuned.loss.init_from
     for point in result["points"]:  # each weight fine-tunes the start for one epoch (1 iteration) on the same kept share
         metrics = json.loads((results / point["run"] / "metrics.json").read_text())
@@ -96,7 +96,7 @@ def test_sweep_trains_its_runs_in_groups_and_stops_at_the_time_budget(tmp_path):
         f"data.root={root}", "data.crop_size=32", "data.batch_size=4", "optim.epochs=1", "loss.kernel=exact",
         f"run.results_dir={tmp_path / 'results'}", "run.device=cpu", "run.eval_every_epochs=1",
     ])
-    result = sweep_crf_weight(base, "t", weights=[0.0, 1.0, 4.0], holdout_fraction=0.3, plot=False,
+    result = sweep_crf_weight(base, "t", weights=[0.0, 1.0, 4.0], holdout_fraction=0.3,
                               time_budget_s=0.0, parallel_runs=2)
     assert [p["relative_weight"] for p in result["points"]] == [0.0, 1.0] and not result["complete"]
     assert result["best"] in (0.0, 1.0)  # 1 beats pCE beyond the noise, or is the published fallback, or harms
@@ -110,18 +110,23 @@ def test_read_sweep_says_how_to_make_a_missing_result(tmp_path):
 
 def test_a_sweep_without_matplotlib_writes_its_result_and_says_there_is_no_plot(tmp_path, monkeypatch, capsys):
     """matplotlib is in the study's extra: `pip install rloss[train]` then `sweep-weight` must not fail
-    after all its training."""
+    after all its training; with it, the plot lands beside the result."""
+    from rloss.cli import main
     from rloss.data.synthetic import generate_synthetic
 
     root = tmp_path / "data"
     generate_synthetic(root, size=32, n_train=10, n_val=4, seed=0, progress=False)
-    base = load_config(None, [
-        f"data.root={root}", "data.crop_size=32", "data.batch_size=4", "loss.kernel=exact", "optim.iterations=1",
-        f"run.results_dir={tmp_path / 'results'}", "run.device=cpu", "run.eval_every_epochs=1",
-    ])
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
-    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
-    result = sweep_crf_weight(base, "t", weights=[0.0, 1.0], holdout_fraction=0.3)
-    assert read_sweep(tmp_path / "results", "t") == result
+    settings = [f"data.root={root}", "data.crop_size=32", "data.batch_size=4", "loss.kernel=exact", "optim.iterations=1",
+                f"run.results_dir={tmp_path / 'results'}", "run.device=cpu", "run.eval_every_epochs=1"]
+    command = ["sweep-weight", "--name", "t", "--weights", "0,1", "--holdout", "0.3"] + [f"--set={s}" for s in settings]
+    with monkeypatch.context() as without:
+        without.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+        without.setitem(sys.modules, "matplotlib.pyplot", None)
+        without.delitem(sys.modules, "rloss.study.plots", raising=False)
+        assert main(command) == 0
+    result = read_sweep(tmp_path / "results", "t")
+    assert [p["weight"] for p in result["points"]] == [0.0, 1.0]
     assert not (tmp_path / "results" / "t_weight_sweep.png").exists()
     assert "sweep t: no plot (matplotlib is missing: pip install 'rloss[study]')" in capsys.readouterr().err
+    assert main(command) == 0  # finished runs are read back, and the plot is drawn now
+    assert (tmp_path / "results" / "t_weight_sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

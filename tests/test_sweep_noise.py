@@ -1,12 +1,12 @@
-"""A sweep's noise (rloss.sweep_noise) and the choice it allows (rloss.sweep._choose): the paired
+"""A sweep's noise (rloss.engine.sweep_noise) and the choice it allows (rloss.engine.sweep._choose): the paired
 bootstrap over held-out images, checked against the metrics module and hand-made cases."""
 
 import numpy as np
 import pytest
 
-from rloss import sweep, sweep_noise
+from rloss.engine import sweep, sweep_noise
 from rloss.metrics import segmentation_scores
-from rloss.sweep_noise import gain_interval, miou_of
+from rloss.engine.sweep_noise import gain_interval, miou_of
 
 
 def _images(rng, n, k=3, errors=10):

@@ -15,7 +15,7 @@ import pytest
 
 from inputs import tiny_config, tiny_synthetic
 from rloss import cli
-from rloss.runs import lock_run_folder
+from rloss.engine.runs import lock_run_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -104,7 +104,7 @@ def test_sighup_ends_a_sweep_and_its_training_processes(data_root, tmp_path):
 # infer with each batch slowed down and a mark when the first has started, so the signal comes mid-way
 _SLOW_INFER = """
 import sys, time
-import rloss.infer as I
+import rloss.engine.infer as I
 from rloss.cli import main
 predict = I.Predictor.predict
 def slow(self, *args, **kwargs):

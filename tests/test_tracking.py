@@ -1,4 +1,4 @@
-"""W&B run logging (rloss.tracking) and the API key in netrc (rloss.credentials).
+"""W&B run logging (rloss.engine.tracking) and the API key in netrc (rloss.engine.credentials).
 
 The enabled runs use the real wandb package in offline mode, with every wandb
 directory, HOME and NETRC under tmp_path, no API key anywhere, and WANDB_BASE_URL
@@ -27,9 +27,9 @@ import pytest
 import torch
 from PIL import Image
 
-from rloss import credentials
-from rloss.credentials import cmd_wandb_login, store_wandb_key
-from rloss.tracking import RunLogger
+from rloss.engine import credentials
+from rloss.engine.credentials import cmd_wandb_login, store_wandb_key
+from rloss.engine.tracking import RunLogger
 
 import wandb  # a dependency of rloss: its absence is a failure, not a skip
 
@@ -370,7 +370,7 @@ INIT_TIMED_OUT = ("Timed out initializing run: POST http://127.0.0.1:9/graphql g
 @pytest.mark.parametrize("env, expected", [(None, 20.0), ("45", 45.0), ("soon", 20.0), ("0", 20.0)])
 def test_online_init_waits_at_most_the_stated_timeout(tmp_path, monkeypatch, env, expected):
     # wandb's own default is 90 s (+10 s): with the network down training stood still for ~100 s
-    from rloss import tracking
+    from rloss.engine import tracking
 
     monkeypatch.setenv("WANDB_API_KEY", KEY)
     if env is None:
@@ -567,9 +567,9 @@ def test_cmd_wandb_login_bad_key_and_no_key(tmp_path, monkeypatch, capsys):
 
 
 def test_training_run_logs_losses_metrics_and_examples_offline(tmp_path):
-    from rloss.config import load_config
+    from rloss.engine.config import load_config
     from rloss.data.synthetic import generate_synthetic
-    from rloss.train import train
+    from rloss.engine.train import train
 
     data = tmp_path / "data"
     generate_synthetic(data, size=40, n_train=8, n_val=4, seed=0, progress=False)

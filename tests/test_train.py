@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from inputs import tiny_config, tiny_synthetic
-from rloss.config import TrainConfig, load_config
-from rloss.train import train
+from rloss.engine.config import TrainConfig, load_config
+from rloss.engine.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,8 +58,8 @@ def test_run_writes_results(data_root, tmp_path, loss):
 _CHILD = """
 import sys, time, torch
 torch.use_deterministic_algorithms(True)
-import rloss.train as T
-from rloss.config import TrainConfig, load_config
+import rloss.engine.train as T
+from rloss.engine.config import TrainConfig, load_config
 save = T._save_checkpoint
 def save_and_wait(path, state):
     save(path, state)
@@ -155,7 +155,7 @@ def test_config_errors_and_overrides(tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(data_root, tmp_path):
-    from rloss.train import TrainingError
+    from rloss.engine.train import TrainingError
 
     # A learning rate this large makes the weights, then the loss, overflow within a few steps.
     cfg = tiny(data_root, tmp_path, "diverge", "loss.type=pce", "optim.lr=1e30", "optim.epochs=20",
@@ -171,7 +171,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(data_root, tmp_path
 def test_full_disk_keeps_the_previous_checkpoint(data_root, tmp_path, monkeypatch):
     import errno
 
-    import rloss.train as T
+    import rloss.engine.train as T
 
     saves = []
     real_save = torch.save
@@ -193,7 +193,7 @@ def test_full_disk_keeps_the_previous_checkpoint(data_root, tmp_path, monkeypatc
 
 
 def test_unwritable_results_folder_is_one_clear_error(data_root, tmp_path):
-    from rloss.train import TrainingError
+    from rloss.engine.train import TrainingError
 
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("a file where the results folder should be")
@@ -202,7 +202,7 @@ def test_unwritable_results_folder_is_one_clear_error(data_root, tmp_path):
 
 
 def test_crop_too_large_for_memory_fails_before_training(data_root, tmp_path):
-    from rloss.train import TrainingError
+    from rloss.engine.train import TrainingError
 
     # 10^6 px crops: terabytes per image, refused by the allocator at once.
     cfg = tiny(data_root, tmp_path, "huge", "data.crop_size=1000000", "data.batch_size=1", "loss.type=pce")

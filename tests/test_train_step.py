@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-import rloss.train as T
+import rloss.engine.train as T
 from inputs import tiny_config, tiny_synthetic
-from rloss.config import load_config
-from rloss.train import TrainingError, largest_fitting, train
+from rloss.engine.config import load_config
+from rloss.engine.train import TrainingError, largest_fitting, train
 
 
 @pytest.fixture(scope="module")

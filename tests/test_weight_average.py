@@ -8,9 +8,9 @@ import torch
 from inputs import tiny_config, tiny_synthetic
 from rloss.data.folder import SegmentationFolder
 from rloss.data.transforms import EvalTransform
-from rloss.infer import load_predictor
-from rloss.train import evaluate, train
-from rloss.weight_average import WeightAverage
+from rloss.engine.infer import load_predictor
+from rloss.engine.train import evaluate, train
+from rloss.engine.weight_average import WeightAverage
 
 
 def _net():

@@ -579,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
     written is one line, exit code 1 (as ``python -m rloss`` reports errors)."""
     import json
 
-    from rloss.errors import one_line
+    from rloss.engine.errors import one_line
 
     args = build_parser().parse_args(argv)
     label = "rloss browser-check" if args.command == "check" else "rloss browser-setup"

@@ -92,14 +92,6 @@ def _encoded(image: Image.Image, fmt: str, **params) -> bytes:
     return buffer.getvalue()
 
 
-def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
-    """A matplotlib figure as PNG, written atomically; returns the path."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-    return path
-
-
 def output_folder(path: str | os.PathLike) -> Path:
     """``path`` made a folder (with its parents) before any work starts, so a file in the way
     or a missing permission is an OSError naming it up front, not after a progress bar."""

@@ -151,7 +151,7 @@ class EvalTransform:
     """For evaluation at the image's own resolution: the network input is the image resized so its
     shorter side is ``crop_size`` (aspect kept, no crop); ``image_raw``, ``scribble`` and ``mask``
     stay at the image's own size, and ``logit_mode`` is the interpolation that brings the logits
-    back to it (the input's, as :mod:`rloss.infer` does with one mode)."""
+    back to it (the input's, as :mod:`rloss.engine.infer` does with one mode)."""
 
     def __init__(self, crop_size: int, interpolation: str = "auto"):
         if crop_size < 1:

@@ -29,11 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import TrainConfig
+from ..engine.config import TrainConfig
 from ..data.folder import SegmentationFolder
 from ..data.io import IGNORE_INDEX, colorize
-from ..infer import Predictor, load_predictor
-from ..runs import CHECKPOINT, CONFIG, legacy_data_root, legacy_root_candidates, read_run_config, run_folders
+from ..engine.infer import Predictor, load_predictor
+from ..engine.runs import CHECKPOINT, CONFIG, legacy_data_root, legacy_root_candidates, read_run_config, run_folders
 
 __all__ = ["ResultBrowser", "image_iou", "error_map", "scribble_panel", "colorize", "resolve_data_root", "find_runs"]
 
@@ -109,7 +109,7 @@ def find_runs(results_dir, study_names=None) -> list[str]:
 def resolve_data_root(config_root: str, results_dir, data_root=None) -> Path:
     """``data_root`` if given; else the config's root: as is when absolute (as runs save it), otherwise
     (an older config) the first of ``<results_dir>/../notebooks/<root>``, ``<cwd>/<root>``,
-    ``<results_dir>/../<root>`` that exists (:func:`rloss.runs.legacy_data_root`)."""
+    ``<results_dir>/../<root>`` that exists (:func:`rloss.engine.runs.legacy_data_root`)."""
     if data_root is not None:
         return Path(data_root)
     root = Path(config_root)

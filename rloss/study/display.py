@@ -1,5 +1,5 @@
 """The terminal of ``python -m rloss study``: the notebook's cells, then the iterations of the run
-being trained, with the study's elapsed time, read from the channel of :mod:`rloss.progress`."""
+being trained, with the study's elapsed time, read from the channel of :mod:`rloss.engine.progress`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..progress import PROGRESS_ENV
+from ..engine.progress import PROGRESS_ENV
 
 POLL_S = 0.5  # how often the runner reads the channel and ticks the study's elapsed time
 # Cells take seconds to hours each: their rate and ETA would say nothing, so the cell bar shows neither.

@@ -9,9 +9,9 @@
 pCE + KernelCut). Runs are named ``<name>_<loss>_seed<seed>``. With ``two_phase=True`` each regularized
 run follows the paper's DenseCRF schedule: it starts from the finished pCE run of the same seed
 (``loss.init_from``) and fine-tunes for ``finetune_iterations`` (default: half the pCE run's length,
-``rloss.config.fine_tuning``).
+``rloss.engine.config.fine_tuning``).
 
-The training recipe is written once: the config's defaults (``rloss/config.py``), or ``recipe="paper"``.
+The training recipe is written once: the config's defaults (``rloss/engine/config.py``), or ``recipe="paper"``.
 A notebook parameter left None takes the recipe's value; :func:`notebook_config` maps the training
 notebooks' flat parameters to config keys.
 """
@@ -25,12 +25,12 @@ import statistics
 import sys
 from pathlib import Path
 
-from ..config import TrainConfig, config_from_dict, fine_tuning, recipe_config
+from ..engine.config import TrainConfig, config_from_dict, fine_tuning, recipe_config
 from ..crf_weight import relative_crf_weight
-from ..progress import announce
-from ..run_pool import finished_metrics, train_runs  # noqa: F401  (re-exported: the notebooks' calls)
-from ..runs import (CHECKPOINT, METRICS, in_studies, read_run_config, run_folders,  # noqa: F401
-                    run_name, study_of)  # re-exported: the notebooks' calls
+from ..engine.progress import announce
+from ..engine.run_pool import finished_metrics, train_runs  # noqa: F401  (re-exported: the notebooks' calls)
+from ..engine.runs import (CHECKPOINT, METRICS, in_studies, read_run_config, run_folders,  # noqa: F401
+                          run_name, study_of)  # re-exported: the notebooks' calls
 from .parameters import check_distinct_list
 
 LOSSES = ("pce", "pce_crf", "full")  # the losses of the paper's Table 1 this study compares, in its order
@@ -107,7 +107,7 @@ def plan_grid(base: TrainConfig, name: str, losses=LOSSES, seeds=(0,), two_phase
               rerun: bool = False, nc_weight: float | str | None = None) -> list[TrainConfig]:
     """The training notebooks' grid: :func:`study_grid` of ``base`` with ``crf_relative_weight`` and (None:
     ``base``'s) ``nc_weight``; ``"sweep"`` first chooses that weight on a held-out share of train
-    (``rloss.sweep``; val is never read). The normalized cut sweep (``<name>_nc``) trains pCE + normalized cut
+    (``rloss.engine.sweep``; val is never read). The normalized cut sweep (``<name>_nc``) trains pCE + normalized cut
     and shares the DenseCRF sweep's pCE runs. ``two_phase`` None: the recipe's (:data:`TWO_PHASE`)."""
     two_phase = TWO_PHASE if two_phase is None else two_phase
     check_grid(losses, seeds, crf_relative_weight, nc_weight)
@@ -117,18 +117,21 @@ def plan_grid(base: TrainConfig, name: str, losses=LOSSES, seeds=(0,), two_phase
         weights["nc_weight"] = base.loss.nc_weight if sweep_nc else nc_weight
     base = config_from_dict({"loss": weights}, "the study's weights", base=base).validate()
     if sweep or sweep_nc:  # only when asked: it is the training side of the study
-        from ..sweep import sweep_crf_weight, two_phase_base
+        from ..engine.sweep import sweep_crf_weight, two_phase_base
+        from .plots import save_sweep_plot
 
         # A two-phase grid sweeps the weight of the fine-tuning, from pCE trained on the kept share.
         sweep_base = two_phase_base(base, name, finetune_iterations, rerun=rerun) if two_phase else base
 
     if sweep:  # the sweep's runs set their own weights
         chosen = sweep_crf_weight(sweep_base, name, rerun=rerun)
+        save_sweep_plot(chosen, base.run.results_dir)
         base.loss.crf_relative_weight = chosen["best"]
         print(f"DenseCRF weight chosen by the sweep: {chosen['best']:g}x the published balance ({chosen['reason']})")
     if sweep_nc:
         nc_base = config_from_dict({"loss": {"type": "pce_nc"}}, "the normalized cut sweep", base=sweep_base).validate()
         chosen = sweep_crf_weight(nc_base, f"{name}_nc", rerun=rerun, key="loss.nc_weight", runs_prefix=name)
+        save_sweep_plot(chosen, base.run.results_dir)
         base.loss.nc_weight = chosen["best"]
         print(f"normalized cut weight chosen by the sweep: {chosen['best']:g} ({chosen['reason']})")
     crf_weight = base.loss.crf_relative_weight if base.loss.crf_weight is None else base.loss.crf_weight
@@ -427,3 +430,29 @@ def summarize(runs: list[dict]) -> list[dict]:
     order = lambda r: (str(r["model"]), str(r["data"]), str(r["resolution"]), str(r["crop_size"]), r["schedule"],
                        r["crf_relative_weight"] or 0.0, r["nc_weight"] or 0.0, r["differs"])
     return sorted(rows, key=order)
+
+
+LOSS_COLOURS = {"pce": "tab:blue", "pce_crf": "tab:orange", "full": "tab:green", "pce_nc": "tab:purple",
+                "pce_kernelcut": "tab:red"}
+
+
+def plot_grid_curves(runs: list[dict], title: str):
+    """Validation mIoU along training, one line per run (a colour per loss, labelled once)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    labelled = set()
+    for run in sorted(runs, key=lambda r: (r["loss"], r["seed"])):
+        points = curve(run, runs)  # a two-phase run continues its pCE run's line
+        if not points:
+            continue
+        xs, ys = zip(*points)
+        ax.plot(xs, ys, marker="o", color=LOSS_COLOURS[run["loss"]], alpha=0.8,
+                label=None if run["loss"] in labelled else LOSS_LABELS[run["loss"]])
+        labelled.add(run["loss"])
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("validation mIoU")
+    ax.set_title(f"{title}: learning curves (one line per seed)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return fig

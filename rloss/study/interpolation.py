@@ -10,8 +10,8 @@
 A *combo* is ``(input interpolation, logit interpolation)``: the image is resized
 to the network's input size with the first (PIL), the network's stride-4 logits
 straight to the image's own size with the second (torch), as
-:meth:`rloss.infer.Predictor.predict` does.
-Scores are those of :func:`rloss.infer.evaluate_interpolations`: mIoU over the
+:meth:`rloss.engine.infer.Predictor.predict` does.
+Scores are those of :func:`rloss.engine.infer.evaluate_interpolations`: mIoU over the
 split, mean boundary F-score per image, median seconds per image (end to end).
 """
 
@@ -30,12 +30,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import DEVICES
+from ..engine.config import DEVICES
 from ..data.folder import SegmentationFolder
-from ..data.io import IGNORE_INDEX, DataError, save_figure, write_text_atomic
-from ..infer import Predictor, _resize_input, _resize_logits, load_predictor, network_size, resolve_interpolation
+from ..data.io import IGNORE_INDEX, DataError, write_text_atomic
+from .plots import save_figure
+from ..engine.infer import Predictor, _resize_input, _resize_logits, load_predictor, network_size, resolve_interpolation
 from ..metrics import ConfusionMatrix, boundary_f_score
-from ..runs import CHECKPOINT, METRICS, check_run_folder
+from ..engine.runs import CHECKPOINT, METRICS, check_run_folder
 from .grid import ALL_LOSSES, LOSS_LABELS, LOSSES, run_name
 from .parameters import check_choice, check_distinct_list, check_integer, check_study_name
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numbers
 
-from ..config import LOSS_TYPES, is_plain_name
-from ..runs import run_name, study_of
+from ..engine.config import LOSS_TYPES, is_plain_name
+from ..engine.runs import run_name, study_of
 
 
 def check_choice(name: str, value, choices) -> None:
@@ -46,7 +46,7 @@ def check_distinct_list(name: str, values, allowed=None, item: str = "value") ->
 
 
 def check_study_name(name: str, value) -> str:
-    """A study name: the prefix of its runs' folder names, which :func:`rloss.runs.study_of` reads back."""
+    """A study name: the prefix of its runs' folder names, which :func:`rloss.engine.runs.study_of` reads back."""
     if not is_plain_name(value) or study_of(run_name(value, LOSS_TYPES[0], 0)) != value:
         raise ValueError(f"{name} must be a run-name prefix such as 'small' (a plain folder name); got {value!r}")
     return value

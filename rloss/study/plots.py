@@ -1,11 +1,16 @@
-"""Plots shared by the notebooks."""
+"""Plots shared by the notebooks and the sweep's; figures saved as PNG (matplotlib is the study's extra)."""
 
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..data.io import atomic_path
+from ..engine.sweep import DEFAULT_KEY, sweep_path
 
 
 def to_numpy_image(image: torch.Tensor) -> np.ndarray:
@@ -42,34 +47,6 @@ def panel_grid(panels: list[tuple[str, torch.Tensor | np.ndarray]], ncols: int =
 
 
 # One colour per loss, in every plot of the training notebooks.
-LOSS_COLOURS = {"pce": "tab:blue", "pce_crf": "tab:orange", "full": "tab:green", "pce_nc": "tab:purple",
-                "pce_kernelcut": "tab:red"}
-
-
-def plot_grid_curves(runs: list[dict], title: str):
-    """Validation mIoU along training, one line per run (a colour per loss, labelled once)."""
-    import matplotlib.pyplot as plt
-
-    from .grid import LOSS_LABELS, curve
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    labelled = set()
-    for run in sorted(runs, key=lambda r: (r["loss"], r["seed"])):
-        points = curve(run, runs)  # a two-phase run continues its pCE run's line
-        if not points:
-            continue
-        xs, ys = zip(*points)
-        ax.plot(xs, ys, marker="o", color=LOSS_COLOURS[run["loss"]], alpha=0.8,
-                label=None if run["loss"] in labelled else LOSS_LABELS[run["loss"]])
-        labelled.add(run["loss"])
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("validation mIoU")
-    ax.set_title(f"{title}: learning curves (one line per seed)")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    return fig
-
-
 def plot_samples(data, count: int = 4, title: str = ""):
     """The first ``count`` samples of a split: image, full mask and scribbles (over the dimmed photo)."""
     import matplotlib.pyplot as plt
@@ -121,3 +98,47 @@ def plot_training_crops(data, crop_size: int, seed: int = 0, count: int = 4,
         data.transform = own_transform
     fig.tight_layout()
     return fig
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """A matplotlib figure as PNG, written atomically; returns the path."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    return path
+
+
+def plot_sweep(result: dict):
+    """Held-out mIoU against the swept weight (0 = without the term, drawn at the left edge)."""
+    import matplotlib.pyplot as plt
+
+    points = result["points"]
+    key = result.get("key", DEFAULT_KEY)
+    positive = [p["weight"] for p in points if p["weight"] > 0]
+    zero_at = min(positive) / 4 if positive else 1.0  # where weight 0 is drawn on the log axis
+    xs = [p["weight"] or zero_at for p in points]
+    ys = [p["heldout_miou"] for p in points]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if all("gain_low" in p for p in points):  # each weight's interval of its gain over pCE, drawn around its score
+        below = [p["gain_over_pce"] - p["gain_low"] for p in points]
+        above = [p["gain_high"] - p["gain_over_pce"] for p in points]
+        noise = result["noise"]
+        ax.errorbar(xs, ys, yerr=[below, above], marker="o", capsize=3,
+                    label=f"{noise['interval']:.0%} interval of the gain over pCE ({noise['images']} images, bootstrap)")
+    else:
+        ax.plot(xs, ys, marker="o")
+    ax.set_xscale("log")
+    ax.set_xticks(xs, [f"{p['weight']:g}" if p["weight"] else f"0 ({p['loss_type']})" for p in points])
+    ax.axvline(result["best"] or zero_at, color="tab:orange", linestyle="--", label=f"chosen: {result['best']:g}")
+    ax.set_xlabel("DenseCRF weight (x the published balance)" if key == DEFAULT_KEY else "normalized cut weight")
+    ax.set_ylabel("mIoU on the held-out share of train")
+    ax.set_title(f"{result['name']}: weight sweep ({result['holdout_fraction']:.0%} of train held out)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def save_sweep_plot(result: dict, results_dir: str | os.PathLike) -> Path:
+    """The sweep's plot beside its JSON: ``<results_dir>/<name>_weight_sweep.png``."""
+    return save_figure(plot_sweep(result), sweep_path(results_dir, result["name"]).with_suffix(".png"))

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.io import atomic_path, save_figure, write_text_atomic  # noqa: F401 (save_figure: the notebooks' call)
+from ..data.io import write_text_atomic
+from .plots import save_figure  # noqa: F401 (the notebooks' call)
 from .grid import (ALL_LOSSES, CONVERGED_GAIN, EXTRA_LOSSES, LOSS_LABELS, LOSSES, MIN_EVALS, convergence,
                     curve, gain_along_training, in_studies, load_runs, summarize)
 

@@ -4,7 +4,7 @@ The study is run again into a fresh folder (its data, runs, tables and executed 
 relative folder of the parameter file placed under it), then compared run by run with the
 recorded one: each evaluation's scores and the final ones, to the last digit, with the settings
 and the provenance (commit, threads, torch, CPU) of any run that differs. On the same machine
-kind a CPU study must reproduce exactly (``rloss.run_pool`` fixes each run's thread count, and
+kind a CPU study must reproduce exactly (``rloss.engine.run_pool`` fixes each run's thread count, and
 nothing else varies), so any difference is printed and the exit status is 1.
 
 A recorded study is a folder holding, per run, ``runs/<run>/config.yaml`` and ``metrics.json``
@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..runs import CONFIG, METRICS, read_run_config
+from ..engine.runs import CONFIG, METRICS, read_run_config
 
 RUNS_DIR = "runs"  # a recorded study's run folders
 # The study's outputs kept beside the runs: notebook 05's folders (tables and figures), notebook 04's

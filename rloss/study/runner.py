@@ -23,7 +23,7 @@ the folder the study is run from (the repository root, where ``make`` is typed),
 the command line, or to ``base_dir`` when given (``rloss reproduce`` puts a whole study,
 data included, in a fresh folder that way); the runner hands the notebooks absolute paths.
 ``parallel_runs`` sets that parameter in every notebook that declares it: how many runs train
-at once changes the time, never a number (``rloss.run_pool``). (A notebook's own
+at once changes the time, never a number (``rloss.engine.run_pool``). (A notebook's own
 defaults, used when it is opened by hand, are relative to notebooks/.)
 """
 
@@ -36,8 +36,8 @@ from pathlib import Path
 import yaml
 
 from .display import StudyDisplay, clock
-from ..run_pool import resolve_processes
-from ..termination import exit_code, reason
+from ..engine.run_pool import resolve_processes
+from ..engine.termination import exit_code, reason
 
 NOTEBOOKS_DIR = Path("notebooks")
 # The kernel's traffic encrypted (CurveZMQ, where its kernelspec supports it, as ipykernel's does):

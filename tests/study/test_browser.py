@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from rloss.config import load_config
+from rloss.engine.config import load_config
 from rloss.data.folder import SegmentationFolder
 from rloss.data.io import voc_palette
-from rloss.infer import load_predictor
+from rloss.engine.infer import load_predictor
 from rloss.metrics import confusion_matrix, segmentation_scores
-from rloss.train import train
+from rloss.engine.train import train
 from rloss.study.browser import GAP, IGNORED, WRONG, ResultBrowser, error_map, image_iou, resolve_data_root
 
 from inputs import randomise_classifier

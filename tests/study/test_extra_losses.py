@@ -162,10 +162,11 @@ def test_the_grid_trains_the_new_losses(tmp_path, capsys, monkeypatch):
         calls.append((name, key, cfg.loss.type, runs_prefix))
         return {"best": 0.0125, "reason": "held-out mIoU 0.5, +3.00 pp over pCE (the sweep's own words)"}
 
-    monkeypatch.setattr("rloss.sweep.sweep_crf_weight", fake_sweep)
+    monkeypatch.setattr("rloss.engine.sweep.sweep_crf_weight", fake_sweep)
+    monkeypatch.setattr("rloss.study.plots.save_sweep_plot", lambda result, results_dir: None)  # a fake has no points
     configs = plan_grid(base, "s", ["pce", "pce_nc"], [0], nc_weight="sweep")
     # Its own sweep file, not the DenseCRF one; its runs named after the study, so that its pCE run is
-    # the DenseCRF sweep's (rloss.sweep.sweep_configs).
+    # the DenseCRF sweep's (rloss.engine.sweep.sweep_configs).
     assert calls == [("s_nc", "loss.nc_weight", "pce_nc", "s")]
     assert {c.loss.nc_weight for c in configs} == {0.0125}
     assert {c.loss.type for c in configs} == {"pce", "pce_nc"}

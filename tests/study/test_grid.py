@@ -2,10 +2,10 @@
 
 import pytest
 
-from rloss.config import TrainConfig
+from rloss.engine.config import TrainConfig
 from rloss.study.grid import (NOTEBOOK_SETTINGS, base_config, grid_summary, load_runs, notebook_config, plan_grid,
                               study_grid)
-from rloss.sweep import sweep_configs
+from rloss.engine.sweep import sweep_configs
 
 from test_report import SETTING_A, write_run
 

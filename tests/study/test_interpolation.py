@@ -323,7 +323,7 @@ def test_describe_setup_counts_the_images_the_network_upscales(tmp_path):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from rloss.config import load_config
+    from rloss.engine.config import load_config
     from rloss.data.downscale import downscale_dataset
     from rloss.data.synthetic import generate_synthetic
     from rloss.study.grid import study_grid, train_runs
@@ -360,7 +360,7 @@ def one_thread():
 
 
 def test_end_to_end_rows_match_a_hand_computed_miou(trained, tmp_path, one_thread):
-    from rloss.infer import load_predictor
+    from rloss.engine.infer import load_predictor
 
     paths = checkpoint_paths(trained / "results", "t", ["pce"], [0])
     predictor = load_predictor(paths[("pce", 0)], "cpu")
@@ -388,7 +388,7 @@ def test_end_to_end_rows_match_a_hand_computed_miou(trained, tmp_path, one_threa
 
 
 def test_a_data_set_with_other_classes_is_refused(trained, tmp_path):
-    from rloss.infer import load_predictor
+    from rloss.engine.infer import load_predictor
 
     predictor = load_predictor(trained / "results" / "t_pce_seed0" / "checkpoint.pt", "cpu")
     other = tmp_path / "other"

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from rloss.study import report
-from rloss.config import load_config
+from rloss.engine.config import load_config
 from rloss.study.grid import load_runs, summarize
 
 CLASSES = ["background", "ellipse", "star"]

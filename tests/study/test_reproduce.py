@@ -8,7 +8,7 @@ import pytest
 
 from inputs import tiny_config
 from rloss.cli import main
-from rloss.runs import CHECKPOINT, CONFIG, METRICS, write_config
+from rloss.engine.runs import CHECKPOINT, CONFIG, METRICS, write_config
 from rloss.study.reproduce import compare_studies, record_study, report_comparison, reproduce
 from rloss.study.runner import run_study
 

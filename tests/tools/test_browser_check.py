@@ -13,11 +13,11 @@ from PIL import Image
 
 from tools.browser_check import (BrowserCheckError, main, check_notebook_in_lab, check_result_browser, lab_arguments,
                                  provision_browser)
-from rloss.config import load_config
+from rloss.engine.config import load_config
 from rloss.data.folder import SegmentationFolder
 from rloss.data.io import voc_palette
-from rloss.infer import load_predictor
-from rloss.train import train
+from rloss.engine.infer import load_predictor
+from rloss.engine.train import train
 from rloss.study.browser import WRONG, ResultBrowser
 
 from inputs import randomise_classifier

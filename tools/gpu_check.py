@@ -1,4 +1,4 @@
-"""``python -m rloss gpu-check``: one command that proves the GPU path within minutes.
+"""``python -m rloss gpu-check`` (``make gpu-check``): one command that proves the GPU path within minutes.
 
 Made for a bare GPU machine (a stock PyTorch image: torch, torchvision, numpy,
 pillow, pyyaml, tqdm, scipy, scikit-image, matplotlib; no project environment,
@@ -152,7 +152,7 @@ def _command_output(command: list[str], timeout: float = 20) -> str | None:
 
 
 def nvcc_release() -> str | None:
-    from .filtering._extension import cuda_toolkit_home
+    from rloss.filtering._extension import cuda_toolkit_home
 
     home = cuda_toolkit_home()
     text = _command_output([str(Path(home) / "bin" / "nvcc"), "--version"]) if home else None
@@ -193,7 +193,7 @@ def _lattice_inputs(n: int, k: int, size: int, seed: int = 0):
     """Photos, smooth softmax maps and an ROI with a padded band, as the loss sees them."""
     import torch
 
-    from .bench import photo_batch, smooth_softmax
+    from tools.bench import photo_batch, smooth_softmax
 
     images = photo_batch(n, size)
     probs = smooth_softmax(n, k, size, torch.Generator().manual_seed(seed))
@@ -205,7 +205,7 @@ def _lattice_inputs(n: int, k: int, size: int, seed: int = 0):
 def step_extension(ctx: StepContext) -> None:
     import torch
 
-    from .filtering import _extension, bilateral_features, exact_filter, permutohedral_filter
+    from rloss.filtering import _extension, bilateral_features, exact_filter, permutohedral_filter
 
     arch = None
     if torch.cuda.is_available():
@@ -296,8 +296,8 @@ def builtin_cuda_checks(device, record: Callable[..., None]) -> None:
     determinism, and the loss with its gradient against the CPU's."""
     import torch
 
-    from .filtering import bilateral_features, permutohedral_crf, permutohedral_filter
-    from .losses import DenseCRFLoss
+    from rloss.filtering import bilateral_features, permutohedral_crf, permutohedral_filter
+    from rloss.losses import DenseCRFLoss
 
     worst = 0.0
     for n, k, size in ((1, 1, 24), (2, 21, 64), (3, 5, 97)):
@@ -390,9 +390,9 @@ def bench_case(backend: str, n: int, k: int, size: int, device, bandwidth: float
     extension also the fused op alone and whether it makes the host wait."""
     import torch
 
-    from .bench import Case, lattice_traffic_bytes
-    from .filtering import bilateral_features, permutohedral_crf
-    from .losses import DenseCRFLoss
+    from tools.bench import Case, lattice_traffic_bytes
+    from rloss.filtering import bilateral_features, permutohedral_crf
+    from rloss.losses import DenseCRFLoss
 
     images, probs, roi = (t.to(device) for t in _lattice_inputs(n, k, size))
     probs.requires_grad_(True)
@@ -472,8 +472,8 @@ def _training_batch(batch: int, crop: int, device):
     about 3% of the pixels (six strokes of a random class), as ScribbleSup has."""
     import torch
 
-    from .bench import photo_batch
-    from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from tools.bench import photo_batch
+    from rloss.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     images = photo_batch(batch, crop)
     g = torch.Generator().manual_seed(2)
@@ -493,7 +493,7 @@ def time_training(model, optimizer, batch_data, crf, amp_dtype, channels_last: b
     SGD), timed by marks on the device and read once at the end, as the trainer does."""
     import torch
 
-    from .losses import partial_cross_entropy
+    from rloss.losses import partial_cross_entropy
 
     image, raw, scribbles, roi = batch_data
     if channels_last:
@@ -533,9 +533,9 @@ def time_training(model, optimizer, batch_data, crf, amp_dtype, channels_last: b
 def step_train_step(ctx: StepContext) -> None:
     import torch
 
-    from .filtering import resolve_backend
-    from .losses import DenseCRFLoss
-    from .models import build_model
+    from rloss.filtering import resolve_backend
+    from rloss.losses import DenseCRFLoss
+    from rloss.models import build_model
 
     s, device = train_step_settings(ctx.dry_run), ctx.device
     ctx.record(crop=s["crop"], global_batch=s["batch"], amp="bf16", init="random (no weight download)",
@@ -603,9 +603,9 @@ def step_train_step(ctx: StepContext) -> None:
 
 def auto_batch_figure(model_name: str, crop: int, device) -> dict:
     """What ``data.batch_size: auto`` chooses for this model and crop (bf16, pCE + DenseCRF)."""
-    from . import distributed as D
-    from .config import load_config
-    from .train import probe_batch_size
+    from rloss.engine import distributed as D
+    from rloss.engine.config import load_config
+    from rloss.engine.train import probe_batch_size
 
     c = PUBLISHED_CRF
     cfg = load_config(None, [f"model.name={model_name}", f"data.crop_size={crop}", "run.amp=bf16", "loss.type=pce_crf",
@@ -625,8 +625,8 @@ def auto_batch_figure(model_name: str, crop: int, device) -> dict:
 # A training run that stops for good (SIGKILL) right after writing the checkpoint of iteration KILL_AT.
 _KILLED_RUN = """
 import sys, time
-import rloss.train as T
-from rloss.config import load_config
+import rloss.engine.train as T
+from rloss.engine.config import load_config
 save = T._save_checkpoint
 def save_then_wait(path, state):
     save(path, state)
@@ -664,10 +664,10 @@ def count_host_syncs(run, device: str):
 def step_roundtrip(ctx: StepContext) -> None:
     import torch
 
-    from .config import load_config
-    from .data.synthetic import generate_synthetic
-    from .infer import load_predictor
-    from .train import train
+    from rloss.engine.config import load_config
+    from rloss.data.synthetic import generate_synthetic
+    from rloss.engine.infer import load_predictor
+    from rloss.engine.train import train
 
     work = ctx.out / "roundtrip"
     size = 32 if ctx.dry_run else 64
@@ -719,7 +719,7 @@ def step_roundtrip(ctx: StepContext) -> None:
     if saved_at != KILL_AT or final_b["iteration"] != ROUNDTRIP_ITERATIONS:
         raise StepFailed(f"killed at {saved_at}, resumed to {final_b['iteration']} (expected {KILL_AT}, {ROUNDTRIP_ITERATIONS})")
 
-    from .data.folder import SegmentationFolder
+    from rloss.data.folder import SegmentationFolder
 
     val = SegmentationFolder(data, "val", require_scribbles=False)
     images = [val.load(i).image for i in val.ids]
@@ -823,7 +823,7 @@ def _child_env() -> dict:
 
 
 def step_command(step: Step, out: Path, dry_run: bool, budget_s: float) -> list[str]:
-    command = [sys.executable, "-m", "rloss.gpu_check", "--step", step.name, "--out", str(out), "--budget", str(budget_s)]
+    command = [sys.executable, "-m", "tools.gpu_check", "--step", step.name, "--out", str(out), "--budget", str(budget_s)]
     return command + (["--dry-run"] if dry_run else [])
 
 
@@ -895,8 +895,20 @@ def run_gpu_check(out: str | Path, dry_run: bool = False, only: list[str] | None
     return doc
 
 
+def run_command(args: argparse.Namespace) -> int:
+    """``python -m rloss gpu-check``: the whole check, a line of its outcome; 1 when a step is not ok."""
+    unknown = sorted(set(args.only or ()) - set(STEP_NAMES))
+    if unknown:
+        raise ValueError(f"--only {' '.join(unknown)}: no such step; the steps are {', '.join(STEP_NAMES)}")
+    doc = run_gpu_check(args.out, dry_run=args.dry_run, only=args.only)
+    failed = [name for name, step in doc["steps"].items() if step["status"] != "ok"]
+    print(f"gpu-check: {len(doc['steps']) - len(failed)} of {len(doc['steps'])} steps ok"
+          + (f", not ok: {', '.join(failed)}" if failed else "") + f"; figures in {Path(args.out) / RESULT}")
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:  # a step, in the subprocess run_gpu_check starts
-    parser = argparse.ArgumentParser(prog="python -m rloss.gpu_check")
+    parser = argparse.ArgumentParser(prog="python -m tools.gpu_check")
     parser.add_argument("--step", choices=STEP_NAMES, required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--budget", type=float, required=True)

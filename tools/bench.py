@@ -112,7 +112,7 @@ def _rss_bytes() -> int:
 
 def run_case(case: Case, repeats: int, warmup: int = 3) -> dict:
     """Times forward + backward of the loss in this process (CUDA events on a GPU)."""
-    from .losses import DenseCRFLoss
+    from rloss.losses import DenseCRFLoss
 
     device = torch.device(case.device)
     generator = torch.Generator().manual_seed(0)
@@ -122,7 +122,7 @@ def run_case(case: Case, repeats: int, warmup: int = 3) -> dict:
     loss_fn = DenseCRFLoss(2e-9, 15.0, case.sigma_xy, 1.0, kernel=case.kernel, backend=case.backend,
                            validate=None if case.checks else False)
     if case.kernel == "permutohedral" and case.backend != "torch":
-        from .filtering import require_lattice
+        from rloss.filtering import require_lattice
 
         require_lattice(device)  # the first-use build is not timed
 
@@ -171,10 +171,10 @@ def run_case(case: Case, repeats: int, warmup: int = 3) -> dict:
 
 
 def run_in_subprocess(case: Case, repeats: int, threads: int | None) -> dict:
-    cmd = [sys.executable, "-m", "rloss.bench", "--case", json.dumps(asdict(case)), "--repeats", str(repeats)]
+    cmd = [sys.executable, "-m", "tools.bench", "--case", json.dumps(asdict(case)), "--repeats", str(repeats)]
     if threads:
         cmd += ["--threads", str(threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])  # the checkout
     if out.returncode != 0:
         raise RuntimeError(f"benchmark case {case.label} failed:\n{out.stderr.strip()}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -246,7 +246,7 @@ def bench_checks(repeats: int = 20, threads: int | None = None, n: int = 12, k: 
     forward + backward with the default checks, with validate=False and with
     validate=True (every check on every call, as the default does on its first calls),
     interleaved call by call."""
-    from .losses import CHECK_EVERY, CHECK_FIRST_CALLS, DenseCRFLoss
+    from rloss.losses import CHECK_EVERY, CHECK_FIRST_CALLS, DenseCRFLoss
 
     if threads:
         torch.set_num_threads(threads)
@@ -289,8 +289,8 @@ def bench_checks(repeats: int = 20, threads: int | None = None, n: int = 12, k: 
 def regularized_losses(size: int) -> dict:
     """The three regularized losses as users get them (default kernel, backend and checks;
     the config's default bandwidths), sigma_xy scaled to ``size`` as in the cases above."""
-    from .config import LossConfig
-    from .losses import DenseCRFLoss, KernelCutLoss, NormalizedCutLoss
+    from rloss.engine.config import LossConfig
+    from rloss.losses import DenseCRFLoss, KernelCutLoss, NormalizedCutLoss
 
     defaults = LossConfig()
     sigma_xy = 100.0 * size / 513
@@ -321,7 +321,7 @@ def bench_losses(repeats: int = 10, threads: int | None = None, n: int = 12, k: 
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    from .losses import CHECK_FIRST_CALLS
+    from rloss.losses import CHECK_FIRST_CALLS
 
     for _ in range(CHECK_FIRST_CALLS):  # warm-up, past the default checks' fully checked first calls
         for loss_fn in variants.values():
@@ -351,6 +351,19 @@ def _main() -> None:  # one case, in a subprocess of bench_crf
     if args.threads:
         torch.set_num_threads(args.threads)
     print(json.dumps(run_case(Case(**json.loads(args.case)), args.repeats)))
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """``python -m rloss bench crf [...]``: the benchmark its options choose."""
+    if args.check_cost:
+        bench_checks(repeats=args.repeats, threads=args.threads)
+    elif args.losses:
+        for n, size in ((12, 256), (32, 64)):
+            bench_losses(repeats=args.repeats, threads=args.threads, n=n, size=size, device=args.device)
+    else:
+        bench_crf(repeats=args.repeats, threads=args.threads, crossover=args.crossover, json_path=args.json,
+                  device=args.device, checks=args.checks)
+    return 0
 
 
 if __name__ == "__main__":

@@ -29,8 +29,8 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..data.io import DataError, write_text_atomic
 from .config import LOSS_TYPES, TrainConfig, config_from_dict, load_config
-from .data.io import DataError, write_text_atomic
 from .errors import TrainingError, first_line
 
 CHECKPOINT, METRICS, CONFIG = "checkpoint.pt", "metrics.json", "config.yaml"

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..data.transforms import EvalTransform
 from .config import TrainConfig
-from .data.transforms import EvalTransform
 from .runs import CHECKPOINT
 
 RESAMPLES = 2000  # bootstrap resamples: the 2.5% tails then rest on 50 resamples each

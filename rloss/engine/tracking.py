@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from .data.io import IGNORE_INDEX  # unlabeled scribble pixels / ignored ground-truth pixels
+from ..data.io import IGNORE_INDEX  # unlabeled scribble pixels / ignored ground-truth pixels
 
 MODES = ("offline", "online")
 IMAGES_KEY = "val/examples"

@@ -1,6 +1,6 @@
 """Training a list of runs: which ones (:func:`train_runs`: a run finished with the same settings is
 skipped, an interrupted one resumed), and several at once, one process each, sharing one machine's
-CPU cores. (Above train.py, which writes the run folders of rloss.runs: nothing below imports this.)
+CPU cores. (Above train.py, which writes the run folders of rloss.engine.runs: nothing below imports this.)
 
 A small network on small images keeps two threads of one process busy only part of the time
 (per-operation overhead, the single-threaded data pipeline), so on a CPU two runs with one
@@ -34,8 +34,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..data.io import DataError
 from .config import TrainConfig
-from .data.io import DataError
 from .distributed import usable_cores
 from .progress import PROGRESS_ENV, progress_bar, report_run
 from .runs import CHECKPOINT, CONFIG, METRICS, check_run_folder, read_run_config, with_absolute_data_root
@@ -107,7 +107,7 @@ def _exit_if_swallowed(unraisable) -> None:
 
 
 def _start_worker(threads: int) -> None:
-    # Ctrl-C, the parent's SIGINT on SIGTERM/SIGHUP (rloss.termination) or the pool's own SIGTERM when it
+    # Ctrl-C, the parent's SIGINT on SIGTERM/SIGHUP (rloss.engine.termination) or the pool's own SIGTERM when it
     # ends the runs in flight: the run stops as it would by an error, its checkpoint kept for a resume.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _end_quietly)
@@ -216,7 +216,7 @@ def train_runs(configs: list[TrainConfig], rerun: bool = False, parallel_runs: i
     """Trains each config and returns their final metrics. A run already finished with the same
     config is skipped unless ``rerun``; an interrupted one (a checkpoint and the same config, no
     final metrics) is resumed. ``parallel_runs``: how many train at once, each in its own process
-    (``"auto"``: one per CPU core as memory allows, one on a GPU; see ``rloss.run_pool``). A CPU run
+    (``"auto"``: one per CPU core as memory allows, one on a GPU; see ``rloss.engine.run_pool``). A CPU run
     trains with a fixed thread count (``run_pool.with_fixed_threads``), so its numbers do not depend
     on ``parallel_runs`` or on the machine's load."""
     from .train import train  # imported when runs train: the library and the run folder need none of this

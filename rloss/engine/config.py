@@ -38,10 +38,10 @@ from pathlib import Path
 
 import yaml
 
-from .crf_weight import absolute_crf_weight
-from .data.transforms import INTERPOLATIONS
-from .filtering import BACKENDS, KERNELS
-from .models import MODEL_NAMES
+from ..crf_weight import absolute_crf_weight
+from ..data.transforms import INTERPOLATIONS
+from ..filtering import BACKENDS, KERNELS
+from ..models import MODEL_NAMES
 
 LOSS_TYPES = ("pce", "pce_crf", "pce_nc", "pce_kernelcut", "full")
 # The loss types with each regularizer: KernelCut is normalized cut plus the DenseCRF term.
@@ -132,7 +132,7 @@ class OptimConfig:
     epochs: int | None = None
     min_epochs: float = 16.0
     # > 0: the run is evaluated and saved as the average of its weights over about this many
-    # iterations (or epochs; rloss.weight_average: steadier validation curves); 0 or null: the last iterate, as the paper.
+    # iterations (or epochs; rloss.engine.weight_average: steadier validation curves); 0 or null: the last iterate, as the paper.
     weight_average_iters: int | None = 125
     weight_average_epochs: float | None = None
 

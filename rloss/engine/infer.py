@@ -42,14 +42,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..data.folder import IMAGE_SUFFIXES
+from ..data.io import (DataError, colorize, output_folder, read_rgb, save_label_png, save_rgb, write_bytes_atomic,
+                       write_text_atomic)
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, choose_interpolation, network_size
+from ..data.transforms import resize_logits as _resize_logits
+from ..models import build_model
 from .config import TrainConfig, is_plain_name
-from .data.folder import IMAGE_SUFFIXES
-from .data.io import (DataError, colorize, output_folder, read_rgb, save_label_png, save_rgb, write_bytes_atomic,
-                      write_text_atomic)
-from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, choose_interpolation, network_size
-from .data.transforms import resize_logits as _resize_logits
 from .errors import first_line
-from .models import build_model
 from .runs import NotACheckpoint, read_checkpoint
 
 __all__ = [
@@ -226,7 +226,7 @@ DEFAULT_OUTPUT = Path("results") / "inference"
 
 def default_output_dir(predictor: Predictor, base: str | os.PathLike = DEFAULT_OUTPUT) -> Path:
     """``base/<run name>``, the run name read from the checkpoint. That name is input: one that is not
-    a plain folder name (``../../x``, an absolute path: :func:`rloss.config.is_plain_name`) would put
+    a plain folder name (``../../x``, an absolute path: :func:`rloss.engine.config.is_plain_name`) would put
     the outputs outside ``base``, so it is refused with one line naming the checkpoint and the name."""
     name = predictor.run_name
     if not is_plain_name(name):
@@ -323,19 +323,7 @@ def infer_path(checkpoint, input_path, output_dir, interpolation: str = "auto", 
     src, rels = find_images(input_path, out)
     predictor = checkpoint if isinstance(checkpoint, Predictor) else load_predictor(checkpoint, device)
 
-    jobs = []  # (relative path, output paths)
-    seen: dict[Path, Path] = {}
-    inputs = {(src / rel).resolve() for rel in rels}
-    for rel in rels:
-        paths = _output_paths(rel, out, save_probs)
-        for p in paths.values():
-            if p.resolve() in inputs:
-                raise ValueError(f"{p}: an output would replace an input image; choose another output folder")
-            if p in seen:
-                raise ValueError(f"{src / rel} and {src / seen[p]} would write the same output {p}; rename one")
-            seen[p] = rel
-        jobs.append((rel, paths))
-
+    jobs = _jobs(src, rels, out, save_probs)
     output_folder(out)
     records = []
     counts = Counter(written=0, skipped_existing=0, unreadable=0)
@@ -385,12 +373,28 @@ def infer_path(checkpoint, input_path, output_dir, interpolation: str = "auto", 
         "device": str(predictor.device),
         "modes": dict(sorted(modes.items())),  # "input/logit" -> images
         "images": len(jobs),
-        "written": counts["written"],
-        "skipped_existing": counts["skipped_existing"],
-        "unreadable": counts["unreadable"],
+        **counts,
         "seconds": round(seconds, 4),
         "images_per_s": round(counts["written"] / seconds, 3) if counts["written"] and seconds > 0 else None,
         "per_image": records,
     }
     write_text_atomic(out / SUMMARY, json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def _jobs(src: Path, rels: list[Path], out: Path, save_probs: bool) -> list[tuple[Path, dict]]:
+    """Each image's relative path and output paths; refused, before anything is written, when an output
+    would replace an input or two images would write the same output."""
+    jobs = []
+    seen: dict[Path, Path] = {}
+    inputs = {(src / rel).resolve() for rel in rels}
+    for rel in rels:
+        paths = _output_paths(rel, out, save_probs)
+        for p in paths.values():
+            if p.resolve() in inputs:
+                raise ValueError(f"{p}: an output would replace an input image; choose another output folder")
+            if p in seen:
+                raise ValueError(f"{src / rel} and {src / seen[p]} would write the same output {p}; rename one")
+            seen[p] = rel
+        jobs.append((rel, paths))
+    return jobs

@@ -18,12 +18,12 @@ read, so val stays a fair test of the chosen weight. Runs are ``<name>_sweep_w<w
 ``parallel_runs`` at once; finished ones are skipped, so a sweep interrupted or extended with
 more weights only trains what is missing.
 The result goes to ``<results>/<name>_weight_sweep.json`` (what the study's
-notebooks read with ``crf_relative_weight = "sweep"``) and a plot beside it.
+notebooks read with ``crf_relative_weight = "sweep"``); the study layer draws it (``rloss.study.plots``).
 
 For the paper's two-phase schedule (the regularized run fine-tunes a finished pCE run), sweep
 the weight of the fine-tuning: ``sweep_crf_weight(two_phase_base(base, name), name)`` first trains
 pCE on the kept share (``<name>_sweep_start``), then fine-tunes it once per weight, as long as the
-study's fine-tuning (``rloss.config.fine_tuning``); weight 0 is then pCE trained on for as long, the
+study's fine-tuning (``rloss.engine.config.fine_tuning``); weight 0 is then pCE trained on for as long, the
 control. Its run is named for pCE, not for the swept key (``<runs_prefix>_sweep_w0``), so that the
 normalized cut sweep of a study reuses the DenseCRF sweep's.
 """
@@ -35,8 +35,8 @@ import json
 import time
 from pathlib import Path
 
+from ..data.io import write_text_atomic
 from .config import CRF_LOSS_TYPES, NC_LOSS_TYPES, LossConfig, TrainConfig, fine_tuning
-from .data.io import save_figure, write_text_atomic
 from .progress import announce
 from .run_pool import THREADS_PER_RUN, resolve_processes, train_runs
 from .runs import CHECKPOINT
@@ -100,7 +100,7 @@ def two_phase_base(base: TrainConfig, name: str, finetune_iterations: int | None
     """``base`` set up to sweep a weight of the two-phase schedule: trains pCE with ``base``'s schedule on
     train minus the held-out share (run ``<name>_sweep_start``; it never sees the share the sweep scores
     on) and returns ``base`` fine-tuning its final weights for ``finetune_iterations`` (None: the
-    study's share of ``base``'s length, :func:`rloss.config.fine_tuning`)."""
+    study's share of ``base``'s length, :func:`rloss.engine.config.fine_tuning`)."""
     start = copy.deepcopy(base)
     start.loss.type, start.loss.init_from = "pce", None
     start.data.holdout_fraction = holdout_fraction
@@ -115,10 +115,10 @@ def two_phase_base(base: TrainConfig, name: str, finetune_iterations: int | None
 
 
 def sweep_crf_weight(base: TrainConfig, name: str, weights=None, holdout_fraction: float = DEFAULT_HOLDOUT,
-                     rerun: bool = False, time_budget_s: float | None = None, plot: bool = True,
+                     rerun: bool = False, time_budget_s: float | None = None,
                      key: str = DEFAULT_KEY, parallel_runs: int | str = "auto", runs_prefix: str | None = None) -> dict:
     """Trains the sweep's runs (in order of weight, ``parallel_runs`` at once: see
-    ``rloss.run_pool``) and writes and returns the result.
+    ``rloss.engine.run_pool``) and writes and returns the result.
 
     With ``time_budget_s``, no new group of runs starts once the time spent plus the longest
     group so far would exceed it; the choice is then made among the finished weights
@@ -163,13 +163,6 @@ def sweep_crf_weight(base: TrainConfig, name: str, weights=None, holdout_fractio
     }
     path = sweep_path(base.run.results_dir, name)
     write_text_atomic(path, json.dumps(result, indent=1) + "\n")
-    if plot:
-        try:
-            figure = plot_sweep(result)
-        except ImportError:  # matplotlib comes with the study's extra, not with the run layer's
-            announce(f"sweep {name}: no plot (matplotlib is missing: pip install 'rloss[study]'); the result is in {path}")
-        else:
-            save_figure(figure, path.with_suffix(".png"))
     announce(f"sweep {name}: chose {key} {result['best']:g}: {result['reason']}; written to {path}")
     return result
 
@@ -180,7 +173,7 @@ def _by_score(point: dict) -> tuple:
 
 def _choose(points: list[dict], configs: list[TrainConfig], key: str) -> tuple[dict, dict]:
     """The chosen point and what the JSON says of the noise. With weight 0 (pCE) in the sweep, each
-    point gets the bootstrap interval of its gain over pCE (``rloss.sweep_noise``); the best-scoring
+    point gets the bootstrap interval of its gain over pCE (``rloss.engine.sweep_noise``); the best-scoring
     weight whose interval lies above 0 is chosen; if none does, the published weight (1x; for the
     normalized cut, the config's default) unless its interval lies below 0, then pCE (weight 0)."""
     from .sweep_noise import INTERVAL, RESAMPLES, gain_interval, heldout_confusions
@@ -236,34 +229,3 @@ def read_sweep(results_dir: str | Path, name: str) -> dict:
         raise ValueError(f"{path}: no weight sweep result ({exc.__class__.__name__}); run "
                          f"`python -m rloss sweep-weight --name {name} ...` first") from None
     return result
-
-
-def plot_sweep(result: dict):
-    """Held-out mIoU against the swept weight (0 = without the term, drawn at the left edge)."""
-    import matplotlib.pyplot as plt
-
-    points = result["points"]
-    key = result.get("key", DEFAULT_KEY)
-    positive = [p["weight"] for p in points if p["weight"] > 0]
-    zero_at = min(positive) / 4 if positive else 1.0  # where weight 0 is drawn on the log axis
-    xs = [p["weight"] or zero_at for p in points]
-    ys = [p["heldout_miou"] for p in points]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    if all("gain_low" in p for p in points):  # each weight's interval of its gain over pCE, drawn around its score
-        below = [p["gain_over_pce"] - p["gain_low"] for p in points]
-        above = [p["gain_high"] - p["gain_over_pce"] for p in points]
-        noise = result["noise"]
-        ax.errorbar(xs, ys, yerr=[below, above], marker="o", capsize=3,
-                    label=f"{noise['interval']:.0%} interval of the gain over pCE ({noise['images']} images, bootstrap)")
-    else:
-        ax.plot(xs, ys, marker="o")
-    ax.set_xscale("log")
-    ax.set_xticks(xs, [f"{p['weight']:g}" if p["weight"] else f"0 ({p['loss_type']})" for p in points])
-    ax.axvline(result["best"] or zero_at, color="tab:orange", linestyle="--", label=f"chosen: {result['best']:g}")
-    ax.set_xlabel("DenseCRF weight (x the published balance)" if key == DEFAULT_KEY else "normalized cut weight")
-    ax.set_ylabel("mIoU on the held-out share of train")
-    ax.set_title(f"{result['name']}: weight sweep ({result['holdout_fraction']:.0%} of train held out)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    return fig

@@ -35,14 +35,14 @@ from torch.utils.data import DataLoader, Sampler, Subset
 from . import distributed as D
 from . import runs
 from .config import AUTO, CRF_LOSS_TYPES, NC_LOSS_TYPES, TrainConfig
-from .data.folder import SegmentationFolder, read_split, split_holdout
-from .data.io import IGNORE_INDEX, atomic_path, write_text_atomic
-from .data.transforms import EvalTransform, TrainTransform, resize_logits
+from ..data.folder import SegmentationFolder, read_split, split_holdout
+from ..data.io import IGNORE_INDEX, atomic_path, write_text_atomic
+from ..data.transforms import EvalTransform, TrainTransform, resize_logits
 from .errors import TrainingError, first_line
-from .losses import DenseCRFLoss, KernelCutLoss, NormalizedCutLoss, partial_cross_entropy
-from .metrics import ConfusionMatrix, confusion_matrix
+from ..losses import DenseCRFLoss, KernelCutLoss, NormalizedCutLoss, partial_cross_entropy
+from ..metrics import ConfusionMatrix, confusion_matrix
 from .provenance import provenance
-from .models import build_model
+from ..models import build_model
 from .runs import CHECKPOINT, CONFIG, METRICS
 from .weight_average import WeightAverage
 
@@ -175,7 +175,7 @@ def _init_weights(net: torch.nn.Module, path: str | Path, num_classes: int) -> N
 def evaluate(model, loader, device, num_classes, class_names, amp="off", channels_last=False,
              num_examples: int = 0, per_image: list | None = None):
     """mIoU, per-class IoU and pixel accuracy of the predictions against the full masks, at each
-    image's own resolution (the one definition the study uses, as ``rloss.infer``): the network
+    image's own resolution (the one definition the study uses, as ``rloss.engine.infer``): the network
     sees the image with its shorter side at the crop size, and its stride-4 logits are resized
     straight to the image's size (``EvalTransform``'s ``logit_mode``) before the argmax.
 
@@ -185,7 +185,7 @@ def evaluate(model, loader, device, num_classes, class_names, amp="off", channel
     Returns ``(scores, examples)``: ``examples`` holds the first ``num_examples`` images (of the
     first one's size) with their predictions, scribbles and masks (for logging). ``per_image``, a
     list, receives each image's own ``[K, K]`` confusion matrix in the loader's order (what a
-    bootstrap over the images resamples: ``rloss.sweep``).
+    bootstrap over the images resamples: ``rloss.engine.sweep``).
     """
     was_training = model.training
     model.eval()
@@ -352,7 +352,7 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
     with the same weights and metrics as a run that was never interrupted; it refuses a config
     whose settings differ from the run's (:data:`RESUME_MAY_CHANGE` excepted). Without it, a run
     folder that already holds a run is refused unless ``overwrite`` (then that run is replaced). Started by
-    ``torchrun``, it trains data-parallel across the processes (see ``rloss.distributed``).
+    ``torchrun``, it trains data-parallel across the processes (see ``rloss.engine.distributed``).
     Stops with a :class:`TrainingError` on a non-finite loss, when memory runs out or
     when results cannot be written, leaving the last checkpoint as it was.
     """
@@ -627,7 +627,7 @@ class _Run:
     batch: int  # the global batch
     per_process: int
     data_facts: dict
-    source: dict  # what the numbers depend on besides the config (rloss.provenance), for metrics.json
+    source: dict  # what the numbers depend on besides the config (rloss.engine.provenance), for metrics.json
     iters_per_epoch: int
     total_iters: int
     num_epochs: int
