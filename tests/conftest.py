@@ -7,6 +7,8 @@ import pytest
 
 # The developer tools (tools/) are not part of the package: their tests import them from the checkout.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# tests/ mirrors the package in folders; the shared inputs (inputs.py) are imported by name from any of them.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +35,11 @@ def chromium():
             pytest.fail(f"{reason} (CI=true: required)", pytrace=False)
         pytest.skip(reason)
     return path
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """The training tests' data set (``inputs.tiny_synthetic``), written once per test module."""
+    from inputs import tiny_synthetic
+
+    return tiny_synthetic(tmp_path_factory.mktemp("synthetic"))

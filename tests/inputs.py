@@ -78,3 +78,23 @@ def tiny_config(data_root, results, name, *extra):
         f"run.results_dir={results}", f"run.name={name}", "run.eval_every_epochs=1", "run.device=cpu",
         *extra,
     ])
+
+
+def tiny_pce_config(data_root, results, name, *extra):
+    """:func:`tiny_config` as a 1-epoch pCE run (2 iterations on 8 images)."""
+    return tiny_config(data_root, results, name, "optim.epochs=1", "loss.type=pce", *extra)
+
+
+def config_file(cfg, results):
+    """``cfg`` written as ``<results>/<run name>.yaml``, what ``rloss train --config`` reads; returns its path."""
+    from pathlib import Path
+
+    path = Path(results) / f"{cfg.run.name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(cfg.to_yaml())
+    return path
+
+
+def last_line(stderr: str) -> str:
+    """The last line a command wrote to stderr that is not blank (a progress bar's carriage returns split lines)."""
+    return [line for line in stderr.replace("\r", "\n").splitlines() if line.strip()][-1]

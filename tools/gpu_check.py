@@ -263,11 +263,11 @@ PYTEST_DESELECT = "not extension_builds"
 def step_tests(ctx: StepContext) -> None:
     import importlib.util
 
-    test_file = REPO / "tests" / "test_cuda.py"
+    test_file = REPO / "tests" / "filtering" / "test_cuda.py"
     if test_file.is_file() and importlib.util.find_spec("pytest") is not None:
         _run_pytest(ctx, test_file)
     else:
-        ctx.record(runner="built-in (no tests/test_cuda.py or no pytest here)")
+        ctx.record(runner="built-in (no tests/filtering/test_cuda.py or no pytest here)")
         builtin_cuda_checks(ctx.device, ctx.record)
 
 
@@ -291,7 +291,7 @@ def _run_pytest(ctx: StepContext, test_file: Path) -> None:
 
 
 def builtin_cuda_checks(device, record: Callable[..., None]) -> None:
-    """What tests/test_cuda.py checks, for an installation without the tests: the lattice on
+    """What tests/filtering/test_cuda.py checks, for an installation without the tests: the lattice on
     ``device`` against the CPU lattice (filter, fused energy and gradient), run to run
     determinism, and the loss with its gradient against the CPU's."""
     import torch

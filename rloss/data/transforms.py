@@ -121,7 +121,7 @@ class TrainTransform:
         nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
         image = resize_image(sample.image, nh, nw, interpolation)
         # Both label maps in one nearest-neighbour resize, as the two bands of one image: the same
-        # pixels as two resizes (tests/test_data_folder.py), for one pass through PIL.
+        # pixels as two resizes (tests/data/test_folder.py), for one pass through PIL.
         labels = resize_labels(np.dstack([sample.scribble, _mask_or_ignore(sample)]), nh, nw)
         scribble, mask = labels[..., 0], labels[..., 1]
         roi = np.ones((nh, nw), dtype=np.float32)

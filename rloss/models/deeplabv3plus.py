@@ -86,7 +86,7 @@ def resize_bilinear(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     Bilinear resampling is separable, ``A_h X A_w^T``, and on the CPU the two products (forward and
     backward) are several times faster than PyTorch's bilinear kernel, whose backward dominates at
     the tiny model's sizes (benchmarks/README.md, "Exact speed-ups of the tiny model"). The values
-    agree to float rounding (tests/test_models.py). Other devices use F.interpolate.
+    agree to float rounding (tests/models/test_models.py). Other devices use F.interpolate.
     """
     height, width = int(size[0]), int(size[1])
     if x.device.type != "cpu" or x.dim() != 4:

@@ -12,7 +12,7 @@ import pytest
 
 from tools import gpu_check as G
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # What a stock PyTorch image lacks: the study layer's packages.
 STUDY_PACKAGES = ("wandb", "papermill", "ipywidgets", "nbformat", "nbclient", "voila", "playwright", "jupyter",
                   "jupyterlab", "jupyter_client", "jupyter_core")

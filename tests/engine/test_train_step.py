@@ -8,18 +8,9 @@ import pytest
 import torch
 
 import rloss.engine.train as T
-from inputs import tiny_config, tiny_synthetic
+from inputs import tiny_config
 from rloss.engine.config import load_config
 from rloss.engine.train import TrainingError, largest_fitting, train
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return tiny_synthetic(tmp_path_factory.mktemp("synthetic"))
-
-
-def tiny(data_root, results, name, *extra):
-    return tiny_config(data_root, results, name, *extra)
 
 
 def read_like_a_gpu(monkeypatch):
@@ -45,7 +36,7 @@ def test_losses_are_read_back_once_per_interval_and_every_step_is_timed(data_roo
 
     monkeypatch.setattr(T._PendingSteps, "read", counted)
     # 2 iterations per epoch, 5 epochs: reads at every 3rd iteration and at each epoch's end.
-    cfg = tiny(data_root, tmp_path, "intervals", "loss.type=pce_crf", "optim.epochs=5", "wandb.log_every_iters=3",
+    cfg = tiny_config(data_root, tmp_path, "intervals", "loss.type=pce_crf", "optim.epochs=5", "wandb.log_every_iters=3",
                "run.checkpoint_every_iters=1000", "run.eval_every_epochs=100")
     train(cfg)
     assert [i for r in reads for i in r] == list(range(1, 11))  # every step read once, in order
@@ -82,7 +73,7 @@ def test_non_finite_loss_found_at_the_next_read_keeps_the_last_good_checkpoint(d
     monkeypatch.setattr(T, "_scribble_loss", nan_at_step_7)
     # Reads every 5 steps and before each checkpoint (every 2 steps): reads after steps 2, 4, 5, 6, 8.
     # Step 7's loss is found at the read after step 8, before the checkpoint of step 8 is written.
-    cfg = tiny(data_root, tmp_path, "diverge", "loss.type=pce", "optim.epochs=20", "wandb.log_every_iters=5",
+    cfg = tiny_config(data_root, tmp_path, "diverge", "loss.type=pce", "optim.epochs=20", "wandb.log_every_iters=5",
                "run.checkpoint_every_iters=2")
     with pytest.raises(TrainingError, match=r"not finite at iteration 7 \(pce nan\); stopped, the last checkpoint "
                                             r"\(.*checkpoint\.pt, iteration 6\) is intact"):
@@ -114,7 +105,7 @@ def test_largest_fitting_finds_the_boundary_in_logarithmic_trials(limit):
 
 
 def test_auto_batch_on_the_cpu_is_the_documented_default_recorded_in_metrics(data_root, tmp_path):
-    train(tiny(data_root, tmp_path, "auto", "data.batch_size=auto", "optim.epochs=1", "loss.type=pce"))
+    train(tiny_config(data_root, tmp_path, "auto", "data.batch_size=auto", "optim.epochs=1", "loss.type=pce"))
     metrics = json.loads((tmp_path / "auto" / "metrics.json").read_text())
     assert metrics["data"]["batch_size"] == T.CPU_AUTO_BATCH == 8
     assert torch.load(tmp_path / "auto" / "checkpoint.pt", weights_only=True)["batch_size"] == 8
@@ -158,7 +149,7 @@ def test_probe_finds_the_largest_batch_whose_trial_step_fits(data_root, monkeypa
 
 
 def test_resumed_auto_run_keeps_the_batch_it_started_with(data_root, tmp_path, monkeypatch):
-    cfg = tiny(data_root, tmp_path, "keep", "data.batch_size=auto", "optim.epochs=1", "loss.type=pce")
+    cfg = tiny_config(data_root, tmp_path, "keep", "data.batch_size=auto", "optim.epochs=1", "loss.type=pce")
     train(cfg)
     path = tmp_path / "keep" / "checkpoint.pt"
     ckpt = torch.load(path, weights_only=True)

@@ -19,7 +19,7 @@ import torch
 
 from rloss.filtering import _extension
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cpu_build_name() -> str:

@@ -8,17 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from inputs import tiny_synthetic
 from rloss.engine.config import load_config
 from rloss.engine.sweep import swept_loss_type
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return tiny_synthetic(tmp_path_factory.mktemp("synthetic"))
 
 
 def tiny_settings(data_root, results):

@@ -15,7 +15,7 @@ from rloss.engine.config import load_config
 from rloss.engine.distributed import DistContext, cpu_threads
 from rloss.engine.train import EpochSampler, epoch_permutation, train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_shards_of_each_batch_add_up_to_the_single_process_batches():

@@ -13,27 +13,18 @@ from pathlib import Path
 import psutil
 import pytest
 
-from inputs import tiny_config, tiny_synthetic
+from inputs import config_file, last_line, tiny_config
 from rloss import cli
 from rloss.engine.runs import lock_run_folder
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return tiny_synthetic(tmp_path_factory.mktemp("synthetic"))
-
-
-def config_file(data_root, results, name, *extra) -> Path:
-    """A pCE run of the tiny network long enough to be stopped (a checkpoint every 2 iterations)."""
-    cfg = tiny_config(data_root, results, name, "loss.type=pce", "optim.iterations=400", "run.checkpoint_every_iters=2",
-                      "run.eval_every_iters=100", *extra)
-    path = Path(results) / f"{name}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(cfg.to_yaml())
-    return path
+def long_run_file(data_root, results, name, *extra) -> Path:
+    """A pCE run of the tiny network long enough to be stopped (a checkpoint every 2 iterations), as a config file."""
+    return config_file(tiny_config(data_root, results, name, "loss.type=pce", "optim.iterations=400",
+                                   "run.checkpoint_every_iters=2", "run.eval_every_iters=100", *extra), results)
 
 
 def start(args, cwd, code=None):
@@ -59,17 +50,13 @@ def stop(process, signum, timeout=90) -> str:
     return stderr
 
 
-def last_line(stderr: str) -> str:
-    return [line for line in stderr.replace("\r", "\n").splitlines() if line.strip()][-1]
-
-
 def all_ended(processes, timeout=15) -> bool:
     _, alive = psutil.wait_procs(processes, timeout=timeout)
     return not alive
 
 
 def test_sigterm_ends_train_with_one_line_and_the_run_resumes(data_root, tmp_path):
-    path = config_file(data_root, tmp_path, "run", "optim.iterations=60")
+    path = long_run_file(data_root, tmp_path, "run", "optim.iterations=60")
     run_dir = tmp_path / "run"
     train = start(["train", "--config", path], tmp_path)
     wait_for(train, (run_dir / "checkpoint.pt").is_file, "a checkpoint was saved")
@@ -83,7 +70,7 @@ def test_sigterm_ends_train_with_one_line_and_the_run_resumes(data_root, tmp_pat
 
 
 def test_sighup_ends_a_sweep_and_its_training_processes(data_root, tmp_path):
-    path = config_file(data_root, tmp_path, "base")
+    path = long_run_file(data_root, tmp_path, "base")
     sweep = start(["sweep-weight", "--config", path, "--name", "s", "--weights", "0,1", "--holdout", "0.25",
                    "--parallel-runs", "2"], tmp_path)
     workers = []
@@ -117,7 +104,7 @@ sys.exit(main(sys.argv[2:]))
 
 
 def test_sigterm_ends_infer_with_one_line_and_no_partial_file(data_root, tmp_path):
-    path = config_file(data_root, tmp_path, "model", "optim.iterations=2")
+    path = long_run_file(data_root, tmp_path, "model", "optim.iterations=2")
     assert cli.main(["train", "--config", str(path)]) == 0
     images = tmp_path / "images"
     images.mkdir()

@@ -11,25 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from inputs import tiny_config, tiny_synthetic
+from inputs import tiny_config
 from rloss.engine.config import TrainConfig, load_config
 from rloss.engine.train import train
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return tiny_synthetic(tmp_path_factory.mktemp("synthetic"))
-
-
-def tiny(data_root, results, name, *extra):
-    return tiny_config(data_root, results, name, *extra)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("loss", ["pce", "pce_crf"])
 def test_run_writes_results(data_root, tmp_path, loss):
-    cfg = tiny(data_root, tmp_path, loss, f"loss.type={loss}")
+    cfg = tiny_config(data_root, tmp_path, loss, f"loss.type={loss}")
     final = train(cfg)
     run_dir = tmp_path / loss
     for name in ("config.yaml", "metrics.json", "checkpoint.pt"):
@@ -80,9 +71,9 @@ def test_resume_after_sigkill_matches_uninterrupted(data_root, tmp_path, setting
     torch.use_deterministic_algorithms(True)
     try:
         extra = ("loss.type=pce_crf", "run.checkpoint_every_iters=1", setting)
-        final_a = train(tiny(data_root, tmp_path, "a", *extra))
+        final_a = train(tiny_config(data_root, tmp_path, "a", *extra))
 
-        cfg_b = tiny(data_root, tmp_path, "b", *extra)
+        cfg_b = tiny_config(data_root, tmp_path, "b", *extra)
         config_path = tmp_path / "b.yaml"
         config_path.write_text(cfg_b.to_yaml())
         marker = tmp_path / "b.marker"
@@ -123,7 +114,7 @@ def test_resume_after_sigkill_matches_uninterrupted(data_root, tmp_path, setting
 
 def test_resume_without_checkpoint_is_a_clear_error(data_root, tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        train(tiny(data_root, tmp_path, "none"), resume=True)
+        train(tiny_config(data_root, tmp_path, "none"), resume=True)
 
 
 def test_config_errors_and_overrides(tmp_path):
@@ -158,7 +149,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(data_root, tmp_path
     from rloss.engine.train import TrainingError
 
     # A learning rate this large makes the weights, then the loss, overflow within a few steps.
-    cfg = tiny(data_root, tmp_path, "diverge", "loss.type=pce", "optim.lr=1e30", "optim.epochs=20",
+    cfg = tiny_config(data_root, tmp_path, "diverge", "loss.type=pce", "optim.lr=1e30", "optim.epochs=20",
                "run.checkpoint_every_iters=1")
     with pytest.raises(TrainingError, match=r"not finite at iteration (\d+).*last checkpoint.*intact") as info:
         train(cfg)
@@ -185,7 +176,7 @@ def test_full_disk_keeps_the_previous_checkpoint(data_root, tmp_path, monkeypatc
 
     monkeypatch.setattr(T.torch, "save", save_until_disk_full)
     with pytest.raises(T.TrainingError, match=r"cannot write .*checkpoint\.pt: No space left on device \(the previous one is intact\)"):
-        train(tiny(data_root, tmp_path, "full", "loss.type=pce", "run.checkpoint_every_iters=1"))
+        train(tiny_config(data_root, tmp_path, "full", "loss.type=pce", "run.checkpoint_every_iters=1"))
     monkeypatch.undo()
     run_dir = tmp_path / "full"
     assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["iteration"] == saves[0]
@@ -198,14 +189,14 @@ def test_unwritable_results_folder_is_one_clear_error(data_root, tmp_path):
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("a file where the results folder should be")
     with pytest.raises(TrainingError, match=r"cannot write .*not_a_folder.*: Not a directory"):
-        train(tiny(data_root, blocker, "run"))
+        train(tiny_config(data_root, blocker, "run"))
 
 
 def test_crop_too_large_for_memory_fails_before_training(data_root, tmp_path):
     from rloss.engine.train import TrainingError
 
     # 10^6 px crops: terabytes per image, refused by the allocator at once.
-    cfg = tiny(data_root, tmp_path, "huge", "data.crop_size=1000000", "data.batch_size=1", "loss.type=pce")
+    cfg = tiny_config(data_root, tmp_path, "huge", "data.crop_size=1000000", "data.batch_size=1", "loss.type=pce")
     with pytest.raises(TrainingError, match=r"out of memory.*data\.crop_size 1000000.*lower data\.batch_size"):
         train(cfg)
     assert not (tmp_path / "huge" / "checkpoint.pt").exists()
@@ -222,7 +213,7 @@ class _RunsCode:
 
 
 def test_untrusted_checkpoint_is_refused_without_running_its_code(data_root, tmp_path):
-    cfg = tiny(data_root, tmp_path, "evil", "loss.type=pce")
+    cfg = tiny_config(data_root, tmp_path, "evil", "loss.type=pce")
     run_dir = tmp_path / "evil"
     run_dir.mkdir()
     marker = tmp_path / "code_ran"
@@ -246,7 +237,7 @@ def test_compiled_training_matches_eager(data_root, tmp_path, monkeypatch):
     for name, (compiled, steps) in runs.items():
         # SGD: its step is linear in the gradient, so float rounding stays rounding (AdamW's normalised
         # step turns a rounding difference in a near-zero gradient into a full-size one)
-        cfg = tiny(data_root, tmp_path, name, "loss.type=pce_crf", f"optim.iterations={steps}", f"run.compile={compiled}",
+        cfg = tiny_config(data_root, tmp_path, name, "loss.type=pce_crf", f"optim.iterations={steps}", f"run.compile={compiled}",
                    "optim.name=sgd")
         finals[name] = train(cfg)
         weights[name] = torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)["model"]
@@ -262,7 +253,7 @@ def test_compiled_training_matches_eager(data_root, tmp_path, monkeypatch):
 
 
 def test_adamw_is_a_choice_of_optimizer(data_root, tmp_path):
-    cfg = tiny(data_root, tmp_path, "adamw", "loss.type=pce", "optim.name=adamw", "optim.lr=0.002", "optim.epochs=1")
+    cfg = tiny_config(data_root, tmp_path, "adamw", "loss.type=pce", "optim.name=adamw", "optim.lr=0.002", "optim.epochs=1")
     train(cfg)
     state = torch.load(tmp_path / "adamw" / "checkpoint.pt", weights_only=True)["optimizer"]["state"]
     assert state and all({"exp_avg", "exp_avg_sq"} <= set(s) and "momentum_buffer" not in s for s in state.values())
@@ -274,7 +265,7 @@ def test_adamw_is_a_choice_of_optimizer(data_root, tmp_path):
 def test_learning_rate_schedule(data_root, tmp_path, schedule, last_step_share):
     # Three steps: the last one runs at iteration 2 of 3, where cosine gives (1 + cos(2 pi / 3)) / 2 = 1/4
     # of the base rate and poly (1 - 2/3)^0.9.
-    cfg = tiny(data_root, tmp_path, schedule, "loss.type=pce", "optim.name=adamw", "optim.lr=0.002",
+    cfg = tiny_config(data_root, tmp_path, schedule, "loss.type=pce", "optim.name=adamw", "optim.lr=0.002",
                "optim.iterations=3", f"optim.lr_schedule={schedule}")
     train(cfg)
     groups = torch.load(tmp_path / schedule / "checkpoint.pt", weights_only=True)["optimizer"]["param_groups"]
@@ -287,8 +278,8 @@ def test_evaluations_every_n_iterations_fall_mid_epoch_and_change_nothing_traine
     """8 images at batch 4 are 2 iterations per epoch: every 3 iterations of 7 is mid-epoch (3, 6) and
     the end (7); the epochs are counted in passes over the data. Evaluating more often trains the same."""
     length = ("loss.type=pce", "optim.iterations=7", "optim.weight_average_iters=2")
-    train(tiny(data_root, tmp_path, "every3", *length, "run.eval_every_iters=3"))
-    train(tiny(data_root, tmp_path, "every1", *length, "run.eval_every_iters=1"))
+    train(tiny_config(data_root, tmp_path, "every3", *length, "run.eval_every_iters=3"))
+    train(tiny_config(data_root, tmp_path, "every1", *length, "run.eval_every_iters=1"))
     evals = json.loads((tmp_path / "every3" / "metrics.json").read_text())["evals"]
     assert [(e["iteration"], e["epoch"]) for e in evals] == [(3, 1.5), (6, 3), (7, 3.5)]
     assert len(json.loads((tmp_path / "every1" / "metrics.json").read_text())["evals"]) == 7

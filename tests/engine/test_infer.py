@@ -28,15 +28,6 @@ MODES = ("bilinear", "bicubic", "nearest")
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    from rloss.data.synthetic import generate_synthetic
-
-    root = tmp_path_factory.mktemp("synthetic")
-    generate_synthetic(root, size=40, n_train=8, n_val=4, seed=0, progress=False)
-    return root
-
-
-@pytest.fixture(scope="module")
 def checkpoint(data_root, tmp_path_factory):
     results = tmp_path_factory.mktemp("results")
     cfg = load_config(None, [

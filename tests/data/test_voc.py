@@ -466,3 +466,13 @@ def test_registry_facts():
     assert voc.url == "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
     assert voc.md5 == "6cd6e144f989b92b3379bac3b3de84fd" and voc.checksum == f"md5:{voc.md5}"
     assert all(a.md5 is None and a.sha256 is None for name, a in ARCHIVES.items() if name != "voc2012")
+
+
+def test_voc_refuses_an_id_that_leaves_the_root(tmp_path):
+    root = tmp_path / "voc"
+    archives = fake_voc_downloads(root)
+    # The train list carries no checksum: a2.jpg of the VOC archive would be placed at <tmp>/outside/a2.jpg.
+    (root / "downloads" / "train_aug.txt").write_text("a1\n../../outside/a2\n")
+    with pytest.raises(DataError, match=r"train_aug\.txt, line 2: id '\.\./\.\./outside/a2' refused"):
+        prepare_voc(root, download=False, archives=archives, progress=False)
+    assert not (tmp_path / "outside").exists()

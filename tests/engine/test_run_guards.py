@@ -7,36 +7,22 @@ from pathlib import Path
 import pytest
 import torch
 
-from inputs import tiny_config, tiny_synthetic
+from inputs import config_file, last_line, tiny_config, tiny_pce_config
 from rloss import cli
 from rloss.engine.config import load_config
 from rloss.engine.runs import config_run_id
 from rloss.engine.train import train
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return tiny_synthetic(tmp_path_factory.mktemp("synthetic"))
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def tiny_args(data_root, results, name, *extra):
     """`rloss train` arguments of a 1-epoch pCE run of the tiny network (2 iterations on 8 images)."""
-    cfg = tiny_config(data_root, results, name, "optim.epochs=1", "loss.type=pce", *extra)
-    path = Path(results) / f"{name}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(cfg.to_yaml())
-    return ["train", "--config", str(path)]
+    return ["train", "--config", str(config_file(tiny_pce_config(data_root, results, name, *extra), results))]
 
 
 def files_of(run_dir: Path) -> dict:
     return {p.name: p.read_bytes() for p in sorted(run_dir.iterdir()) if p.is_file()}
-
-
-def last_line(stderr: str) -> str:
-    lines = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip()]
-    return lines[-1]
 
 
 def test_train_refuses_to_replace_a_finished_run_without_overwrite(data_root, tmp_path, capsys):

@@ -13,7 +13,7 @@ from rloss.engine import progress
 from rloss.engine.progress import PROGRESS_ENV, announce, progress_bar, report_run
 from rloss.study.display import StudyDisplay
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _events(path: Path) -> list[dict]:
