@@ -206,15 +206,15 @@ def test_a_second_run_of_the_same_name_stops_and_a_dead_holder_is_recognised(dat
 # `rloss train` whose first checkpoint save waits for a file: the run holds its folder until then.
 _FIRST_TRAIN = """
 import os, sys, time
-import rloss.engine.train as T
+import rloss.engine.checkpoint as C
 from rloss import cli
-save = T._save_checkpoint
+save = C.write_checkpoint
 def save_when_released(path, state):
     open(sys.argv[2], "w").close()
     while not os.path.exists(sys.argv[3]):
         time.sleep(0.02)
     save(path, state)
-T._save_checkpoint = save_when_released
+C.write_checkpoint = save_when_released
 sys.exit(cli.main(["train", "--config", sys.argv[1]]))
 """
 

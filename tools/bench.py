@@ -112,6 +112,7 @@ def _rss_bytes() -> int:
 
 def run_case(case: Case, repeats: int, warmup: int = 3) -> dict:
     """Times forward + backward of the loss in this process (CUDA events on a GPU)."""
+    from rloss.engine.timing import DeviceClock
     from rloss.losses import DenseCRFLoss
 
     device = torch.device(case.device)
@@ -134,23 +135,17 @@ def run_case(case: Case, repeats: int, warmup: int = 3) -> dict:
     for _ in range(warmup):
         step()
     rss_before = _rss_bytes()
-    times = []
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         memory_before = torch.cuda.memory_allocated()
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-    else:
-        for _ in range(repeats):
-            start = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - start)
+    clock, times = DeviceClock(device), []
+    for _ in range(repeats):
+        start = clock.mark()
+        step()
+        end = clock.mark()
+        clock.wait(end)
+        times.append(clock.seconds(start, end))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     result = {
         **asdict(case),

@@ -85,32 +85,11 @@ def _write_json(path: Path, doc: dict) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-class Clock:
-    """Marks on the device's timeline: CUDA events on a GPU (no synchronisation until read),
-    ``perf_counter`` on the CPU."""
-
-    def __init__(self, device):
-        self.cuda = device.type == "cuda"
-
-    def mark(self):
-        if not self.cuda:
-            return time.perf_counter()
-        import torch
-
-        event = torch.cuda.Event(enable_timing=True)
-        event.record()
-        return event
-
-    def ms(self, start, end) -> float:
-        if not self.cuda:
-            return 1e3 * (end - start)
-        end.synchronize()
-        return start.elapsed_time(end)
-
-
 def _median_ms(fn, device, repeats: int, warmup: int) -> tuple[float, float]:
-    """Median and minimum milliseconds of ``fn()`` on the device, after ``warmup`` calls."""
-    clock = Clock(device)
+    """Median and minimum milliseconds of ``fn()`` on the device (the trainer's clock), after ``warmup`` calls."""
+    from rloss.engine.timing import DeviceClock
+
+    clock = DeviceClock(device)
     for _ in range(warmup):
         fn()
     marks = []
@@ -118,6 +97,7 @@ def _median_ms(fn, device, repeats: int, warmup: int) -> tuple[float, float]:
         start = clock.mark()
         fn()
         marks.append((start, clock.mark()))
+    clock.wait(marks[-1][1])
     times = [clock.ms(a, b) for a, b in marks]
     return statistics.median(times), min(times)
 
@@ -436,12 +416,16 @@ def host_wait_probe(call) -> dict:
     loss's own time (the ``lattice_sync`` goal below)."""
     import torch
 
+    from rloss.engine.timing import DeviceClock
+
     a = torch.randn(4096, 4096, device="cuda")
-    clock = Clock(torch.device("cuda"))
+    clock = DeviceClock(torch.device("cuda"))
     start = clock.mark()
     for _ in range(8):
         a @ a
-    queued_ms = clock.ms(start, clock.mark())
+    end = clock.mark()
+    clock.wait(end)
+    queued_ms = clock.ms(start, end)
     repeats = max(1, round(20 / max(queued_ms / 8, 1e-3)))
     torch.cuda.synchronize()
     for _ in range(repeats):
@@ -493,12 +477,13 @@ def time_training(model, optimizer, batch_data, crf, amp_dtype, channels_last: b
     SGD), timed by marks on the device and read once at the end, as the trainer does."""
     import torch
 
+    from rloss.engine.timing import DeviceClock
     from rloss.losses import partial_cross_entropy
 
     image, raw, scribbles, roi = batch_data
     if channels_last:
         image = image.contiguous(memory_format=torch.channels_last)
-    clock = Clock(device)
+    clock = DeviceClock(device)
     marks = []
     for i in range(warmup + timed):
         start = clock.mark()
@@ -518,6 +503,7 @@ def time_training(model, optimizer, batch_data, crf, amp_dtype, channels_last: b
             _peak_mib_reset(device)
         if i >= warmup:
             marks.append((start, clock.mark(), crf_marks))
+    clock.wait(marks[-1][1])  # the last step's end: every mark before it is then read without waiting
     step_ms = [clock.ms(a, b) for a, b, _ in marks]
     crf_ms = [clock.ms(*c) for _, _, c in marks if c is not None]
     out = {"s_per_iteration": round(statistics.median(step_ms) / 1e3, 4), "iterations": timed,
@@ -605,7 +591,7 @@ def auto_batch_figure(model_name: str, crop: int, device) -> dict:
     """What ``data.batch_size: auto`` chooses for this model and crop (bf16, pCE + DenseCRF)."""
     from rloss.engine import distributed as D
     from rloss.engine.config import load_config
-    from rloss.engine.train import probe_batch_size
+    from rloss.engine.memory import probe_batch_size
 
     c = PUBLISHED_CRF
     cfg = load_config(None, [f"model.name={model_name}", f"data.crop_size={crop}", "run.amp=bf16", "loss.type=pce_crf",
@@ -625,16 +611,17 @@ def auto_batch_figure(model_name: str, crop: int, device) -> dict:
 # A training run that stops for good (SIGKILL) right after writing the checkpoint of iteration KILL_AT.
 _KILLED_RUN = """
 import sys, time
-import rloss.engine.train as T
+import rloss.engine.checkpoint as C
 from rloss.engine.config import load_config
-save = T._save_checkpoint
+from rloss.engine.train import train
+save = C.write_checkpoint
 def save_then_wait(path, state):
     save(path, state)
     if state["iteration"] == int(sys.argv[3]):
         open(sys.argv[2], "w").write("saved")
         time.sleep(600)  # killed here
-T._save_checkpoint = save_then_wait
-T.train(load_config(sys.argv[1]))
+C.write_checkpoint = save_then_wait
+train(load_config(sys.argv[1]))
 """
 ROUNDTRIP_ITERATIONS, KILL_AT = 12, 8
 

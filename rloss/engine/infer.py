@@ -191,7 +191,7 @@ def load_predictor(checkpoint_path, device: str = "auto") -> Predictor:
     Read with ``weights_only=True`` only. A missing file is a FileNotFoundError; anything that is
     not such a checkpoint (other files, bare state dicts, pickles that would run code) one ValueError.
     """
-    from .train import resolve_device
+    from .device import resolve_device
 
     path = Path(checkpoint_path)
     if not path.exists():

@@ -218,10 +218,11 @@ def train_runs(configs: list[TrainConfig], rerun: bool = False, parallel_runs: i
     final metrics) is resumed. ``parallel_runs``: how many train at once, each in its own process
     (``"auto"``: one per CPU core as memory allows, one on a GPU; see ``rloss.engine.run_pool``). A CPU run
     trains with a fixed thread count (``run_pool.with_fixed_threads``), so its numbers do not depend
-    on ``parallel_runs`` or on the machine's load."""
+    on ``parallel_runs`` or on the machine's load. The configs come checked from where they were made
+    (``load_config``, the study's grid, the sweep): they are not validated again here."""
     from .train import train  # imported when runs train: the library and the run folder need none of this
 
-    configs = [with_fixed_threads(cfg.validate()) for cfg in configs]  # every config checked before the first run
+    configs = [with_fixed_threads(cfg) for cfg in configs]
     finals: list[dict | None] = [None] * len(configs)
     pending = []  # (index, resume)
     for i, cfg in enumerate(configs):

@@ -29,8 +29,9 @@ BOOTSTRAP_SEED = 0  # fixed: a sweep's interval is reproducible
 def heldout_confusions(cfg: TrainConfig) -> np.ndarray:
     """``[images, K, K]``: each held-out image's confusion matrix under the finished run of ``cfg``
     (its saved model, evaluated as the run evaluated it: same share, transform, batches and threads)."""
+    from .datasets import evaluation_set
+    from .evaluation import evaluate
     from .infer import load_predictor
-    from .train import evaluate, evaluation_set
 
     d = cfg.data
     share = evaluation_set(cfg, EvalTransform(d.crop_size, d.interpolation))

@@ -21,20 +21,24 @@ from ..data.synthetic import MAX_SIZE, MIN_SIZE
 from .parameters import check_choice, check_integer
 
 DATASETS = ("synthetic", "voc", "folder")
+# Notebook 01's parameters that are training settings, and their config keys (as the training notebooks'
+# NOTEBOOK_SETTINGS): left None, each is the recipe's.
+PREP_SETTINGS = {"crop_size": "data_crop_size"}
 SYNTHETIC_SUMMARY = "synthetic.json"  # what generate_synthetic writes beside the data
 
 
 def check_prep_parameters(dataset: str, data_root, data_size: int, n_train: int, n_val: int, low_res_size: int,
-                          low_res_root, low_res_filter: str, crop_size: int) -> tuple[Path, Path]:
-    """Notebook 01's parameters checked (one ValueError line naming the first at fault); returns
-    ``data_root`` and ``low_res_root`` as paths."""
+                          low_res_root, low_res_filter: str, crop_size: int | None) -> tuple[Path, Path]:
+    """Notebook 01's parameters checked (one ValueError line naming the first at fault; ``crop_size`` None
+    is the recipe's); returns ``data_root`` and ``low_res_root`` as paths."""
     check_choice("dataset", dataset, DATASETS)
     check_integer("data_size", data_size, MIN_SIZE, MAX_SIZE)
     check_integer("n_train", n_train, 1)
     check_integer("n_val", n_val, 1)
     check_integer("low_res_size", low_res_size, 0)  # 0: no low-resolution copy
     check_choice("low_res_filter", low_res_filter, IMAGE_FILTERS)
-    check_integer("crop_size", crop_size, 8)
+    if crop_size is not None:
+        check_integer("crop_size", crop_size, 8)
     return Path(data_root), Path(low_res_root)
 
 

@@ -12,8 +12,7 @@ run follows the paper's DenseCRF schedule: it starts from the finished pCE run o
 ``rloss.engine.config.fine_tuning``).
 
 The training recipe is written once: the config's defaults (``rloss/engine/config.py``), or ``recipe="paper"``.
-A notebook parameter left None takes the recipe's value; :func:`notebook_config` maps the training
-notebooks' flat parameters to config keys.
+The training notebooks' parameters reach it through ``rloss.study.training_notebook``.
 """
 
 from __future__ import annotations
@@ -45,30 +44,6 @@ LOSS_LABELS = {"pce": "pCE", "pce_crf": "pCE + DenseCRF", "full": "full supervis
 # The paper's two-phase schedule is the recipe's: a regularized run fine-tunes the pCE run of its seed.
 TWO_PHASE = True
 
-# The training notebooks' parameters (02, 03) and the config keys they set.
-NOTEBOOK_SETTINGS = {
-    "model": "model_name", "pretrained": "model_pretrained", "output_stride": "model_output_stride",
-    "crop_size": "data_crop_size", "batch_size": "data_batch_size", "interpolation": "data_interpolation",
-    "scale_range": "data_scale_range", "num_workers": "data_num_workers",
-    "iterations": "optim_iterations", "epochs": "optim_epochs", "optimizer": "optim_name", "lr": "optim_lr",
-    "lr_schedule": "optim_lr_schedule", "weight_decay": "optim_weight_decay", "head_lr_mult": "optim_head_lr_mult",
-    "weight_average_iters": "optim_weight_average_iters",
-    "sigma_rgb": "loss_sigma_rgb", "sigma_xy": "loss_sigma_xy", "scale_factor": "loss_scale_factor",
-    "kernel": "loss_kernel", "eval_every_iters": "run_eval_every_iters", "eval_every_epochs": "run_eval_every_epochs",
-    "device": "run_device", "amp": "run_amp", "wandb": "wandb_enabled", "wandb_mode": "wandb_mode",
-}
-
-
-def notebook_config(data_root: str, results_dir: str, recipe: str | None = None, **parameters) -> TrainConfig:
-    """The training notebooks' base config: each parameter of :data:`NOTEBOOK_SETTINGS` into its config
-    key, over the ``recipe``'s defaults (None: ``"default"``); a parameter left None keeps the recipe's."""
-    unknown = sorted(set(parameters) - set(NOTEBOOK_SETTINGS))
-    if unknown:
-        raise ValueError(f"study: unknown training parameter {unknown[0]!r} (known: {', '.join(NOTEBOOK_SETTINGS)})")
-    settings = {NOTEBOOK_SETTINGS[name]: value for name, value in parameters.items() if value is not None}
-    return base_config(data_root, results_dir, recipe=recipe or "default", **settings)
-
-
 def base_config(data_root: str, results_dir: str, recipe: str = "default", **settings) -> TrainConfig:
     """A training config from flat settings over the ``recipe``'s defaults: each ``section_key=value``
     (e.g. ``optim_iterations=2000``, ``loss_crf_weight=5e-7``) sets ``section.key`` to the value as it is;
@@ -82,58 +57,22 @@ def base_config(data_root: str, results_dir: str, recipe: str = "default", **set
     return config_from_dict(values, "the study's settings", base=recipe_config(recipe)).validate()
 
 
-def check_grid(losses, seeds, crf_relative_weight=1.0, nc_weight=None) -> None:
+def check_grid(losses, seeds) -> None:
     """The grid's parameters, each checked with its name before any run starts."""
     check_distinct_list("losses", losses, ALL_LOSSES, item="loss")
     check_distinct_list("seeds", seeds)
-    for key, weight, optional in (("crf_relative_weight", crf_relative_weight, False), ("nc_weight", nc_weight, True)):
-        if (weight is None and optional) or weight == "sweep":
-            continue
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < float("inf"):
-            raise ValueError(f"{key} must be \"sweep\" or a finite number >= 0; got {weight!r}")
-
-
-def check_training_parameters(values: dict) -> None:
-    """A training notebook's parameters as a study passes them (those given), checked before the first
-    notebook runs: the grid's, and the settings' through the config they make."""
-    check_grid(values.get("losses", LOSSES), values.get("seeds", (0,)), values.get("crf_relative_weight", 1.0),
-               values.get("nc_weight"))
-    notebook_config(values.get("data_root") or ".", values.get("results_dir") or ".", values.get("recipe"),
-                    **{name: values[name] for name in NOTEBOOK_SETTINGS if name in values})
 
 
 def plan_grid(base: TrainConfig, name: str, losses=LOSSES, seeds=(0,), two_phase: bool | None = False,
-              finetune_iterations: int | None = None, crf_relative_weight: float | str = 1.0,
-              rerun: bool = False, nc_weight: float | str | None = None) -> list[TrainConfig]:
-    """The training notebooks' grid: :func:`study_grid` of ``base`` with ``crf_relative_weight`` and (None:
-    ``base``'s) ``nc_weight``; ``"sweep"`` first chooses that weight on a held-out share of train
-    (``rloss.engine.sweep``; val is never read). The normalized cut sweep (``<name>_nc``) trains pCE + normalized cut
-    and shares the DenseCRF sweep's pCE runs. ``two_phase`` None: the recipe's (:data:`TWO_PHASE`)."""
+              finetune_iterations: int | None = None, rerun: bool = False, sweep_crf: bool = False,
+              sweep_nc: bool = False) -> list[TrainConfig]:
+    """The training notebooks' grid: :func:`study_grid` of ``base``, at ``base``'s weights; ``sweep_crf``
+    (``sweep_nc``) first chooses the DenseCRF (normalized cut) weight on a held-out share of train
+    (:func:`chosen_weights`; val is never read). ``two_phase`` None: the recipe's (:data:`TWO_PHASE`)."""
     two_phase = TWO_PHASE if two_phase is None else two_phase
-    check_grid(losses, seeds, crf_relative_weight, nc_weight)
-    sweep, sweep_nc = crf_relative_weight == "sweep", nc_weight == "sweep"
-    weights = {"crf_relative_weight": 1.0 if sweep else crf_relative_weight}
-    if nc_weight is not None:
-        weights["nc_weight"] = base.loss.nc_weight if sweep_nc else nc_weight
-    base = config_from_dict({"loss": weights}, "the study's weights", base=base).validate()
-    if sweep or sweep_nc:  # only when asked: it is the training side of the study
-        from ..engine.sweep import sweep_crf_weight, two_phase_base
-        from .plots import save_sweep_plot
-
-        # A two-phase grid sweeps the weight of the fine-tuning, from pCE trained on the kept share.
-        sweep_base = two_phase_base(base, name, finetune_iterations, rerun=rerun) if two_phase else base
-
-    if sweep:  # the sweep's runs set their own weights
-        chosen = sweep_crf_weight(sweep_base, name, rerun=rerun)
-        save_sweep_plot(chosen, base.run.results_dir)
-        base.loss.crf_relative_weight = chosen["best"]
-        print(f"DenseCRF weight chosen by the sweep: {chosen['best']:g}x the published balance ({chosen['reason']})")
-    if sweep_nc:
-        nc_base = config_from_dict({"loss": {"type": "pce_nc"}}, "the normalized cut sweep", base=sweep_base).validate()
-        chosen = sweep_crf_weight(nc_base, f"{name}_nc", rerun=rerun, key="loss.nc_weight", runs_prefix=name)
-        save_sweep_plot(chosen, base.run.results_dir)
-        base.loss.nc_weight = chosen["best"]
-        print(f"normalized cut weight chosen by the sweep: {chosen['best']:g} ({chosen['reason']})")
+    check_grid(losses, seeds)
+    if sweep_crf or sweep_nc:  # only when asked: it is the training side of the study
+        base = chosen_weights(base, name, two_phase, finetune_iterations, rerun, sweep_crf, sweep_nc)
     crf_weight = base.loss.crf_relative_weight if base.loss.crf_weight is None else base.loss.crf_weight
     off = [loss for loss, weight in (("pce_crf", crf_weight), ("pce_nc", base.loss.nc_weight))
            if loss in losses and weight == 0]
@@ -145,6 +84,32 @@ def plan_grid(base: TrainConfig, name: str, losses=LOSSES, seeds=(0,), two_phase
                          finetune_iterations=finetune_iterations)
     print(f"{len(configs)} runs: " + ", ".join(c.run.name for c in configs))
     return configs
+
+
+def chosen_weights(base: TrainConfig, name: str, two_phase: bool, finetune_iterations: int | None = None,
+                   rerun: bool = False, crf: bool = True, nc: bool = False) -> TrainConfig:
+    """A copy of ``base`` with its DenseCRF weight (``crf``) and normalized cut weight (``nc``) chosen by
+    sweeps (``rloss.engine.sweep``) on a held-out share of train. A two-phase grid sweeps the weight of the
+    fine-tuning, from pCE trained on the kept share. The normalized cut sweep (``<name>_nc``) trains
+    pCE + normalized cut and shares the DenseCRF sweep's pCE runs."""
+    from ..engine.sweep import sweep_crf_weight, two_phase_base
+    from .plots import save_sweep_plot
+
+    sweep_base = two_phase_base(base, name, finetune_iterations, rerun=rerun) if two_phase else base
+    chosen_base = copy.deepcopy(base)
+    if crf:  # the sweep's runs set their own weights
+        chosen = sweep_crf_weight(sweep_base, name, rerun=rerun)
+        save_sweep_plot(chosen, base.run.results_dir)
+        chosen_base.loss.crf_relative_weight = chosen["best"]
+        print(f"DenseCRF weight chosen by the sweep: {chosen['best']:g}x the published balance ({chosen['reason']})")
+    if nc:
+        nc_base = copy.deepcopy(sweep_base)
+        nc_base.loss.type = "pce_nc"
+        chosen = sweep_crf_weight(nc_base, f"{name}_nc", rerun=rerun, key="loss.nc_weight", runs_prefix=name)
+        save_sweep_plot(chosen, base.run.results_dir)
+        chosen_base.loss.nc_weight = chosen["best"]
+        print(f"normalized cut weight chosen by the sweep: {chosen['best']:g} ({chosen['reason']})")
+    return chosen_base
 
 
 def train_grid(configs: list[TrainConfig], rerun: bool = False, parallel_runs: int | str = 1) -> list[dict]:

@@ -69,15 +69,18 @@ def plot_samples(data, count: int = 4, title: str = ""):
     return fig
 
 
-def plot_training_crops(data, crop_size: int, seed: int = 0, count: int = 4,
+def plot_training_crops(data, crop_size: int | None, seed: int = 0, count: int = 4,
                         interpolations=("bicubic", "bilinear")):
-    """What training sees: a random training crop of each of the first ``count`` samples (cycling
-    when the split is smaller), one row per upscaling ``interpolation``, padding blacked out, the
-    scribbles as dots. ``data``'s own transform is left as it was."""
+    """What training sees: a random training crop (``crop_size``; None: the recipe's) of each of the first
+    ``count`` samples (cycling when the split is smaller), one row per upscaling ``interpolation``, padding
+    blacked out, the scribbles as dots. ``data``'s own transform is left as it was."""
     import matplotlib.pyplot as plt
 
     from ..data.io import IGNORE_INDEX, colorize
     from ..data.transforms import TrainTransform
+    from ..engine.config import DataConfig
+
+    crop_size = DataConfig().crop_size if crop_size is None else crop_size
 
     fig, axes = plt.subplots(len(interpolations), count, figsize=(2.6 * count, 2.7 * len(interpolations)),
                              squeeze=False)

@@ -29,6 +29,7 @@ defaults, used when it is opened by hand, are relative to notebooks/.)
 
 from __future__ import annotations
 
+import ast
 import sys
 import time
 from pathlib import Path
@@ -61,6 +62,17 @@ def declared_parameters(notebook: Path) -> dict:
     import papermill
 
     return papermill.inspect_notebook(str(notebook))
+
+
+def declared_defaults(declared: dict) -> dict:
+    """The literal default values of :func:`declared_parameters` (name -> value); others are left out."""
+    defaults = {}
+    for name, info in declared.items():
+        try:
+            defaults[name] = ast.literal_eval(info["default"])
+        except (ValueError, SyntaxError):
+            pass  # not a literal
+    return defaults
 
 
 def read_params(path: str | Path) -> dict:
@@ -130,11 +142,11 @@ def plan(params_path: str | Path, notebooks: list[Path], rerun: bool = False,
         values = {k: v for k, v in common.items() if k in declared}
         values.update(section)
         values = absolute_paths(values, Path(base_dir) if base_dir is not None else Path.cwd())
-        if "seeds" in declared:  # a training notebook: its values checked now, not after the notebooks before it
-            from .grid import check_training_parameters
+        if "seeds" in declared:  # a notebook of runs: its values checked now, not after the notebooks before it
+            from .training_notebook import check_training_parameters
 
             try:
-                check_training_parameters(values)
+                check_training_parameters({**declared_defaults(declared), **values})
             except ValueError as exc:
                 raise ValueError(f"{params_path}: {nb.stem}: {str(exc).removeprefix('config: ')}") from None
         if rerun and "rerun" in declared:

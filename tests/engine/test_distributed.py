@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from rloss.engine.config import load_config
 from rloss.engine.distributed import DistContext, cpu_threads
-from rloss.engine.train import EpochSampler, epoch_permutation, train
+from rloss.engine.datasets import EpochSampler, epoch_permutation
+from rloss.engine.train import train
 
 ROOT = Path(__file__).resolve().parents[2]
 

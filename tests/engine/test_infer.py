@@ -283,7 +283,7 @@ def test_evaluate_interpolations_rows(predictor, data_root):
 def test_training_scores_are_the_inference_scores_at_the_image_size(checkpoint, data_root, tmp_path):
     # One mIoU definition: what training reports equals inference with its mode (auto: bicubic at
     # 40 px) at each image's own size, on the same checkpoint.
-    from rloss.engine.train import evaluate
+    from rloss.engine.evaluation import evaluate
 
     metrics = json.loads((checkpoint.parent / "metrics.json").read_text())
     [row] = evaluate_interpolations(checkpoint, data_root, "val", combos=[("bicubic", "bicubic")], device="cpu")

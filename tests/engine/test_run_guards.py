@@ -62,7 +62,7 @@ def test_resume_with_another_setting_of_the_run_is_refused_naming_it(data_root, 
 
 
 def test_a_run_stopped_before_its_first_checkpoint_resumes_from_the_start(data_root, tmp_path, monkeypatch):
-    import rloss.engine.train as T
+    import rloss.engine.checkpoint as C
 
     extra = ("optim.epochs=1", "loss.type=pce")
     final_a = train(tiny_config(data_root, tmp_path, "a", *extra))
@@ -72,7 +72,7 @@ def test_a_run_stopped_before_its_first_checkpoint_resumes_from_the_start(data_r
 
     cfg = tiny_config(data_root, tmp_path, "b", *extra)
     with monkeypatch.context() as m:
-        m.setattr(T, "_save_checkpoint", killed)
+        m.setattr(C, "write_checkpoint", killed)
         with pytest.raises(KeyboardInterrupt):
             train(cfg)
     run_dir = tmp_path / "b"

@@ -49,16 +49,17 @@ def test_run_writes_results(data_root, tmp_path, loss):
 _CHILD = """
 import sys, time, torch
 torch.use_deterministic_algorithms(True)
-import rloss.engine.train as T
+import rloss.engine.checkpoint as C
 from rloss.engine.config import TrainConfig, load_config
-save = T._save_checkpoint
+from rloss.engine.train import train
+save = C.write_checkpoint
 def save_and_wait(path, state):
     save(path, state)
     if state["iteration"] == 3:
         open(sys.argv[2], "w").write("3")
         time.sleep(600)  # killed here
-T._save_checkpoint = save_and_wait
-T.train(load_config(sys.argv[1]))
+C.write_checkpoint = save_and_wait
+train(load_config(sys.argv[1]))
 """
 
 

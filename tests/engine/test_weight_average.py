@@ -9,7 +9,8 @@ from inputs import tiny_config, tiny_synthetic
 from rloss.data.folder import SegmentationFolder
 from rloss.data.transforms import EvalTransform
 from rloss.engine.infer import load_predictor
-from rloss.engine.train import evaluate, train
+from rloss.engine.evaluation import evaluate
+from rloss.engine.train import train
 from rloss.engine.weight_average import WeightAverage
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from rloss.study import report
 from rloss.study.grid import base_config, grid_summary, load_runs, plan_grid, study_grid, summarize
+from rloss.study.training_notebook import notebook_config
 
 from test_report import SETTING_A, sample_std, write_run
 
@@ -151,10 +152,10 @@ def test_the_grid_trains_the_new_losses(tmp_path, capsys, monkeypatch):
     with pytest.raises(ValueError, match="two_phase needs the pce runs"):
         study_grid(base, "s", losses=["pce_nc"], two_phase=True)
 
-    configs = plan_grid(base, "s", ["pce", "pce_nc"], [0], nc_weight=0.2)
+    configs = plan_grid(notebook_config("d", tmp_path, nc_weight=0.2), "s", ["pce", "pce_nc"], [0])
     assert {c.loss.nc_weight for c in configs} == {0.2} and base.loss.nc_weight == 0.05
     with pytest.raises(ValueError, match="nc_weight"):
-        plan_grid(base, "s", ["pce_nc"], [0], nc_weight=-1.0)
+        notebook_config("d", tmp_path, nc_weight=-1.0)
 
     calls = []
 
@@ -164,7 +165,8 @@ def test_the_grid_trains_the_new_losses(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr("rloss.engine.sweep.sweep_crf_weight", fake_sweep)
     monkeypatch.setattr("rloss.study.plots.save_sweep_plot", lambda result, results_dir: None)  # a fake has no points
-    configs = plan_grid(base, "s", ["pce", "pce_nc"], [0], nc_weight="sweep")
+    configs = plan_grid(base, "s", ["pce", "pce_nc"], [0], sweep_nc=True)
+    assert base.loss.nc_weight == 0.05  # the chosen weight goes to the grid's configs, not to base
     # Its own sweep file, not the DenseCRF one; its runs named after the study, so that its pCE run is
     # the DenseCRF sweep's (rloss.engine.sweep.sweep_configs).
     assert calls == [("s_nc", "loss.nc_weight", "pce_nc", "s")]

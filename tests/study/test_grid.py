@@ -3,8 +3,8 @@
 import pytest
 
 from rloss.engine.config import TrainConfig
-from rloss.study.grid import (NOTEBOOK_SETTINGS, base_config, grid_summary, load_runs, notebook_config, plan_grid,
-                              study_grid)
+from rloss.study.grid import base_config, grid_summary, load_runs, plan_grid, study_grid
+from rloss.study.training_notebook import NOTEBOOK_SETTINGS, notebook_config
 from rloss.engine.sweep import sweep_configs
 
 from test_report import SETTING_A, write_run
@@ -60,24 +60,26 @@ def test_the_pce_run_of_a_sweep_has_one_name_whatever_the_swept_weight(tmp_path)
 
 
 def test_plan_grid_sets_the_weight_on_every_run(tmp_path, capsys):
-    base = base_config("d", tmp_path)
-    configs = plan_grid(base, "s", ["pce", "pce_crf"], [0, 1], crf_relative_weight=4)
+    base = notebook_config("d", tmp_path, crf_relative_weight=4)  # the weight is a setting like the others
+    planned = base.to_dict()
+    configs = plan_grid(base, "s", ["pce", "pce_crf"], [0, 1])
     assert [c.run.name for c in configs] == ["s_pce_seed0", "s_pce_crf_seed0", "s_pce_seed1", "s_pce_crf_seed1"]
-    assert {c.loss.crf_relative_weight for c in configs} == {4.0} and base.loss.crf_relative_weight == 1.0
+    assert {c.loss.crf_relative_weight for c in configs} == {4.0} and base.to_dict() == planned
     assert capsys.readouterr().out.startswith("4 runs: s_pce_seed0, ")
     with pytest.raises(ValueError, match="crf_relative_weight"):
-        plan_grid(base, "s", ["pce_crf"], [0], crf_relative_weight=-2.0)
+        notebook_config("d", tmp_path, crf_relative_weight=-2.0)
     with pytest.raises(ValueError, match=r"seeds must be a non-empty list of distinct integers >= 0; got \[\]"):
         plan_grid(base, "s", ["pce"], [])
 
 
 def test_a_densecrf_weight_of_0_is_pce_and_trains_no_duplicate(tmp_path, capsys):
-    base = base_config("d", tmp_path)
-    configs = plan_grid(base, "s", ["pce", "pce_crf", "full"], [0], crf_relative_weight=0.0)
+    base = base_config("d", tmp_path, loss_crf_relative_weight=0.0)
+    configs = plan_grid(base, "s", ["pce", "pce_crf", "full"], [0])
     assert [c.run.name for c in configs] == ["s_pce_seed0", "s_full_seed0"]
     assert "pCE + DenseCRF: weight 0 is pCE; no such runs are trained" in capsys.readouterr().err
-    absolute = base_config("d", tmp_path, loss_crf_weight=5e-7)  # an absolute weight decides, not the relative 0
-    names = [c.run.name for c in plan_grid(absolute, "s", ["pce", "pce_crf"], [0], crf_relative_weight=0.0)]
+    # an absolute weight decides, not the relative 0
+    absolute = base_config("d", tmp_path, loss_crf_weight=5e-7, loss_crf_relative_weight=0.0)
+    names = [c.run.name for c in plan_grid(absolute, "s", ["pce", "pce_crf"], [0])]
     assert names == ["s_pce_seed0", "s_pce_crf_seed0"]
 
 

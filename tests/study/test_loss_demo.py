@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from rloss import DenseCRFLoss
-from rloss.filtering import KERNELS, bilateral_features, permutohedral_filter
-from rloss.study.loss_demo import PHOTOS, check_demo_parameters, descend, fit_scale, lattice_against_exact
+from rloss.filtering import KERNELS, bilateral_features, exact_filter, permutohedral_filter
+from rloss.study.loss_demo import (PHOTOS, check_demo_parameters, demo_inputs, descend, fit_scale,
+                                   lattice_against_exact, loss_maps, plot_descent, plot_loss_maps)
 
 DEMO_PARAMETERS = ("photo", "photo_size", "sigma_rgb", "sigma_xy", "kernel", "num_classes", "descent_steps")
 
@@ -93,3 +94,51 @@ def test_descend_lowers_the_loss_from_a_copy_of_the_logits():
     assert history[-1] < history[0]
     assert sorted(snapshots) == [0, 3, 6]
     assert torch.equal(snapshots[0], logits[0].argmax(dim=0))
+
+
+# --------------------------------------------------------------------------------------------
+# The notebook's set-up and its figures
+# --------------------------------------------------------------------------------------------
+
+
+def test_demo_inputs_are_the_photo_and_a_smooth_random_segmentation_of_the_seed():
+    demo = demo_inputs("astronaut", 32, 3, seed=0)
+    assert demo.image.shape == (1, 3, 32, 32) and 0 <= demo.image.min() and demo.image.max() <= 255
+    assert demo.logits.shape == (1, 3, 32, 32) and demo.roi.shape == (1, 32, 32) and bool((demo.roi == 1).all())
+    assert demo.probs.requires_grad and torch.allclose(demo.probs, demo.logits.softmax(dim=1))
+    low = torch.randn(1, 3, 4, 4, generator=torch.Generator().manual_seed(0)) * 3  # drawn at 1/8 of the side
+    assert torch.equal(demo.logits, torch.nn.functional.interpolate(low, size=(32, 32), mode="bilinear",
+                                                                    align_corners=False))
+    assert torch.equal(demo_inputs("astronaut", 32, 3, seed=0).logits, demo.logits)
+    assert not torch.equal(demo_inputs("astronaut", 32, 3, seed=1).logits, demo.logits)
+
+
+def test_loss_maps_are_the_loss_at_weight_1_and_its_gradient():
+    demo = demo_inputs("coffee", 16, 2, seed=0)
+    maps = loss_maps(demo, 15.0, 4.0, "exact")
+    crf = DenseCRFLoss(weight=1.0, sigma_rgb=15.0, sigma_xy=4.0, scale_factor=1.0, kernel="exact")
+    probs = demo.probs.detach().clone().requires_grad_(True)
+    loss = crf(demo.image, probs, demo.roi)
+    loss.backward()
+    assert maps["loss"] == pytest.approx(loss.item()) and maps["kernel"] == "exact"
+    assert torch.allclose(maps["gradient −2A·S"], probs.grad) and maps["gradient −2A·S"] is demo.probs.grad
+    features = bilateral_features(demo.image, 15.0, 4.0)
+    assert torch.equal(maps["S"], demo.probs.detach())
+    assert torch.allclose(maps["A·S"].flatten(2), exact_filter(features, demo.probs.detach().flatten(2)), atol=1e-5)
+
+
+def test_the_figures_show_each_map_and_each_kept_step():
+    import matplotlib.pyplot as plt
+
+    demo = demo_inputs("astronaut", 16, 2, seed=0)
+    fig = plot_loss_maps(demo, loss_maps(demo, 15.0, 4.0, "exact"))
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["photo", "S, class 0", "S, class 1", "photo", "A·S, class 0", "A·S, class 1",
+                      "photo", "gradient −2A·S, class 0", "gradient −2A·S, class 1"]
+    history = [3.0, 2.0, 1.0]
+    snapshots = {0: torch.zeros(16, 16, dtype=torch.long), 2: torch.ones(16, 16, dtype=torch.long)}
+    fig2 = plot_descent(demo.image, history, snapshots)
+    assert [ax.get_title() for ax in fig2.axes] == ["DenseCRF loss", "step 0", "step 2"]
+    assert list(fig2.axes[0].lines[0].get_ydata()) == history
+    plt.close(fig)
+    plt.close(fig2)
