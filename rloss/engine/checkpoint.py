@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.io import atomic_path, write_text_atomic
 from . import distributed as D
 from . import runs
 from .config import CRF_LOSS_TYPES, NC_LOSS_TYPES, TrainConfig
-from ..data.io import atomic_path, write_text_atomic
 from .errors import TrainingError, first_line
 from .runs import CHECKPOINT, CONFIG, METRICS
 from .timing import timings

@@ -74,7 +74,7 @@ class DataConfig:
     scale_range: list[float] = field(default_factory=lambda: [0.9, 1.2])
     interpolation: str = "auto"  # auto | bilinear | bicubic
     # The global batch, or "auto": the largest that fits the GPU, found by trial steps before
-    # training (the chosen value is in metrics.json); on the CPU auto is 8 (see train.auto_batch_size).
+    # training (the chosen value is in metrics.json); on the CPU auto is 8 (see memory.auto_batch_size).
     batch_size: int | str = 8
     num_workers: int = 0
 

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from . import distributed as D
-from .config import AUTO, TrainConfig
 from ..data.folder import SegmentationFolder, read_split, split_holdout
 from ..data.transforms import EvalTransform, TrainTransform
+from . import distributed as D
+from .config import AUTO, TrainConfig
 from .memory import auto_batch_size
 
 # Decoded samples kept in memory per data set (and per DataLoader worker): the built-in sets

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from .checkpoint import write_metrics
 from ..data.transforms import resize_logits
-from .device import autocast
 from ..metrics import ConfusionMatrix, confusion_matrix
+from .checkpoint import write_metrics
+from .device import autocast
 
 
 @torch.no_grad()

@@ -8,11 +8,11 @@ from contextlib import contextmanager
 
 import torch
 
+from ..models import build_model
 from . import distributed as D
 from .config import TrainConfig
 from .device import autocast
 from .errors import TrainingError
-from ..models import build_model
 from .objective import build_regularizer
 
 # data.batch_size: auto on the CPU. A CPU run is bound by compute, not memory, and host memory

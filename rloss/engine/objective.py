@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import torch
 
-from . import distributed as D
-from .config import TrainConfig
 from ..data.io import IGNORE_INDEX
 from ..losses import DenseCRFLoss, KernelCutLoss, NormalizedCutLoss, partial_cross_entropy
+from . import distributed as D
+from .config import TrainConfig
 
 # The name each regularizer's term is logged under (train/<name>), by loss.type.
 REGULARIZER_TERMS = {"pce_crf": "crf", "pce_nc": "nc", "pce_kernelcut": "kernelcut"}

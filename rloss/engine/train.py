@@ -22,20 +22,20 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from ..data.folder import SegmentationFolder
+from ..data.transforms import TrainTransform
+from ..losses import DenseCRFLoss, KernelCutLoss, NormalizedCutLoss
+from ..models import build_model
 from . import distributed as D
 from . import runs
 from .checkpoint import (load_weights, read_resume_checkpoint, restore, restore_average, save_checkpoint,
                          write_metrics, write_or_fail)
 from .config import TrainConfig
-from ..data.folder import SegmentationFolder
-from ..data.transforms import TrainTransform
 from .datasets import epoch_loader, run_data, seed_everything
 from .device import autocast, resolve_device
 from .errors import TrainingError
 from .evaluation import evaluate_run
-from ..losses import DenseCRFLoss, KernelCutLoss, NormalizedCutLoss
 from .memory import out_of_memory_as_advice, preflight
-from ..models import build_model
 from .objective import build_regularizer, loss_terms
 from .provenance import provenance
 from .runs import CHECKPOINT, CONFIG
