@@ -25,10 +25,10 @@ import io
 import json
 import multiprocessing
 import os
-import queue
 import signal
 import sys
 import threading
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -47,6 +47,8 @@ MEMORY_PER_RUN = 2 << 30
 # arithmetic does not follow the machine's load or core count (see the module's docstring); one is
 # also the faster way to fill a small CPU with small runs.
 THREADS_PER_RUN = 1
+# How long a run in flight gets to end after SIGTERM (a checkpoint being written) before SIGKILL.
+STOP_GRACE_S = 30
 
 
 def _on_gpu(device: str) -> bool:
@@ -134,59 +136,103 @@ def _train_quietly(task: tuple[int, TrainConfig, bool]) -> tuple[int, dict, str]
     return index, final, printed.getvalue()
 
 
-def _next_result(results: queue.SimpleQueue):
-    # Polled, so that Ctrl-C reaches the caller while it waits for a run.
+def _run_in_worker(task: tuple[int, TrainConfig, bool], threads: int, conn: Connection) -> None:
+    """A run's own process: trains the task and sends ``("done", (index, final, printed))`` or
+    ``("failed", exception)`` to the parent. A process that ends without sending (killed, out of
+    memory) is seen by the parent as its pipe's end."""
+    _start_worker(threads)
+    try:
+        outcome = ("done", _train_quietly(task))
+    except Exception as exc:  # the run's own error, raised again in the parent
+        outcome = ("failed", exc)
+    try:
+        conn.send(outcome)
+    except Exception:  # an exception that does not pickle: its type and message still reach the parent
+        conn.send(("failed", RuntimeError(f"{type(outcome[1]).__name__}: {outcome[1]}")))
+    conn.close()
+
+
+def _next_outcome(running: dict[int, tuple[multiprocessing.process.BaseProcess, Connection]],
+                  name: Callable[[int], str]) -> tuple[int, dict, str]:
+    """The next finished run's ``(index, final, printed)``; its failure, or its process's end
+    without a result, raised. Polled, so that Ctrl-C reaches the caller while it waits."""
+    by_conn = {conn: i for i, (_, conn) in running.items()}
     while True:
-        try:
-            return results.get(timeout=0.5)
-        except queue.Empty:
-            continue
+        ready = wait(list(by_conn), timeout=0.5)
+        if ready:
+            break
+    i = by_conn[ready[0]]
+    process, conn = running.pop(i)
+    try:
+        kind, payload = conn.recv()
+    except EOFError:
+        process.join()
+        raise RuntimeError(f"{name(i)}: its process ended without finishing (exit code {process.exitcode}; "
+                           "killed, or out of memory?); its last checkpoint is kept for a resume") from None
+    finally:
+        conn.close()
+    process.join()
+    if kind == "failed":
+        raise payload
+    return payload
+
+
+def _stop(running: dict[int, tuple[multiprocessing.process.BaseProcess, Connection]]) -> None:
+    """Ends the runs in flight: SIGTERM first, so each stops as it would by an error (lock released,
+    checkpoint kept for a resume), then SIGKILL for one still there after :data:`STOP_GRACE_S`."""
+    for process, _ in running.values():
+        process.terminate()
+    for process, conn in running.values():
+        process.join(STOP_GRACE_S)
+        if process.is_alive():
+            process.kill()
+            process.join()
+        conn.close()
+    running.clear()
 
 
 def train_in_parallel(tasks: list[tuple[TrainConfig, bool]], processes: int,
                       on_start: Callable[[int], None] | None = None,
                       on_done: Callable[[int, dict, str], None] | None = None,
                       after: Sequence[int | None] | None = None) -> list[dict]:
-    """Trains each ``(config, resume)`` in ``tasks``, ``processes`` runs at once, and returns their
-    final scores in the order given. Runs start in that order, except that task i waits until task
-    ``after[i]`` (when not None) has finished: it starts from that run's weights. ``on_start(i)`` is
-    called as run i gets a process, ``on_done(i, final, printed)`` as it finishes. The first failure
-    ends the runs in flight (their checkpoints let a later call resume them) and is raised here."""
+    """Trains each ``(config, resume)`` in ``tasks``, ``processes`` runs at once, each in a fresh
+    spawned process, and returns their final scores in the order given. Runs start in that order,
+    except that task i waits until task ``after[i]`` (when not None) has finished: it starts from that
+    run's weights. ``on_start(i)`` is called as run i gets a process, ``on_done(i, final, printed)`` as
+    it finishes. The first failure, or a process that ends without a result, ends the runs in flight
+    (their checkpoints let a later call resume them) and is raised here."""
     after = list(after) if after is not None else [None] * len(tasks)
     threads = max(1, usable_cores() // processes)
+    context = multiprocessing.get_context("spawn")
     finals: list[dict | None] = [None] * len(tasks)
-    results: queue.SimpleQueue = queue.SimpleQueue()
-    pool = multiprocessing.get_context("spawn").Pool(processes, initializer=_start_worker, initargs=(threads,))
+    waiting, finished = list(range(len(tasks))), set()
+    running: dict[int, tuple[multiprocessing.process.BaseProcess, Connection]] = {}
     try:
-        waiting, running, finished = list(range(len(tasks))), 0, set()
         while waiting or running:
             ready = [i for i in waiting if after[i] is None or after[i] in finished]
-            for i in ready[:processes - running]:
+            for i in ready[:processes - len(running)]:
                 waiting.remove(i)
-                running += 1
                 if on_start:
                     on_start(i)
                 cfg, resume = tasks[i]
-                pool.apply_async(_train_quietly, ((i, cfg, resume),), callback=results.put,
-                                 error_callback=results.put)
+                receiver, sender = context.Pipe(duplex=False)
+                # Not a daemon: a run may start its own data loader workers. It never outlives this
+                # call (the finally below ends it).
+                process = context.Process(target=_run_in_worker, args=((i, cfg, resume), threads, sender),
+                                          name=f"rloss-run-{cfg.run.name}")
+                process.start()
+                sender.close()  # the child holds the only sending end: its exit is seen as the pipe's end
+                running[i] = (process, receiver)
             if not running:
                 raise ValueError(f"{tasks[waiting[0]][0].run.name}: waits for a run that never starts "
                                  "(loss.init_from points at its own checkpoint?)")
-            result = _next_result(results)
-            if isinstance(result, BaseException):
-                raise result
-            i, final, printed = result
-            running -= 1
+            i, final, printed = _next_outcome(running, lambda j: tasks[j][0].run.name)
             finished.add(i)
             finals[i] = final
             if on_done:
                 on_done(i, final, printed)
-        pool.close()
-    except BaseException:
-        pool.terminate()  # a failed run or a KeyboardInterrupt ends the runs in flight now
-        raise
     finally:
-        pool.join()
+        _stop(running)  # a failed run or a KeyboardInterrupt ends the runs in flight now
     return finals  # type: ignore[return-value]
 
 

@@ -2,6 +2,8 @@
 one at a time, failures raised, the number of processes chosen sensibly."""
 
 import json
+import multiprocessing
+import os
 
 import pytest
 import torch
@@ -69,6 +71,19 @@ def test_a_failing_run_is_raised_with_its_own_message(tmp_path):
     bad.data.root = str(tmp_path / "missing")
     with pytest.raises(DataError, match="missing"):
         train_runs([good, bad], parallel_runs=2)
+
+
+def test_a_run_whose_process_dies_is_one_line_not_a_wait(tmp_path):
+    # A run's process killed from outside (the kernel's out-of-memory killer) sends no result: the
+    # caller must hear of it at once. The stand-in process exits with code 3 without a word.
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=os._exit, args=(3,))
+    process.start()
+    sender.close()
+    with pytest.raises(RuntimeError, match=r"^big: its process ended without finishing \(exit code 3;"):
+        run_pool._next_outcome({0: (process, receiver)}, lambda i: "big")
+    assert not process.is_alive()
 
 
 def test_auto_takes_one_run_per_core_as_memory_allows(monkeypatch):
