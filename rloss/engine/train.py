@@ -122,7 +122,10 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
     Stops with a :class:`TrainingError` on a non-finite loss, when memory runs out or
     when results cannot be written, leaving the last checkpoint as it was.
     """
-    cfg = runs.with_absolute_data_root(config.validate())  # saved configs name the data wherever they are read
+    # The one check a config built in Python gets (those from load_config, the grid or the sweep were
+    # checked where they were made, so a bad one fails before any run starts); it costs microseconds.
+    # Saved configs name the data wherever they are read: an absolute root.
+    cfg = runs.with_absolute_data_root(config.validate())
     ctx = D.context_from_env()
     threads = D.cpu_threads(ctx, cfg.run.threads)
     threads_before = torch.get_num_threads()

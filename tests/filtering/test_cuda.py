@@ -95,20 +95,15 @@ def test_cuda_op_equals_portable_lattice_on_the_same_gpu_and_both_the_cpu_op(lat
 
 
 @needs_gpu
-def test_portable_lattice_on_cuda_is_deterministic():
+@pytest.mark.parametrize("lattice", ["portable", "extension"])
+def test_each_lattice_on_cuda_is_deterministic(lattice, request):
+    if lattice == "extension":
+        request.getfixturevalue("lattice_available")  # builds or loads the extension, as the other tests do
+    crf = portable_crf if lattice == "portable" else permutohedral_crf
     features, probs, roi = _inputs(2, 21, 96, "cuda")
-    first = portable_crf(features, probs, roi, 1.0)
+    first = crf(features, probs, roi, 1.0)
     for _ in range(3):
-        again = portable_crf(features, probs, roi, 1.0)
-        assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
-
-
-@needs_gpu
-def test_cuda_lattice_is_deterministic(lattice_available):
-    features, probs, roi = _inputs(2, 21, 96, "cuda")
-    first = permutohedral_crf(features, probs, roi, 1.0)
-    for _ in range(3):
-        again = permutohedral_crf(features, probs, roi, 1.0)
+        again = crf(features, probs, roi, 1.0)
         assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
 
 
