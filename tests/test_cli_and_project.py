@@ -1,6 +1,7 @@
 """The command line and the project's promises (notebooks without outputs, CI = make test)."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -84,8 +85,10 @@ def test_notebooks_are_committed_without_outputs_and_with_a_parameters_cell(note
 def test_ci_runs_exactly_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     commands = [line for line in ci.splitlines() if line.strip() and not line.startswith("#")]
-    assert "make test" in commands
+    # The test command, under a time limit that makes a hang fail with pytest's output so far.
+    tests = [re.sub(r"^timeout --signal=TERM \d+ ", "", c) for c in commands]
+    assert "make test" in tests
     # Besides the test command: only the shell setup (CI=true: a missing browser fails, not skips).
-    assert all(c.startswith(("set ", "cd ", "export CI=true", "make test")) for c in commands), commands
+    assert all(c.startswith(("set ", "cd ", "export CI=true", "make test")) for c in tests), commands
     readme = (ROOT / "README.md").read_text()
     assert "make study" in readme and "make test" in readme
