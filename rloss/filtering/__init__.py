@@ -14,7 +14,7 @@ import torch
 
 from ._extension import ExtensionUnavailable, extension_status, load_extension, require_lattice
 from .exact import exact_filter
-from .features import FEATURE_DIM, bilateral_features
+from .features import FEATURE_DIM, MAX_FEATURE_DIM, MIN_FEATURE_DIM, bilateral_features
 from .permutohedral import BACKENDS, permutohedral_crf, permutohedral_filter, resolve_backend
 from .portable import portable_crf, portable_filter
 
@@ -34,7 +34,7 @@ def resolve_kernel(kernel: str, num_pixels: int = 0, device: torch.device | str 
 def gaussian_filter(
     features: torch.Tensor, values: torch.Tensor, kernel: str = "auto", backend: str = "auto"
 ) -> torch.Tensor:
-    """``A·values`` for ``features [N, P, 5]`` and ``values [N, K, P]`` with the chosen kernel."""
+    """``A·values`` for ``features [N, P, D]`` and ``values [N, K, P]`` with the chosen kernel."""
     if resolve_kernel(kernel) == "exact":
         return exact_filter(features, values)
     return permutohedral_filter(features, values, backend).to(values.dtype)
@@ -44,6 +44,8 @@ __all__ = [
     "BACKENDS",
     "FEATURE_DIM",
     "KERNELS",
+    "MAX_FEATURE_DIM",
+    "MIN_FEATURE_DIM",
     "ExtensionUnavailable",
     "bilateral_features",
     "exact_filter",

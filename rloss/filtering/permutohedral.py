@@ -44,7 +44,7 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
 
 
 def permutohedral_filter(features: torch.Tensor, values: torch.Tensor, backend: str = "auto") -> torch.Tensor:
-    """``features [N, P, 5]``, ``values [N, K, P]`` -> ``[N, K, P]`` float32.
+    """``features [N, P, D]`` (D from 2 to 16), ``values [N, K, P]`` -> ``[N, K, P]`` float32.
 
     Approximates the dense Gaussian filter up to a scale (about 0.5-0.6 on
     photos): the standard lattice, as the published DenseCRF loss weight assumes.

@@ -5,11 +5,12 @@ the ops exist) with no compiler, and follows the CUDA kernel
 (``csrc/permutohedral_cuda.cu``) step by step, so that it is that kernel's
 oracle:
 
-1. locate: each pixel's D+1 simplex vertices become lattice keys (two 64-bit
-   words, 21-bit fields, the image index in the high word) with barycentric
-   weights, computed with the float32 operations of ``permutohedral_math.h``;
-2. sort: a stable sort by the low word, then a stable sort by the high word,
-   orders the entries by lattice point, equal keys keeping entry order;
+1. locate: each pixel's D+1 simplex vertices become lattice keys (``D // 3 + 1``
+   64-bit words of 21-bit fields, the image index in the top word: see
+   :func:`key_words`) with barycentric weights, computed with the float32
+   operations of ``permutohedral_math.h``;
+2. sort: stable sorts by each word, the lowest first, order the entries by
+   lattice point, equal keys keeping entry order;
 3. number: a point starts where the key changes; a cumulative sum of the
    starts numbers the points 0..M-1 (M is read back, with the maxima the range
    check needs; ``nonzero`` and ``unique`` synchronise too);
@@ -35,15 +36,33 @@ import math
 
 import torch
 
-from .features import FEATURE_DIM
+from .features import MAX_FEATURE_DIM, MIN_FEATURE_DIM
 
-D = FEATURE_DIM
-VERTICES = D + 1
 KEY_FIELD_BITS = 21
 KEY_FIELD_BIAS = 1 << (KEY_FIELD_BITS - 1)  # coordinates must lie in [-bias, bias)
-IMAGE_SHIFT = 2 * KEY_FIELD_BITS  # the image index sits above coordinates 3 and 4 in the high word
-SLICE_ALPHA = 1.0 / (1.0 + 2.0**-D)
-INV_STD = 0.81649658092772603 * (D + 1)  # sqrt(2/3) (D+1), the lattice blur's scale
+FIELDS_PER_WORD = 3  # 63 bits: a word stays a non-negative int64, which sorts as unsigned would
+
+
+def key_words(dim: int) -> int:
+    """64-bit words of a key in ``dim`` dimensions: coordinate i in word ``i // 3`` at bit
+    ``21 * (i % 3)``, the image index in the top word above its fields (in a word of its
+    own when ``dim`` is a multiple of 3). For dim 5: (coordinates 0-2), (3-4, image)."""
+    return dim // FIELDS_PER_WORD + 1
+
+
+def image_shift(dim: int) -> int:
+    """The image index's bit in the top key word."""
+    return KEY_FIELD_BITS * (dim % FIELDS_PER_WORD)
+
+
+def inv_std(dim: int) -> float:
+    """sqrt(2/3) (D+1), the lattice blur's scale."""
+    return 0.81649658092772603 * (dim + 1)
+
+
+def slice_alpha(dim: int) -> float:
+    return 1.0 / (1.0 + 2.0**-dim)
+
 
 # The splat's fixed-point products are formed this many bytes at a time
 # (entries x 12, channel by channel), so memory stays bounded at any batch size.
@@ -55,36 +74,38 @@ def wide_float(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def feature_scales(device: torch.device) -> torch.Tensor:
+def feature_scales(dim: int, device: torch.device) -> torch.Tensor:
     """sqrt(2/3) (D+1) / sqrt((i+1)(i+2)) in float32, as ``feature_scale`` computes it."""
-    inv_std = torch.tensor(INV_STD / (D + 1), dtype=torch.float32) * float(D + 1)  # in float32, as in C++
-    roots = torch.sqrt(torch.tensor([float((i + 1) * (i + 2)) for i in range(D)], dtype=torch.float32))
-    return (inv_std / roots).to(device)
+    scale = torch.tensor(inv_std(dim) / (dim + 1), dtype=torch.float32) * float(dim + 1)  # in float32, as in C++
+    roots = torch.sqrt(torch.tensor([float((i + 1) * (i + 2)) for i in range(dim)], dtype=torch.float32))
+    return (scale / roots).to(device)
 
 
-def max_lattice_coord(max_abs_feature: float) -> float:
+def max_lattice_coord(dim: int, max_abs_feature: float) -> float:
     """Largest |coordinate| of a lattice point or blur neighbour (``max_lattice_coord``)."""
-    return 2.0 * D * (INV_STD / math.sqrt(2.0)) * max_abs_feature + 4.0 * (D + 1)
+    return 2.0 * dim * (inv_std(dim) / math.sqrt(2.0)) * max_abs_feature + 4.0 * (dim + 1)
 
 
-# Features beyond this cannot be placed in 21-bit key fields (check_feature_range).
-MAX_ABS_FEATURE = (KEY_FIELD_BIAS - 4.0 * (D + 1)) / (2.0 * D * INV_STD / math.sqrt(2.0))
+def max_abs_feature(dim: int) -> float:
+    """Features beyond this cannot be placed in 21-bit key fields (check_feature_range)."""
+    return (KEY_FIELD_BIAS - 4.0 * (dim + 1)) / (2.0 * dim * inv_std(dim) / math.sqrt(2.0))
 
 
-def check_feature_range(op: str, max_abs_feature: float) -> None:
+def check_feature_range(op: str, dim: int, max_abs: float) -> None:
     """The extension's range check, with its message."""
-    if not max_lattice_coord(max_abs_feature) < KEY_FIELD_BIAS:  # also false for NaN
-        limit = KEY_FIELD_BIAS / max_lattice_coord(1.0)
+    if not max_lattice_coord(dim, max_abs) < KEY_FIELD_BIAS:  # also false for NaN
+        limit = KEY_FIELD_BIAS / max_lattice_coord(dim, 1.0)
         raise RuntimeError(
             f"{op}: features must be finite and at most about {limit:.6g} in absolute value "
-            f"(are the sigmas tiny?), got {max_abs_feature}"
+            f"(are the sigmas tiny?), got {max_abs}"
         )
 
 
 def locate(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Vertex coordinates ``[..., D+1 vertices, D] int64`` and barycentric weights
     ``[..., D+1] float32`` of features ``[..., D]`` (``locate`` + ``vertex_coord``)."""
-    scales = feature_scales(features.device)
+    D = features.shape[-1]
+    scales = feature_scales(D, features.device)
     f = features.float()
     # Elevate: elevated[j] = tail - j * cf, tail accumulating from the last feature down.
     elevated = [None] * (D + 1)
@@ -131,16 +152,21 @@ def locate(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return coords, weights
 
 
-def pack_keys(coords: torch.Tensor, image: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``coords [..., D]`` -> the (low, high) key words of ``pack_key``; ``image`` goes above
-    the coordinates in the high word. Coordinates 0-2 fill the low word (63 bits, so it
-    stays a non-negative int64), 3-4 the high word."""
+def pack_keys(coords: torch.Tensor, image: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """``coords [..., D]`` -> the key words of ``pack_key`` (:func:`key_words`), lowest first;
+    ``image`` goes above the coordinates in the top word."""
+    dim = coords.shape[-1]
     fields = coords + KEY_FIELD_BIAS
-    lo = fields[..., 0] | (fields[..., 1] << KEY_FIELD_BITS) | (fields[..., 2] << (2 * KEY_FIELD_BITS))
-    hi = fields[..., 3] | (fields[..., 4] << KEY_FIELD_BITS)
+    words = []
+    for word in range(key_words(dim)):
+        first = word * FIELDS_PER_WORD
+        value = torch.zeros_like(fields[..., 0])
+        for i in range(first, min(first + FIELDS_PER_WORD, dim)):
+            value = value | (fields[..., i] << (KEY_FIELD_BITS * (i - first)))
+        words.append(value)
     if image is not None:
-        hi = hi | (image << IMAGE_SHIFT)
-    return lo, hi
+        words[-1] = words[-1] | (image << image_shift(dim))
+    return words
 
 
 def fixed_point_splat(device: torch.device) -> bool:
@@ -156,16 +182,18 @@ def _splat_in_pixel_order(
     deterministic there), so the sums have a fixed order, and it is faster there than
     the fixed-point segment sums."""
     values = signal.new_zeros(num_points, signal.shape[1])
-    for vertex in range(VERTICES):
+    for vertex in range(vertex_point.shape[1]):
         values.index_add_(0, vertex_point[:, vertex], signal * weight[:, vertex : vertex + 1])
     return values
 
 
 def _splat(
-    point_begin: torch.Tensor, sorted_entry: torch.Tensor, weight: torch.Tensor, signal: torch.Tensor, max_abs: float
+    point_begin: torch.Tensor, sorted_entry: torch.Tensor, weight: torch.Tensor, signal: torch.Tensor, max_abs: float,
+    vertices: int,
 ) -> torch.Tensor:
     """``values[point] = sum of weight * signal[pixel]`` over each point's run of sorted
-    entries, as a ``[M, K]`` float32 tensor; ``signal [pixels, K]``, ``max_abs`` = max |signal|.
+    entries (entry = pixel * ``vertices`` + vertex), as a ``[M, K]`` float32 tensor;
+    ``signal [pixels, K]``, ``max_abs`` = max |signal|.
 
     Each product is rounded to 64-bit fixed point with a power-of-two scale chosen so
     that no partial sum can overflow (barycentric weights sum to 1 per pixel); a run's
@@ -182,7 +210,7 @@ def _splat(
     # Float32 products are exact to 24 bits before rounding, as the extension's
     # float32 sums are; the sums themselves are exact.
     scaled_weight = weight[sorted_entry] * scale
-    sorted_pixel = sorted_entry // VERTICES
+    sorted_pixel = sorted_entry // vertices
     last_entry = point_begin[1:] - 1
     # One channel at a time, as 1-D scans: CUDA scans a 1-D tensor with a device-wide
     # parallel scan, but the rows of a 2-D one with one thread block for all rows.
@@ -214,32 +242,39 @@ def _filter(
     """out = A values, or with ``roi``: S = values * roi, out = out_scale * roi * A S and
     the energy sum(S * A S) per image (``filter_batch`` of the CUDA op)."""
     n, k, p = values.shape
+    dim = features.shape[2]
+    vertices = dim + 1
     device = values.device
     energy = torch.zeros(n, device=device) if roi is not None else None
     if values.numel() == 0:
         if features.numel() > 0:
-            check_feature_range(op, float(features.abs().max()))
+            check_feature_range(op, dim, float(features.abs().max()))
         return torch.empty_like(values), energy
 
     # 1. Locate. Features are clamped first so that no coordinate overflows before the
     #    range check (which reads the true maximum) runs.
-    max_abs_feature = features.abs().max()
-    safe = torch.nan_to_num(features, nan=0.0).clamp(-MAX_ABS_FEATURE, MAX_ABS_FEATURE)
-    coords, weight = locate(safe.reshape(n * p, D))  # [NP, V, D], [NP, V]
+    max_abs = features.abs().max()
+    limit = max_abs_feature(dim)
+    safe = torch.nan_to_num(features, nan=0.0).clamp(-limit, limit)
+    coords, weight = locate(safe.reshape(n * p, dim))  # [NP, V, D], [NP, V]
     image = torch.arange(n, device=device).repeat_interleave(p).unsqueeze(1)  # [NP, 1]
-    key_lo, key_hi = pack_keys(coords, image)
+    keys = [word.view(-1) for word in pack_keys(coords, image)]  # entry = pixel * V + vertex
     del coords
-    key_lo, key_hi, weight = key_lo.view(-1), key_hi.view(-1), weight.view(-1)  # entry = pixel * V + vertex
+    weight = weight.view(-1)
 
-    # 2. Sort by (hi, lo): stably by lo, then stably by hi.
-    _, by_lo = torch.sort(key_lo, stable=True)
-    sorted_hi, order = torch.sort(key_hi[by_lo], stable=True)
-    sorted_entry = by_lo[order]
-    sorted_lo = key_lo[sorted_entry]
+    # 2. Sort by the key, top word first: stably by each word, the lowest first.
+    sorted_entry = None
+    for word in keys:
+        _, order = torch.sort(word if sorted_entry is None else word[sorted_entry], stable=True)
+        sorted_entry = order if sorted_entry is None else sorted_entry[order]
+    sorted_keys = [word[sorted_entry] for word in keys]
+    del keys
 
     # 3. Number the points.
-    is_start = torch.ones_like(sorted_lo, dtype=torch.bool)
-    is_start[1:] = (sorted_lo[1:] != sorted_lo[:-1]) | (sorted_hi[1:] != sorted_hi[:-1])
+    is_start = torch.zeros_like(sorted_entry, dtype=torch.bool)
+    is_start[0] = True
+    for word in sorted_keys:
+        is_start[1:] |= word[1:] != word[:-1]
     points_so_far = torch.cumsum(is_start, dim=0)
     signal = values * roi.unsqueeze(1) if roi is not None else values
     signal = signal.float().transpose(1, 2).reshape(n * p, k)  # pixel-major
@@ -247,33 +282,33 @@ def _filter(
     # for the fixed-point splat, max |signal| for its scale.
     fixed_point = fixed_point_splat(device)
     wide = wide_float(device)
-    summary = [points_so_far[-1].to(wide), max_abs_feature.to(wide)]
+    summary = [points_so_far[-1].to(wide), max_abs.to(wide)]
     summary = torch.stack(summary + ([signal.abs().max().to(wide)] if fixed_point else [])).tolist()
-    check_feature_range(op, summary[1])
+    check_feature_range(op, dim, summary[1])
     num_points = int(summary[0])
-    vertex_point = torch.empty_like(sorted_entry).scatter_(0, sorted_entry, points_so_far - 1).view(n * p, VERTICES)
+    vertex_point = torch.empty_like(sorted_entry).scatter_(0, sorted_entry, points_so_far - 1).view(n * p, vertices)
     starts = torch.nonzero(is_start).squeeze(1)
-    point_lo, point_hi = sorted_lo[starts], sorted_hi[starts]
+    point_keys = [word[starts] for word in sorted_keys]
 
     # 4. Splat, plus a zero row (index M) standing in for missing blur neighbours.
     if fixed_point:
         point_begin = torch.cat([starts, torch.tensor([sorted_entry.numel()], device=device)])
-        splatted = _splat(point_begin, sorted_entry, weight, signal, summary[2])
+        splatted = _splat(point_begin, sorted_entry, weight, signal, summary[2], vertices)
     else:
-        splatted = _splat_in_pixel_order(vertex_point, weight.view(n * p, VERTICES), signal, num_points)
+        splatted = _splat_in_pixel_order(vertex_point, weight.view(n * p, vertices), signal, num_points)
     lattice = torch.cat([splatted, signal.new_zeros(1, k)])
 
     # 5. Blur along the D+1 directions.
-    neighbours = _blur_neighbours(point_lo, point_hi)
-    for direction in range(D + 1):
+    neighbours = _blur_neighbours(point_keys, dim)
+    for direction in range(vertices):
         prev, next_ = neighbours[direction]
         blurred = lattice[:num_points] + 0.5 * (lattice[prev] + lattice[next_])
         lattice = torch.cat([blurred, lattice[num_points:]])  # the zero row stays zero
 
     # 6. Slice: acc = sum_k (alpha * weight_k) * lattice[vertex_k], vertex by vertex.
-    alpha_weight = weight.view(n * p, VERTICES) * torch.tensor(SLICE_ALPHA, dtype=torch.float32)
+    alpha_weight = weight.view(n * p, vertices) * torch.tensor(slice_alpha(dim), dtype=torch.float32)
     acc = torch.zeros(n * p, k, device=device)
-    for vertex in range(VERTICES):
+    for vertex in range(vertices):
         acc.addcmul_(alpha_weight[:, vertex : vertex + 1], lattice[vertex_point[:, vertex]])
     if roi is None:
         return acc.view(n, p, k).transpose(1, 2).contiguous(), None
@@ -282,44 +317,65 @@ def _filter(
     return acc.view(n, p, k).transpose(1, 2).contiguous(), energy
 
 
-def _blur_neighbours(point_lo: torch.Tensor, point_hi: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _blur_neighbours(point_keys: list[torch.Tensor], dim: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per direction, the indices of each point's neighbours ``point + step`` and
     ``point - step`` (step = (-1, ..., -1, D at the direction, -1, ...)); M where absent.
+    ``point_keys``: the points' key words, lowest first, the points sorted by key."""
+    mask = (1 << KEY_FIELD_BITS) - 1
+    coords = torch.stack(
+        [(point_keys[i // FIELDS_PER_WORD] >> (KEY_FIELD_BITS * (i % FIELDS_PER_WORD))) & mask for i in range(dim)],
+        dim=1,
+    )  # biased fields
+    shift = image_shift(dim)
+    image_bits = (point_keys[-1] >> shift) << shift
+    # All 2(D+1) stepped keys at once: [direction, sign, point, coordinate].
+    steps = torch.full((dim + 1, dim), -1, dtype=torch.int64, device=coords.device)
+    steps[:dim].fill_diagonal_(dim)
+    stepped = pack_keys(coords + torch.stack([steps, -steps], dim=1).unsqueeze(2) - KEY_FIELD_BIAS)
+    stepped[-1] = stepped[-1] | image_bits
+    find = _find_two_word_keys if len(point_keys) == 2 else _find_keys
+    found = find(point_keys, stepped)  # [D+1, 2, M]
+    return [(found[direction, 0], found[direction, 1]) for direction in range(dim + 1)]
 
-    The points are sorted by (hi, lo). Both words are replaced by their ranks among the
-    distinct values of that word, and a combined rank hi_rank * distinct_lo + lo_rank
-    orders the points as (hi, lo) do, so one ``searchsorted`` finds a key."""
+
+def _find_two_word_keys(point_keys: list[torch.Tensor], queries: list[torch.Tensor]) -> torch.Tensor:
+    """The index of each query key among the sorted point keys, M where absent (keys of two
+    words: D 3 to 5). Both words are replaced by their ranks among the distinct values of that
+    word, and a combined rank hi_rank * distinct_lo + lo_rank orders the points as (hi, lo) do,
+    so one ``searchsorted`` finds a key."""
+    point_lo, point_hi = point_keys
     num_points = point_lo.numel()
     distinct_lo = torch.unique(point_lo)
     distinct_hi = torch.unique_consecutive(point_hi)
     combined = torch.searchsorted(distinct_hi, point_hi) * distinct_lo.numel() + torch.searchsorted(distinct_lo, point_lo)
+    lo, hi = queries
+    lo_rank = torch.searchsorted(distinct_lo, lo).clamp_(max=distinct_lo.numel() - 1)
+    hi_rank = torch.searchsorted(distinct_hi, hi).clamp_(max=distinct_hi.numel() - 1)
+    present = (distinct_lo[lo_rank] == lo) & (distinct_hi[hi_rank] == hi)
+    at = torch.searchsorted(combined, hi_rank * distinct_lo.numel() + lo_rank).clamp_(max=num_points - 1)
+    present &= combined[at] == hi_rank * distinct_lo.numel() + lo_rank
+    return torch.where(present, at, num_points)
 
-    def find(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-        lo_rank = torch.searchsorted(distinct_lo, lo).clamp_(max=distinct_lo.numel() - 1)
-        hi_rank = torch.searchsorted(distinct_hi, hi).clamp_(max=distinct_hi.numel() - 1)
-        present = (distinct_lo[lo_rank] == lo) & (distinct_hi[hi_rank] == hi)
-        at = torch.searchsorted(combined, hi_rank * distinct_lo.numel() + lo_rank).clamp_(max=num_points - 1)
-        present &= combined[at] == hi_rank * distinct_lo.numel() + lo_rank
-        return torch.where(present, at, num_points)
 
-    mask = (1 << KEY_FIELD_BITS) - 1
-    coords = torch.stack(
-        [(point_lo >> (KEY_FIELD_BITS * i)) & mask for i in range(3)]
-        + [(point_hi >> (KEY_FIELD_BITS * i)) & mask for i in range(2)],
-        dim=1,
-    )  # biased fields
-    image_bits = (point_hi >> IMAGE_SHIFT) << IMAGE_SHIFT
-    # All 2(D+1) stepped keys at once: [direction, sign, point, coordinate].
-    steps = torch.full((D + 1, D), -1, dtype=torch.int64, device=point_lo.device)
-    steps[:D].fill_diagonal_(D)
-    stepped = coords + torch.stack([steps, -steps], dim=1).unsqueeze(2)
-    lo, hi = pack_keys(stepped - KEY_FIELD_BIAS)
-    found = find(lo, hi | image_bits)  # [D+1, 2, M]
-    return [(found[direction, 0], found[direction, 1]) for direction in range(D + 1)]
+def _find_keys(point_keys: list[torch.Tensor], queries: list[torch.Tensor]) -> torch.Tensor:
+    """:func:`_find_two_word_keys` for keys of any number of words: every key, point or query,
+    gets a code equal for equal keys, built word by word from the top (a pair of a code and a
+    word's rank is renumbered densely, so codes stay below the number of keys); a table from
+    code to point index then answers every query."""
+    num_points = point_keys[0].numel()
+    shape = queries[0].shape
+    code = None
+    for points, asked in zip(reversed(point_keys), reversed(queries)):
+        _, rank = torch.unique(torch.cat([points, asked.reshape(-1)]), return_inverse=True)
+        pair = rank if code is None else code * (int(rank.max()) + 1) + rank
+        _, code = torch.unique(pair, return_inverse=True)
+    table = torch.full((int(code.max()) + 1,), num_points, dtype=torch.int64, device=code.device)
+    table[code[:num_points]] = torch.arange(num_points, device=code.device)
+    return table[code[num_points:]].view(shape)
 
 
 def portable_filter(features: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """``features [N, P, 5]``, ``values [N, K, P]`` -> ``A values`` ``[N, K, P]`` float32."""
+    """``features [N, P, D]`` (D from 2 to 16), ``values [N, K, P]`` -> ``A values`` ``[N, K, P]`` float32."""
     _check_inputs("permutohedral_filter", features, values)
     out, _ = _filter("permutohedral_filter", features.float(), values.float(), None, 1.0)
     return out
@@ -339,8 +395,9 @@ def portable_crf(
 
 def _check_inputs(op: str, features: torch.Tensor, values: torch.Tensor) -> None:
     """The extension's shape checks, with its messages."""
-    if features.dim() != 3 or features.shape[2] != D:
-        raise RuntimeError(f"{op}: features must be [N, P, {D}], got {list(features.shape)}")
+    if features.dim() != 3 or not MIN_FEATURE_DIM <= features.shape[2] <= MAX_FEATURE_DIM:
+        raise RuntimeError(f"{op}: features must be [N, P, D] with {MIN_FEATURE_DIM} <= D <= {MAX_FEATURE_DIM} "
+                           f"(spatial axes + channels), got {list(features.shape)}")
     if values.dim() != 3 or values.shape[0] != features.shape[0] or values.shape[2] != features.shape[1]:
         raise RuntimeError(
             f"{op}: values must be [N, K, P] matching features {list(features.shape)}, got {list(values.shape)}"

@@ -66,6 +66,40 @@ def test_cuda_lattice_equals_cpu_lattice(lattice_available, n, k, size):
     assert ((gpu_energy - cpu_energy).abs() / cpu_energy.abs()).max() <= 1e-4
 
 
+def _features_of_dim(features, dim, seed=7):
+    """(x, y, r, g, b) features cut to their first ``dim`` or extended by ``dim - 5`` smooth random
+    fields (amplitude falling as 1/sqrt(dim - 5), so that the blur still mixes pixels)."""
+    if dim <= 5:
+        return features[..., :dim].contiguous()
+    n, p, _ = features.shape
+    size = round(p**0.5)
+    coarse = torch.randn(n, dim - 5, 8, 8, generator=torch.Generator().manual_seed(seed)) * (3.0 / (dim - 5) ** 0.5)
+    extra = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+    return torch.cat([features, extra.flatten(2).transpose(1, 2)], -1).contiguous()
+
+
+@needs_gpu
+@pytest.mark.parametrize("dim", [3, 4, 6, 10, 16])
+def test_cuda_lattice_equals_cpu_lattice_in_other_feature_dimensions_and_is_deterministic(lattice_available, dim):
+    _extension.require_lattice("cuda")
+    features, probs, roi = _inputs(2, 21, 64, "cpu")
+    features = _features_of_dim(features, dim)
+    ops = torch.ops.rloss
+    cpu_filtered = ops.permutohedral_filter(features, probs)
+    cpu_energy, cpu_out = ops.permutohedral_crf(features, probs, roi, -0.5)
+    gpu_filtered = ops.permutohedral_filter(features.cuda(), probs.cuda())
+    gpu_crf = ops.permutohedral_crf(features.cuda(), probs.cuda(), roi.cuda(), -0.5)
+    gpu_energy, gpu_out = (t.cpu() for t in gpu_crf)
+    # The D = 5 test's tolerances (test_cuda_lattice_equals_cpu_lattice).
+    assert ((gpu_filtered.cpu() - cpu_filtered).abs().max() / cpu_filtered.abs().max()) <= 1e-3
+    assert ((gpu_out - cpu_out).abs().max() / cpu_out.abs().max()) <= 1e-3
+    assert ((gpu_energy - cpu_energy).abs() / cpu_energy.abs()).max() <= 1e-4
+    for _ in range(2):  # no atomics: the same bits run after run
+        assert torch.equal(ops.permutohedral_filter(features.cuda(), probs.cuda()), gpu_filtered)
+        again = ops.permutohedral_crf(features.cuda(), probs.cuda(), roi.cuda(), -0.5)
+        assert torch.equal(again[0], gpu_crf[0]) and torch.equal(again[1], gpu_crf[1])
+
+
 @needs_gpu
 @pytest.mark.parametrize("n, k, size", [(1, 1, 24), (2, 21, 64), (3, 5, 97)])
 def test_cuda_op_equals_portable_lattice_on_the_same_gpu_and_both_the_cpu_op(lattice_available, n, k, size):

@@ -117,8 +117,9 @@ def test_lattice_rejects_bad_inputs(lattice_available, lattice):
     features = torch.zeros(1, 4, 5)
     with pytest.raises(RuntimeError, match=r"values must be \[N, K, P\]"):
         lattice(features, torch.zeros(1, 2, 5))
-    with pytest.raises(RuntimeError, match="features must be"):
-        lattice(torch.zeros(1, 4, 3), torch.zeros(1, 2, 4))
+    for dim in (1, 17):  # the lattices take 2 to 16 feature dimensions
+        with pytest.raises(RuntimeError, match=r"features must be \[N, P, D\] with 2 <= D <= 16"):
+            lattice(torch.zeros(1, 4, dim), torch.zeros(1, 2, 4))
     with pytest.raises(RuntimeError, match="finite"):
         lattice(torch.full((1, 4, 5), float("nan")), torch.zeros(1, 2, 4))
     with pytest.raises(RuntimeError, match="sigmas tiny"):

@@ -3,7 +3,7 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(rloss, m) {
-  // features [N, P, 5] float32, values [N, K, P] float32 -> [N, K, P]:
+  // features [N, P, D] float32 (2 <= D <= 16), values [N, K, P] float32 -> [N, K, P]:
   // the permutohedral-lattice approximation of sum_j exp(-|f_i - f_j|^2 / 2) values_j.
   m.def("permutohedral_filter(Tensor features, Tensor values) -> Tensor");
   // The DenseCRF loss in one pass: with S = probs * roi (probs [N, K, P], roi

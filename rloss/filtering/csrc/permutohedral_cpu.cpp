@@ -24,6 +24,8 @@ namespace {
 template <int D>
 class LatticePoints {
  public:
+  using Key = PackedKey<cpu_key_words(D)>;
+
   // Empties the table, keeping its memory for the next image.
   void reset(int64_t expected_points) {
     uint64_t capacity = 1024;
@@ -37,8 +39,8 @@ class LatticePoints {
   int32_t size() const { return static_cast<int32_t>(keys_.size()); }
   const int32_t* coords(int32_t point) const { return coords_.data() + static_cast<size_t>(point) * D; }
 
-  // `key` is pack_key<D>(coords).
-  int32_t insert(const int32_t* coords, const PackedKey& key) {
+  // `key` is pack_key<D, W>(coords).
+  int32_t insert(const int32_t* coords, const Key& key) {
     const uint64_t hash = hash_key(key);
     uint64_t slot = probe(key, hash);
     if (slots_[slot] != kEmpty) return static_cast<int32_t>(slots_[slot]);
@@ -52,7 +54,7 @@ class LatticePoints {
 
   // Index of the point, or -1 where the lattice has none.
   int32_t find(const int32_t* coords) const {
-    const PackedKey key = pack_key<D>(coords);
+    const Key key = pack_key<D, cpu_key_words(D)>(coords);
     const uint64_t slot = probe(key, hash_key(key));
     return slots_[slot] == kEmpty ? -1 : static_cast<int32_t>(slots_[slot]);
   }
@@ -62,7 +64,7 @@ class LatticePoints {
   static constexpr uint64_t kTagMask = 0xFFFFFFFF00000000ull;
 
   // The slot holding `key`, or the empty slot where it would go.
-  uint64_t probe(const PackedKey& key, uint64_t hash) const {
+  uint64_t probe(const Key& key, uint64_t hash) const {
     const uint64_t tag = hash & kTagMask;
     for (uint64_t slot = hash & mask_;; slot = (slot + 1) & mask_) {
       const uint64_t entry = slots_[slot];
@@ -83,7 +85,7 @@ class LatticePoints {
   }
 
   std::vector<uint64_t> slots_;   // tag << 32 | point index, kEmpty where empty
-  std::vector<PackedKey> keys_;   // per point
+  std::vector<Key> keys_;         // per point
   std::vector<int32_t> coords_;   // per point, D each
   uint64_t mask_;
 };
@@ -119,13 +121,16 @@ struct Workspace {
   std::vector<float> tile;        // [kTile, K] pixels in [pixel, channel] layout
 };
 
+// The steps of filter_image, always inlined into it (one function as far as
+// the compiler is concerned, compiled per D and per target).
+
+// Step 1: the lattice points and barycentric weights of every pixel's simplex.
 template <int D>
-__attribute__((always_inline)) inline void filter_image(const ImageTask& t) {
+__attribute__((always_inline)) inline void locate_pixels(const ImageTask& t, Workspace<D>& ws) {
   constexpr int V = D + 1;  // vertices per simplex
-  const int64_t P = t.P, K = t.K;
-  // Rows of the [*, K] buffers are padded with zeros to whole 8-float vectors.
-  const int64_t S = K <= 4 ? K : (K + 7) / 8 * 8;
-  thread_local Workspace<D> ws;
+  constexpr int W = cpu_key_words(D);
+  using Key = PackedKey<W>;
+  const int64_t P = t.P;
   std::vector<int32_t>& vertex = ws.vertex;
   std::vector<float>& weight = ws.weight;
   vertex.resize(static_cast<size_t>(P) * V);
@@ -138,7 +143,7 @@ __attribute__((always_inline)) inline void filter_image(const ImageTask& t) {
   lattice.reset(P / 8 + 64);  // grows as needed
   const FeatureScales<D> scales = feature_scales<D>();
   Simplex<D> s;
-  PackedKey last_key[V];
+  Key last_key[V];
   int32_t last_point[V];
   for (int k = 0; k < V; ++k) last_point[k] = -1;
   // Packed keys step from vertex k to k+1 by adding 1 to every coordinate and
@@ -146,37 +151,44 @@ __attribute__((always_inline)) inline void filter_image(const ImageTask& t) {
   // range-checked on entry).
   int32_t ones[D], coords[D];
   for (int i = 0; i < D; ++i) ones[i] = 1 - kKeyFieldBias;  // packs to a 1 in each field
-  const PackedKey step = pack_key<D>(ones);
-  PackedKey wrap[V];  // D+1 in field i (nothing for i == D, which is not stored); a table, not branches
+  const Key step = pack_key<D, W>(ones);
+  Key wrap[V];  // D+1 in field i (nothing for i == D, which is not stored); a table, not branches
   for (int i = 0; i < V; ++i) {
     for (int j = 0; j < D; ++j) coords[j] = (j == i ? D + 1 : 0) - kKeyFieldBias;
-    wrap[i] = pack_key<D>(coords);
+    wrap[i] = pack_key<D, W>(coords);
   }
   for (int64_t p = 0; p < P; ++p) {
     locate<D>(t.feat + p * D, scales, s);
     int32_t coord_of_rank[V];
     for (int i = 0; i < V; ++i) coord_of_rank[s.rank[i]] = i;
     for (int i = 0; i < D; ++i) coords[i] = s.rem0[i];
-    PackedKey key = pack_key<D>(coords);
+    Key key = pack_key<D, W>(coords);
     float* w = weight.data() + p * V;
     int32_t* v = vertex.data() + p * V;
     for (int k = 0; k < V; ++k) {
       w[k] = s.weight[k];
       if (last_point[k] < 0 || !(last_key[k] == key)) {
-        unpack_key<D>(key, coords);
+        unpack_key<D, W>(key, coords);
         last_key[k] = key;
         last_point[k] = lattice.insert(coords, key);
       }
       v[k] = last_point[k];
-      const PackedKey& down = wrap[coord_of_rank[D - k]];
-      key.lo += step.lo - down.lo;
-      key.hi += step.hi - down.hi;
+      const Key& down = wrap[coord_of_rank[D - k]];
+      for (int j = 0; j < W; ++j) key.w[j] += step.w[j] - down.w[j];
     }
   }
+}
 
+// Step 2: lattice values [M + 1, S] from the pixels' signal.
+template <int D>
+__attribute__((always_inline)) inline void splat_pixels(const ImageTask& t, int64_t S, Workspace<D>& ws) {
+  constexpr int V = D + 1;
+  const int64_t P = t.P, K = t.K;
+  const std::vector<int32_t>& vertex = ws.vertex;
+  const std::vector<float>& weight = ws.weight;
   // Lattice values, one K-vector per point, plus a zero row M standing in for
   // the neighbours that are not in the lattice.
-  const int32_t M = lattice.size();
+  const int32_t M = ws.lattice.size();
   std::vector<float>& values = ws.values;
   std::vector<float>& blurred = ws.blurred;
   values.assign(static_cast<size_t>(M + 1) * S, 0.0f);
@@ -207,7 +219,15 @@ __attribute__((always_inline)) inline void filter_image(const ImageTask& t) {
       }
     }
   }
+}
 
+// Step 3: the blur, in place in ws.values.
+template <int D>
+__attribute__((always_inline)) inline void blur_lattice(int64_t S, Workspace<D>& ws) {
+  const LatticePoints<D>& lattice = ws.lattice;
+  const int32_t M = lattice.size();
+  std::vector<float>& values = ws.values;
+  std::vector<float>& blurred = ws.blurred;
   // 3. Blur with [1/2, 1, 1/2] along each of the D+1 lattice directions.
   std::vector<int32_t>& neighbours = ws.neighbours;
   neighbours.resize(static_cast<size_t>(M) * 2);
@@ -234,7 +254,17 @@ __attribute__((always_inline)) inline void filter_image(const ImageTask& t) {
     }
     values.swap(blurred);
   }
+}
 
+// Step 4: the output (and energy) from the blurred lattice values.
+template <int D>
+__attribute__((always_inline)) inline void slice_pixels(const ImageTask& t, int64_t S, Workspace<D>& ws) {
+  constexpr int V = D + 1;
+  const int64_t P = t.P, K = t.K;
+  const std::vector<int32_t>& vertex = ws.vertex;
+  const std::vector<float>& weight = ws.weight;
+  const std::vector<float>& values = ws.values;
+  std::vector<float>& tile = ws.tile;
   // 4. Slice into the tile, then write it out in [channel, pixel] layout with
   //    (given a ROI) the ROI mask, the gradient scale and the energy
   //    sum(S * A S), S = input times ROI, summed along contiguous pixel rows.
@@ -279,29 +309,46 @@ __attribute__((always_inline)) inline void filter_image(const ImageTask& t) {
   if (t.energy) *t.energy = energy;
 }
 
-// The same code compiled twice: for AVX2+FMA (8-wide channel loops, hardware
-// rounding) and for baseline x86-64, chosen at run time.
+template <int D>
+__attribute__((always_inline)) inline void filter_image(const ImageTask& t) {
+  // Rows of the [*, K] buffers are padded with zeros to whole 8-float vectors.
+  const int64_t S = t.K <= 4 ? t.K : (t.K + 7) / 8 * 8;
+  thread_local Workspace<D> ws;
+  locate_pixels<D>(t, ws);
+  splat_pixels<D>(t, S, ws);
+  blur_lattice<D>(S, ws);
+  slice_pixels<D>(t, S, ws);
+}
+
+// The same code compiled twice per D: for AVX2+FMA (8-wide channel loops,
+// hardware rounding) and for baseline x86-64, chosen at run time.
 #if defined(__x86_64__) && defined(__GNUC__)
-__attribute__((target("avx2,fma"))) void filter_image_avx2(const ImageTask& t) { filter_image<kFeatureDim>(t); }
+template <int D>
+__attribute__((target("avx2,fma"))) void filter_image_avx2(const ImageTask& t) { filter_image<D>(t); }
 bool cpu_has_avx2() {
   static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return has;
 }
 #endif
 
+template <int D>
 void filter_image_dispatch(const ImageTask& t) {
 #if defined(__x86_64__) && defined(__GNUC__)
-  if (cpu_has_avx2()) return filter_image_avx2(t);
+  if (cpu_has_avx2()) return filter_image_avx2<D>(t);
 #endif
-  filter_image<kFeatureDim>(t);
+  filter_image<D>(t);
 }
 
 void check_inputs(const char* op, const at::Tensor& features, const at::Tensor& values) {
   check_filter_inputs(op, features, values);
-  if (features.numel() > 0) check_feature_range(op, features.abs().max().item<float>());
+  if (features.numel() == 0) return;
+  const float max_abs_feature = features.abs().max().item<float>();
+  with_feature_dim(features.size(2),
+                   [&](auto dim) { check_feature_range<decltype(dim)::value>(op, max_abs_feature); });
 }
 
 // Runs filter_image over the batch, images spread over torch's threads.
+template <int D>
 void filter_batch(const at::Tensor& feat, const at::Tensor& in, const at::Tensor* roi, at::Tensor& out,
                   double* energy, float out_scale) {
   const int64_t N = in.size(0), K = in.size(1), P = in.size(2);
@@ -316,9 +363,9 @@ void filter_batch(const at::Tensor& feat, const at::Tensor& in, const at::Tensor
   const int64_t workers = std::min<int64_t>(N, at::get_num_threads());
   at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
     for (int64_t n; (n = next_image.fetch_add(1)) < N;) {
-      filter_image_dispatch(ImageTask{feat_ptr + n * P * kFeatureDim, in_ptr + n * K * P,
-                                      roi_ptr ? roi_ptr + n * P : nullptr, out_ptr + n * K * P,
-                                      energy ? energy + n : nullptr, out_scale, P, K});
+      filter_image_dispatch<D>(ImageTask{feat_ptr + n * P * D, in_ptr + n * K * P,
+                                         roi_ptr ? roi_ptr + n * P : nullptr, out_ptr + n * K * P,
+                                         energy ? energy + n : nullptr, out_scale, P, K});
     }
   });
 }
@@ -328,7 +375,9 @@ at::Tensor permutohedral_filter_cpu(const at::Tensor& features, const at::Tensor
   const auto feat = features.contiguous();
   const auto in = values.contiguous();
   auto out = at::empty_like(in);
-  filter_batch(feat, in, nullptr, out, nullptr, 1.0f);
+  with_feature_dim(feat.size(2), [&](auto dim) {
+    filter_batch<decltype(dim)::value>(feat, in, nullptr, out, nullptr, 1.0f);
+  });
   return out;
 }
 
@@ -341,7 +390,9 @@ std::tuple<at::Tensor, at::Tensor> permutohedral_crf_cpu(const at::Tensor& featu
   const auto mask = roi.contiguous();
   auto out = at::empty_like(in);
   auto energy = at::zeros({in.size(0)}, in.options().dtype(at::kDouble));
-  filter_batch(feat, in, &mask, out, energy.data_ptr<double>(), static_cast<float>(out_scale));
+  with_feature_dim(feat.size(2), [&](auto dim) {
+    filter_batch<decltype(dim)::value>(feat, in, &mask, out, energy.data_ptr<double>(), static_cast<float>(out_scale));
+  });
   return {energy.to(at::kFloat), out};
 }
 

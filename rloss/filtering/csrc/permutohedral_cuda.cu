@@ -6,8 +6,8 @@
 // result is the same from run to run (no float atomics anywhere):
 //   1. locate:  each pixel's D+1 simplex vertices become (key, entry) pairs,
 //               entry = pixel * (D+1) + vertex, with the barycentric weights;
-//   2. sort:    two stable radix sorts (low key word, then high word) order the
-//               entries by lattice point; equal keys keep entry order;
+//   2. sort:    W stable radix sorts (one per key word, lowest word first)
+//               order the entries by lattice point; equal keys keep entry order;
 //   3. number:  a segment starts where the key changes; an inclusive scan of
 //               the starts numbers the points 0..M-1 (M read back: the op's
 //               one synchronisation, see filter_batch);
@@ -39,19 +39,33 @@
 namespace rloss {
 namespace {
 
-constexpr int kDim = kFeatureDim;  // lattice dimension D
-constexpr int kVertices = kDim + 1;  // vertices per simplex
 constexpr int kBlock = 256;  // threads per block in every kernel
 constexpr int kWarp = 32;
 constexpr unsigned kFullMask = 0xFFFFFFFFu;
 
-// PackedKey keeps coordinates 0-2 in `lo` and 3-4 in bits 0..41 of `hi`; the
-// image index goes above them, so one sort orders the whole batch image by image.
-static_assert(kDim == 5, "the key layout below assumes five feature dimensions");
-constexpr int kLoKeyBits = 3 * kKeyFieldBits;
-constexpr int kImageShift = 2 * kKeyFieldBits;
-constexpr int kMaxImageBits = 64 - kImageShift;
-constexpr uint64_t kFieldMask = (uint64_t{1} << kKeyFieldBits) - 1;
+// Keys have key_words(D) words (permutohedral_math.h): three coordinates in
+// each lower word, the last D % 3 coordinates in the top word with the image
+// index above them, so that the sorts order the whole batch image by image.
+constexpr int kFullWordBits = kFieldsPerWord * kKeyFieldBits;  // 63: the sort bits of a lower word
+
+// Image-index bits the top key word has room for (at most 62, so 1 << bits fits an int64).
+constexpr int max_image_bits(int D) { return 64 - image_shift(D) < 62 ? 64 - image_shift(D) : 62; }
+
+// The W words of many keys, one array per word (each sort pass reads one).
+template <int W>
+struct KeyArrays {
+  uint64_t* w[W];
+};
+
+// Key `i` of `keys`, through the read-only cache (the arrays are never written
+// by the kernels that read them this way).
+template <int W>
+__device__ __forceinline__ PackedKey<W> load_key(const KeyArrays<W>& keys, int64_t i) {
+  PackedKey<W> k;
+#pragma unroll
+  for (int j = 0; j < W; ++j) k.w[j] = __ldg(keys.w[j] + i);
+  return k;
+}
 
 // Channels a splat lane accumulates at once (registers, not local memory).
 constexpr int kSplatChannels = 8;
@@ -94,36 +108,38 @@ __device__ unsigned block_max(unsigned x) {
 // ---------------------------------------------------------------------------
 // 1. Locate
 
-// For every pixel: the keys of its D+1 vertices (image index in the high
+// For every pixel: the keys of its D+1 vertices (image index in the top
 // word), the entry numbers to be sorted along, and the barycentric weights.
 // Also folds max |feature| into *max_abs_feature_bits (the bits of a
 // non-negative float order like the float; NaN orders above infinity), so the
 // range check needs no pass of its own. The features are clamped to
 // `clamp_to` = feature_limit (NaN to 0) before locate: the host raises the range error
 // before any key is read, but locate's int32 arithmetic must not overflow first.
+template <int D>
 __global__ void locate_vertices(const float* __restrict__ features, int64_t num_pixels, int64_t pixels_per_image,
-                                FeatureScales<kDim> scales, float clamp_to, uint64_t* __restrict__ key_lo,
-                                uint64_t* __restrict__ key_hi, int32_t* __restrict__ entry,
-                                float* __restrict__ weight, int32_t* __restrict__ max_abs_feature_bits) {
+                                FeatureScales<D> scales, float clamp_to, KeyArrays<key_words(D)> keys,
+                                int32_t* __restrict__ entry, float* __restrict__ weight,
+                                int32_t* __restrict__ max_abs_feature_bits) {
+  constexpr int V = D + 1, W = key_words(D);
   const int64_t pixel = thread_index();
   unsigned max_bits = 0;
   if (pixel < num_pixels) {
-    float f[kDim];
-    for (int i = 0; i < kDim; ++i) {
-      const float raw = features[pixel * kDim + i];
+    float f[D];
+    for (int i = 0; i < D; ++i) {
+      const float raw = features[pixel * D + i];
       max_bits = max(max_bits, __float_as_uint(fabsf(raw)));
       f[i] = raw == raw ? fminf(fmaxf(raw, -clamp_to), clamp_to) : 0.0f;
     }
-    Simplex<kDim> s;
-    locate<kDim>(f, scales, s);
-    const uint64_t image_bits = static_cast<uint64_t>(pixel / pixels_per_image) << kImageShift;
-    int32_t coords[kDim];
-    for (int k = 0; k < kVertices; ++k) {
-      for (int i = 0; i < kDim; ++i) coords[i] = vertex_coord<kDim>(s, i, k);
-      const PackedKey key = pack_key<kDim>(coords);
-      const int64_t e = pixel * kVertices + k;
-      key_lo[e] = key.lo;
-      key_hi[e] = key.hi | image_bits;
+    Simplex<D> s;
+    locate<D>(f, scales, s);
+    const uint64_t image_bits = static_cast<uint64_t>(pixel / pixels_per_image) << image_shift(D);
+    int32_t coords[D];
+    for (int k = 0; k < V; ++k) {
+      for (int i = 0; i < D; ++i) coords[i] = vertex_coord<D>(s, i, k);
+      const PackedKey<W> key = pack_key<D, W>(coords);
+      const int64_t e = pixel * V + k;
+#pragma unroll
+      for (int j = 0; j < W; ++j) keys.w[j][e] = j == W - 1 ? key.w[j] | image_bits : key.w[j];
       entry[e] = static_cast<int32_t>(e);
       weight[e] = s.weight[k];
     }
@@ -135,35 +151,35 @@ __global__ void locate_vertices(const float* __restrict__ features, int64_t num_
 // ---------------------------------------------------------------------------
 // 2-3. Sort and number the lattice points
 
-// dst[i] = src[index[i]]: carries the other key word along a sort permutation.
+// dst[i] = src[index[i]]: carries a key word along a sort permutation.
 __global__ void gather_keys(const uint64_t* __restrict__ src, const int32_t* __restrict__ index, int64_t n,
                             uint64_t* __restrict__ dst) {
   const int64_t i = thread_index();
   if (i < n) dst[i] = src[index[i]];
 }
 
-// 1 where a sorted entry starts a new lattice point, else 0.
-__global__ void mark_point_starts(const uint64_t* __restrict__ lo, const uint64_t* __restrict__ hi, int64_t n,
-                                  int32_t* __restrict__ is_start) {
+// 1 where a sorted entry starts a new lattice point (any key word changes), else 0.
+template <int W>
+__global__ void mark_point_starts(KeyArrays<W> sorted, int64_t n, int32_t* __restrict__ is_start) {
   const int64_t i = thread_index();
-  if (i < n) is_start[i] = i == 0 || lo[i] != lo[i - 1] || hi[i] != hi[i - 1];
+  if (i < n) is_start[i] = i == 0 || !(load_key(sorted, i) == load_key(sorted, i - 1));
 }
 
 // From the scan of the starts (points_so_far[i] = index of entry i's point + 1):
 // each entry's point, each point's first entry (point_begin[M] = n closes the
 // last run) and each point's key.
+template <int W>
 __global__ void record_points(const int32_t* __restrict__ points_so_far, const int32_t* __restrict__ sorted_entry,
-                              const uint64_t* __restrict__ lo, const uint64_t* __restrict__ hi, int64_t n,
-                              int32_t* __restrict__ vertex_point, int32_t* __restrict__ point_begin,
-                              uint64_t* __restrict__ point_lo, uint64_t* __restrict__ point_hi) {
+                              KeyArrays<W> sorted, int64_t n, int32_t* __restrict__ vertex_point,
+                              int32_t* __restrict__ point_begin, KeyArrays<W> point_keys) {
   const int64_t i = thread_index();
   if (i >= n) return;
   const int32_t point = points_so_far[i] - 1;
   vertex_point[sorted_entry[i]] = point;
   if (i == 0 || points_so_far[i - 1] != points_so_far[i]) {
     point_begin[point] = static_cast<int32_t>(i);
-    point_lo[point] = lo[i];
-    point_hi[point] = hi[i];
+#pragma unroll
+    for (int j = 0; j < W; ++j) point_keys.w[j][point] = sorted.w[j][i];
   }
   if (i == n - 1) point_begin[point + 1] = static_cast<int32_t>(n);
 }
@@ -192,6 +208,7 @@ __global__ void pixel_major_signal(const float* __restrict__ in, const float* __
 // One warp per point: runs range from one entry to thousands (flat image
 // regions), and a warp spreads a long run over its lanes, then adds the lane
 // sums in a fixed butterfly, so the sum is reproducible.
+template <int V>
 __global__ void splat(const int32_t* __restrict__ point_begin, const int32_t* __restrict__ sorted_entry,
                       const float* __restrict__ weight, const float* __restrict__ signal, int64_t num_points,
                       int64_t channels, float* __restrict__ values) {
@@ -204,7 +221,7 @@ __global__ void splat(const int32_t* __restrict__ point_begin, const int32_t* __
     for (int64_t i = begin + lane; i < end; i += kWarp) {
       const int32_t e = sorted_entry[i];
       const float w = weight[e];
-      const float* src = signal + static_cast<int64_t>(e / kVertices) * channels + c0;
+      const float* src = signal + static_cast<int64_t>(e / V) * channels + c0;
 #pragma unroll
       for (int cc = 0; cc < kSplatChannels; ++cc)
         if (c0 + cc < channels) acc[cc] += w * src[cc];
@@ -221,46 +238,58 @@ __global__ void splat(const int32_t* __restrict__ point_begin, const int32_t* __
 // 5. Blur
 
 // Index of the point with this key in the sorted point keys, or `missing`.
-__device__ int32_t find_point(const uint64_t* __restrict__ point_lo, const uint64_t* __restrict__ point_hi,
-                              int32_t num_points, uint64_t lo, uint64_t hi, int32_t missing) {
-  int32_t first = 0, count = num_points;  // lower bound in (hi, lo) order
+template <int W>
+__device__ int32_t find_point(const KeyArrays<W>& point_keys, int32_t num_points, const PackedKey<W>& key,
+                              int32_t missing) {
+  int32_t first = 0, count = num_points;  // lower bound, keys compared from the top word down
   while (count > 0) {
     const int32_t half = count / 2, mid = first + half;
-    const uint64_t mid_hi = point_hi[mid];
-    if (mid_hi < hi || (mid_hi == hi && point_lo[mid] < lo)) {
+    bool less = false;
+#pragma unroll
+    for (int j = W - 1; j >= 0; --j) {
+      const uint64_t mid_word = __ldg(point_keys.w[j] + mid);
+      if (mid_word != key.w[j]) {
+        less = mid_word < key.w[j];
+        break;
+      }
+    }
+    if (less) {
       first = mid + 1;
       count -= half + 1;
     } else {
       count = half;
     }
   }
-  return first < num_points && point_hi[first] == hi && point_lo[first] == lo ? first : missing;
+  return first < num_points && load_key(point_keys, first) == key ? first : missing;
 }
 
 // neighbours[dir, point] = (point + step, point - step) along lattice
 // direction dir, where step = (-1, ..., -1, D at dir, -1, ..., -1) on the D
 // stored coordinates (all -1 for dir == D); num_points where there is none,
 // the zero row of the blur buffers.
-__global__ void find_blur_neighbours(const uint64_t* __restrict__ point_lo, const uint64_t* __restrict__ point_hi,
-                                     int32_t num_points, int32_t* __restrict__ neighbours) {
+template <int D>
+__global__ void find_blur_neighbours(KeyArrays<key_words(D)> point_keys, int32_t num_points,
+                                     int32_t* __restrict__ neighbours) {
+  constexpr int W = key_words(D);
   const int64_t index = thread_index();
-  if (index >= static_cast<int64_t>(kVertices) * num_points) return;
+  if (index >= static_cast<int64_t>(D + 1) * num_points) return;
   const int dir = static_cast<int>(index / num_points);
   const int32_t point = static_cast<int32_t>(index % num_points);
-  const uint64_t lo = point_lo[point], hi = point_hi[point];
-  const uint64_t image_bits = hi >> kImageShift << kImageShift;
-  int32_t coords[kDim], prev[kDim], next[kDim];
-  for (int i = 0; i < kDim; ++i) {
-    const uint64_t word = i < 3 ? lo : hi;
-    coords[i] = static_cast<int32_t>((word >> (kKeyFieldBits * (i % 3))) & kFieldMask) - kKeyFieldBias;
-    const int32_t step = i == dir ? kDim : -1;
+  const PackedKey<W> key = load_key(point_keys, point);
+  const uint64_t image_bits = key.w[W - 1] >> image_shift(D) << image_shift(D);
+  int32_t coords[D], prev[D], next[D];
+  unpack_key<D, W>(key, coords);
+  for (int i = 0; i < D; ++i) {
+    const int32_t step = i == dir ? D : -1;
     prev[i] = coords[i] + step;
     next[i] = coords[i] - step;
   }
-  const PackedKey prev_key = pack_key<kDim>(prev), next_key = pack_key<kDim>(next);
+  PackedKey<W> prev_key = pack_key<D, W>(prev), next_key = pack_key<D, W>(next);
+  prev_key.w[W - 1] |= image_bits;
+  next_key.w[W - 1] |= image_bits;
   int32_t* out = neighbours + 2 * index;
-  out[0] = find_point(point_lo, point_hi, num_points, prev_key.lo, prev_key.hi | image_bits, num_points);
-  out[1] = find_point(point_lo, point_hi, num_points, next_key.lo, next_key.hi | image_bits, num_points);
+  out[0] = find_point(point_keys, num_points, prev_key, num_points);
+  out[1] = find_point(point_keys, num_points, next_key, num_points);
 }
 
 // dst = src + (src[prev] + src[next]) / 2 along one direction (the CPU's
@@ -281,6 +310,7 @@ __global__ void blur_along(const float* __restrict__ src, const int32_t* __restr
 // output is scaled by out_scale * roi and each block writes its share of
 // sum(S * A S) to energy_partials[n, block] (in double). Blocks never span two
 // images: image n owns blocks n * blocks_per_image ... (n+1) * blocks_per_image - 1.
+template <int V>
 __global__ void slice_values(const int32_t* __restrict__ vertex_point, const float* __restrict__ weight,
                              const float* __restrict__ values, const float* __restrict__ in,
                              const float* __restrict__ roi, int64_t pixels_per_image, int64_t blocks_per_image,
@@ -291,18 +321,18 @@ __global__ void slice_values(const int32_t* __restrict__ vertex_point, const flo
   float energy = 0.0f;
   if (p < pixels_per_image) {
     const int64_t pixel = n * pixels_per_image + p;
-    const float* rows[kVertices];
-    float w[kVertices];
-    for (int k = 0; k < kVertices; ++k) {
-      rows[k] = values + static_cast<int64_t>(vertex_point[pixel * kVertices + k]) * channels;
-      w[k] = alpha * weight[pixel * kVertices + k];
+    const float* rows[V];
+    float w[V];
+    for (int k = 0; k < V; ++k) {
+      rows[k] = values + static_cast<int64_t>(vertex_point[pixel * V + k]) * channels;
+      w[k] = alpha * weight[pixel * V + k];
     }
     const float r = roi ? roi[pixel] : 1.0f;
     const float scale = out_scale * r;
     const int64_t first = n * channels * pixels_per_image + p;  // [n, 0, p]
     for (int64_t c = 0; c < channels; ++c) {
       float acc = 0.0f;
-      for (int k = 0; k < kVertices; ++k) acc += w[k] * rows[k][c];
+      for (int k = 0; k < V; ++k) acc += w[k] * rows[k][c];
       const int64_t at = first + c * pixels_per_image;
       if (roi) {
         energy += in[at] * r * acc;
@@ -338,15 +368,19 @@ void check_inputs(const char* op, const at::Tensor& features, const at::Tensor& 
   TORCH_CHECK(features.is_cuda() && values.device() == features.device(), op,
               ": features and values must be on the same CUDA device, got ", features.device(), " and ",
               values.device());
-  TORCH_CHECK(features.size(0) <= (int64_t{1} << kMaxImageBits), op, ": too many images per batch");  // key bits
-  TORCH_CHECK(features.size(0) * features.size(1) * kVertices < (int64_t{1} << 31), op,
+  const int dim = static_cast<int>(features.size(2));
+  TORCH_CHECK(features.size(0) <= (int64_t{1} << max_image_bits(dim)), op,
+              ": too many images per batch");  // key bits
+  TORCH_CHECK(features.size(0) * features.size(1) * (dim + 1) < (int64_t{1} << 31), op,
               ": too many pixels per batch (split the batch)");
 }
 
 // The same range check on the host, for batches the lattice never sees.
 void check_feature_range_now(const char* op, const at::Tensor& features) {
   if (features.numel() == 0) return;
-  check_feature_range(op, features.abs().max().item<float>());  // synchronises; degenerate inputs only
+  const float max_abs_feature = features.abs().max().item<float>();  // synchronises; degenerate inputs only
+  with_feature_dim(features.size(2),
+                   [&](auto dim) { check_feature_range<decltype(dim)::value>(op, max_abs_feature); });
 }
 
 // Scratch from torch's caching allocator, on the current stream's device.
@@ -356,123 +390,204 @@ at::Tensor scratch(int64_t size, const at::Tensor& like, at::ScalarType type) {
 
 uint64_t* u64_ptr(at::Tensor& t) { return reinterpret_cast<uint64_t*>(t.data_ptr<int64_t>()); }
 
-// out = A in, or with `roi` defined: S = in * roi, out = out_scale * roi * A S,
-// energy[n] = sum(S * A S) over image n. `feat` and `in` are contiguous.
+// The rows of a [W, n] int64 tensor, as key arrays.
+template <int W>
+KeyArrays<W> key_rows(at::Tensor& t) {
+  KeyArrays<W> rows;
+  for (int j = 0; j < W; ++j) rows.w[j] = u64_ptr(t) + j * t.size(1);
+  return rows;
+}
+
+// Bits a radix sort of key word j looks at: all 63 field bits of a lower word;
+// the fields and image index of the top word (at least 1: a 0-bit sort is not
+// asked of CUB; the word is then all zero and the sort a stable no-op).
+template <int D>
+int sort_bits(int j, int image_bits) {
+  return j < key_words(D) - 1 ? kFullWordBits : std::max(1, image_shift(D) + image_bits);
+}
+
+// The entries in lattice-point order: key words and entry numbers (pixel *
+// (D+1) + vertex), sorted by key, equal keys in entry order.
+template <int W>
+struct SortedEntries {
+  KeyArrays<W> keys;       // pointers into the buffers below
+  const int32_t* entry;
+  at::Tensor buffers[4];   // what the pointers point into
+};
+
+// Sorts the located entries by key, compared from the top word down: W stable
+// radix sorts, least significant word first, each on its word gathered in the
+// order of the sorts so far, carrying the permutation (entry numbers) along.
+// Then every word but the top (the last sort's output) is gathered in the
+// final order. `words` [W, n] holds the keys in entry order, `entry` the
+// identity; both are consumed. For W = 2 these are the original two sorts.
+template <int D>
+SortedEntries<key_words(D)> sort_entries(at::Tensor& words, at::Tensor& entry, int image_bits, cudaStream_t stream) {
+  constexpr int W = key_words(D);
+  const int64_t num_entries = words.size(1);
+  const int n = static_cast<int>(num_entries);
+  KeyArrays<W> original = key_rows<W>(words);
+  at::Tensor keys = scratch(num_entries, words, at::kLong), entry_alt = scratch(num_entries, words, at::kInt);
+  at::Tensor spare;  // the middle sorts' (discarded) output
+  if (W >= 3) spare = scratch(num_entries, words, at::kLong);
+  size_t temp_bytes = 1;
+  for (int j = 0; j < W; ++j) {
+    size_t bytes = 0;
+    C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, bytes, original.w[0], u64_ptr(keys),
+                                                   entry.data_ptr<int32_t>(), entry_alt.data_ptr<int32_t>(), n, 0,
+                                                   sort_bits<D>(j, image_bits), stream));
+    temp_bytes = std::max(temp_bytes, bytes);
+  }
+  at::Tensor temp = scratch(static_cast<int64_t>(temp_bytes), words, at::kByte);
+  int32_t* perm = entry.data_ptr<int32_t>();
+  int32_t* next_perm = entry_alt.data_ptr<int32_t>();
+  for (int j = 0; j < W; ++j) {
+    const uint64_t* in = original.w[0];
+    if (j > 0) {
+      gather_keys<<<blocks_for(num_entries), kBlock, 0, stream>>>(original.w[j], perm, num_entries, u64_ptr(keys));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      in = u64_ptr(keys);
+    }
+    // The top word's original is free once gathered: it receives the sorted top word.
+    uint64_t* out = j == 0 ? u64_ptr(keys) : j == W - 1 ? original.w[j] : u64_ptr(spare);
+    size_t bytes = temp_bytes;
+    C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.data_ptr(), bytes, in, out, perm, next_perm, n, 0,
+                                                   sort_bits<D>(j, image_bits), stream));
+    std::swap(perm, next_perm);
+  }
+  SortedEntries<W> sorted;
+  sorted.keys.w[W - 1] = W == 1 ? u64_ptr(keys) : original.w[W - 1];
+  for (int j = 0; j < W - 1; ++j) {
+    // Into a buffer free by now: `keys`, then `spare`, then the originals already gathered.
+    uint64_t* dst = j == 0 ? u64_ptr(keys) : j == 1 ? u64_ptr(spare) : original.w[j - 2];
+    gather_keys<<<blocks_for(num_entries), kBlock, 0, stream>>>(original.w[j], perm, num_entries, dst);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    sorted.keys.w[j] = dst;
+  }
+  sorted.entry = perm;
+  sorted.buffers[0] = words;
+  sorted.buffers[1] = keys;
+  sorted.buffers[2] = spare;
+  sorted.buffers[3] = perm == entry.data_ptr<int32_t>() ? entry : entry_alt;
+  return sorted;
+}
+
+// The lattice of a batch once splatted.
+struct Lattice {
+  at::Tensor weight, vertex_point;  // per entry (pixel, vertex)
+  at::Tensor point_keys;            // [W, M]: the sorted point keys, word j in row j
+  at::Tensor values;                // [M + 1, K]: per point K channels, then a zero row
+  int32_t num_points = 0;
+};
+
+// Steps 1-3: locate, sort and number the points; fills all of `lattice` but
+// the values and returns the sorted entries, which the splat needs.
 //
 // Synchronisation: one, an 8-byte device-to-host copy after the lattice points
 // are numbered. It brings back the number of points M, which sizes the lattice
 // buffers (the alternative, sizing them for one point per pixel vertex, costs
 // 2 x 24 K bytes per pixel), and max |feature| for the range check, which is
 // thus raised before any kernel reads a lattice key.
-void filter_batch(const char* op, const at::Tensor& feat, const at::Tensor& in, const at::Tensor& roi,
-                  float out_scale, at::Tensor& out, at::Tensor& energy) {
-  const int64_t N = in.size(0), K = in.size(1), P = in.size(2);
-  const int64_t num_pixels = N * P;
-  const int64_t num_entries = num_pixels * kVertices;
-  const bool with_roi = roi.defined();
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-
+template <int D>
+SortedEntries<key_words(D)> number_points(const char* op, const at::Tensor& feat, int64_t N, int64_t P,
+                                          Lattice& lattice, cudaStream_t stream) {
+  constexpr int V = D + 1, W = key_words(D);
+  const int64_t num_pixels = N * P, num_entries = num_pixels * V;
   int image_bits = 0;
   while ((int64_t{1} << image_bits) < N) ++image_bits;
 
   // summary[0]: bits of max |feature|; summary[1]: number of lattice points.
   at::Tensor summary = at::zeros({2}, feat.options().dtype(at::kInt));
-  at::Tensor weight = scratch(num_entries, feat, at::kFloat);        // per entry (pixel, vertex)
-  at::Tensor vertex_point = scratch(num_entries, feat, at::kInt);    // per entry
-  at::Tensor point_lo, point_hi;  // per point: the sorted keys
-  at::Tensor values;              // per point (+ a zero row): K channels
-  int32_t num_points = 0;
-  {
-    // 1. Locate.
-    at::Tensor key_lo = scratch(num_entries, feat, at::kLong), key_hi = scratch(num_entries, feat, at::kLong);
-    at::Tensor entry = scratch(num_entries, feat, at::kInt);
-    locate_vertices<<<blocks_for(num_pixels), kBlock, 0, stream>>>(
-        feat.data_ptr<float>(), num_pixels, P, feature_scales<kDim>(), feature_limit<kDim>(), u64_ptr(key_lo), u64_ptr(key_hi),
-        entry.data_ptr<int32_t>(), weight.data_ptr<float>(), summary.data_ptr<int32_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  lattice.weight = scratch(num_entries, feat, at::kFloat);
+  lattice.vertex_point = scratch(num_entries, feat, at::kInt);
+  at::Tensor words = at::empty({W, num_entries}, feat.options().dtype(at::kLong));
+  at::Tensor entry = scratch(num_entries, feat, at::kInt);
+  locate_vertices<D><<<blocks_for(num_pixels), kBlock, 0, stream>>>(
+      feat.data_ptr<float>(), num_pixels, P, feature_scales<D>(), feature_limit<D>(), key_rows<W>(words),
+      entry.data_ptr<int32_t>(), lattice.weight.data_ptr<float>(), summary.data_ptr<int32_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  SortedEntries<W> sorted = sort_entries<D>(words, entry, image_bits, stream);
 
-    // 2. Sort by (hi, lo): by lo, then stably by hi. Only the permutation of
-    //    the first sort matters; its sorted keys are overwritten.
-    at::Tensor keys = scratch(num_entries, feat, at::kLong), entry_by_lo = scratch(num_entries, feat, at::kInt);
-    at::Tensor is_start = scratch(num_entries, feat, at::kInt), points_so_far = scratch(num_entries, feat, at::kInt);
-    const int n = static_cast<int>(num_entries);
-    size_t sort_lo_bytes = 0, sort_hi_bytes = 0, scan_bytes = 0;
-    C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, sort_lo_bytes, u64_ptr(key_lo), u64_ptr(keys),
-                                                   entry.data_ptr<int32_t>(), entry_by_lo.data_ptr<int32_t>(), n, 0,
-                                                   kLoKeyBits, stream));
-    C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, sort_hi_bytes, u64_ptr(keys), u64_ptr(key_hi),
-                                                   entry_by_lo.data_ptr<int32_t>(), entry.data_ptr<int32_t>(), n, 0,
-                                                   kImageShift + image_bits, stream));
-    C10_CUDA_CHECK(cub::DeviceScan::InclusiveSum(nullptr, scan_bytes, is_start.data_ptr<int32_t>(),
-                                                 points_so_far.data_ptr<int32_t>(), n, stream));
-    at::Tensor temp = scratch(static_cast<int64_t>(std::max({sort_lo_bytes, sort_hi_bytes, scan_bytes, size_t{1}})),
-                              feat, at::kByte);
-    void* temp_ptr = temp.data_ptr();
+  at::Tensor is_start = scratch(num_entries, feat, at::kInt), points_so_far = scratch(num_entries, feat, at::kInt);
+  mark_point_starts<W><<<blocks_for(num_entries), kBlock, 0, stream>>>(sorted.keys, num_entries,
+                                                                       is_start.data_ptr<int32_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const int n = static_cast<int>(num_entries);
+  size_t scan_bytes = 0;
+  C10_CUDA_CHECK(cub::DeviceScan::InclusiveSum(nullptr, scan_bytes, is_start.data_ptr<int32_t>(),
+                                               points_so_far.data_ptr<int32_t>(), n, stream));
+  at::Tensor temp = scratch(static_cast<int64_t>(std::max(scan_bytes, size_t{1})), feat, at::kByte);
+  C10_CUDA_CHECK(cub::DeviceScan::InclusiveSum(temp.data_ptr(), scan_bytes, is_start.data_ptr<int32_t>(),
+                                               points_so_far.data_ptr<int32_t>(), n, stream));
+  summary.narrow(0, 1, 1).copy_(points_so_far.narrow(0, num_entries - 1, 1));
+  const at::Tensor host_summary = summary.cpu();  // the op's one synchronisation
+  const int32_t max_bits = host_summary.data_ptr<int32_t>()[0];
+  float max_feature;
+  std::memcpy(&max_feature, &max_bits, sizeof max_feature);
+  check_feature_range<D>(op, max_feature);
+  lattice.num_points = host_summary.data_ptr<int32_t>()[1];
 
-    C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp_ptr, sort_lo_bytes, u64_ptr(key_lo), u64_ptr(keys),
-                                                   entry.data_ptr<int32_t>(), entry_by_lo.data_ptr<int32_t>(), n, 0,
-                                                   kLoKeyBits, stream));
-    gather_keys<<<blocks_for(num_entries), kBlock, 0, stream>>>(u64_ptr(key_hi), entry_by_lo.data_ptr<int32_t>(),
-                                                                num_entries, u64_ptr(keys));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    // key_hi and entry are free now: they receive the final order.
-    C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp_ptr, sort_hi_bytes, u64_ptr(keys), u64_ptr(key_hi),
-                                                   entry_by_lo.data_ptr<int32_t>(), entry.data_ptr<int32_t>(), n, 0,
-                                                   kImageShift + image_bits, stream));
-    gather_keys<<<blocks_for(num_entries), kBlock, 0, stream>>>(u64_ptr(key_lo), entry.data_ptr<int32_t>(),
-                                                                num_entries, u64_ptr(keys));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    const uint64_t* sorted_lo = u64_ptr(keys);
-    const uint64_t* sorted_hi = u64_ptr(key_hi);
-    const int32_t* sorted_entry = entry.data_ptr<int32_t>();
+  at::Tensor point_begin = scratch(int64_t{lattice.num_points} + 1, feat, at::kInt);
+  lattice.point_keys = at::empty({W, lattice.num_points}, feat.options().dtype(at::kLong));
+  record_points<W><<<blocks_for(num_entries), kBlock, 0, stream>>>(
+      points_so_far.data_ptr<int32_t>(), sorted.entry, sorted.keys, num_entries,
+      lattice.vertex_point.data_ptr<int32_t>(), point_begin.data_ptr<int32_t>(), key_rows<W>(lattice.point_keys));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  // Only the sorted entries (and the point starts) are still needed: give the
+  // keys back to the caching allocator before the K-channel buffers are allocated.
+  sorted.buffers[0].reset();
+  sorted.buffers[1].reset();
+  sorted.buffers[2].reset();
+  sorted.buffers[1] = point_begin;
+  return sorted;
+}
 
-    // 3. Number the points.
-    mark_point_starts<<<blocks_for(num_entries), kBlock, 0, stream>>>(sorted_lo, sorted_hi, num_entries,
-                                                                      is_start.data_ptr<int32_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    C10_CUDA_CHECK(cub::DeviceScan::InclusiveSum(temp_ptr, scan_bytes, is_start.data_ptr<int32_t>(),
-                                                 points_so_far.data_ptr<int32_t>(), n, stream));
-    summary.narrow(0, 1, 1).copy_(points_so_far.narrow(0, num_entries - 1, 1));
-    const at::Tensor host_summary = summary.cpu();  // the op's one synchronisation
-    const int32_t max_bits = host_summary.data_ptr<int32_t>()[0];
-    float max_feature;
-    std::memcpy(&max_feature, &max_bits, sizeof max_feature);
-    check_feature_range(op, max_feature);
-    num_points = host_summary.data_ptr<int32_t>()[1];
+// Steps 1-4: the lattice of the batch, splatted.
+template <int D>
+Lattice build_lattice(const char* op, const at::Tensor& feat, const at::Tensor& in, const at::Tensor& roi,
+                      cudaStream_t stream) {
+  const int64_t N = in.size(0), K = in.size(1), P = in.size(2), num_pixels = N * P;
+  Lattice lattice;
+  const SortedEntries<key_words(D)> sorted = number_points<D>(op, feat, N, P, lattice, stream);
+  const at::Tensor& point_begin = sorted.buffers[1];
+  const int32_t num_points = lattice.num_points;
 
-    at::Tensor point_begin = scratch(int64_t{num_points} + 1, feat, at::kInt);
-    point_lo = scratch(num_points, feat, at::kLong);
-    point_hi = scratch(num_points, feat, at::kLong);
-    record_points<<<blocks_for(num_entries), kBlock, 0, stream>>>(
-        points_so_far.data_ptr<int32_t>(), sorted_entry, sorted_lo, sorted_hi, num_entries,
-        vertex_point.data_ptr<int32_t>(), point_begin.data_ptr<int32_t>(), u64_ptr(point_lo), u64_ptr(point_hi));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    // Only the sorted entries are still needed: give the rest back to the
-    // caching allocator before the K-channel buffers are allocated.
-    for (at::Tensor* t : {&key_lo, &key_hi, &keys, &entry_by_lo, &is_start, &points_so_far, &temp}) t->reset();
+  at::Tensor signal = scratch(num_pixels * K, feat, at::kFloat);
+  pixel_major_signal<<<blocks_for(num_pixels), kBlock, 0, stream>>>(
+      in.data_ptr<float>(), roi.defined() ? roi.data_ptr<float>() : nullptr, num_pixels, P, K,
+      signal.data_ptr<float>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  // Lattice buffers: one K-row per point plus a zero row for missing neighbours.
+  lattice.values = at::empty({int64_t{num_points} + 1, K}, feat.options());
+  lattice.values.select(0, num_points).zero_();
+  splat<D + 1><<<blocks_for(int64_t{num_points} * kWarp), kBlock, 0, stream>>>(
+      point_begin.data_ptr<int32_t>(), sorted.entry, lattice.weight.data_ptr<float>(), signal.data_ptr<float>(),
+      num_points, K, lattice.values.data_ptr<float>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return lattice;  // the sorted entries, point starts and pixel-major signal are freed here
+}
 
-    // 4. Splat.
-    at::Tensor signal = scratch(num_pixels * K, feat, at::kFloat);
-    pixel_major_signal<<<blocks_for(num_pixels), kBlock, 0, stream>>>(
-        in.data_ptr<float>(), with_roi ? roi.data_ptr<float>() : nullptr, num_pixels, P, K, signal.data_ptr<float>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    // Lattice buffers: one K-row per point plus a zero row for missing neighbours.
-    values = at::empty({int64_t{num_points} + 1, K}, feat.options());
-    values.select(0, num_points).zero_();
-    splat<<<blocks_for(int64_t{num_points} * kWarp), kBlock, 0, stream>>>(
-        point_begin.data_ptr<int32_t>(), sorted_entry, weight.data_ptr<float>(), signal.data_ptr<float>(), num_points,
-        K, values.data_ptr<float>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }  // the sorted entries, point starts and pixel-major signal are freed here
+// out = A in, or with `roi` defined: S = in * roi, out = out_scale * roi * A S,
+// energy[n] = sum(S * A S) over image n. `feat` and `in` are contiguous.
+template <int D>
+void filter_batch(const char* op, const at::Tensor& feat, const at::Tensor& in, const at::Tensor& roi,
+                  float out_scale, at::Tensor& out, at::Tensor& energy) {
+  constexpr int V = D + 1;
+  const int64_t N = in.size(0), K = in.size(1), P = in.size(2);
+  const bool with_roi = roi.defined();
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  Lattice lattice = build_lattice<D>(op, feat, in, roi, stream);
+  at::Tensor& values = lattice.values;
+  const int32_t num_points = lattice.num_points;
 
   // 5. Blur along the D+1 directions, ping-ponging between two buffers.
-  at::Tensor neighbours = scratch(int64_t{kVertices} * num_points * 2, feat, at::kInt);
-  find_blur_neighbours<<<blocks_for(int64_t{kVertices} * num_points), kBlock, 0, stream>>>(
-      u64_ptr(point_lo), u64_ptr(point_hi), num_points, neighbours.data_ptr<int32_t>());
+  at::Tensor neighbours = scratch(int64_t{V} * num_points * 2, feat, at::kInt);
+  find_blur_neighbours<D><<<blocks_for(int64_t{V} * num_points), kBlock, 0, stream>>>(
+      key_rows<key_words(D)>(lattice.point_keys), num_points, neighbours.data_ptr<int32_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   at::Tensor blurred = at::empty_like(values);
   blurred.select(0, num_points).zero_();
-  for (int dir = 0; dir < kVertices; ++dir) {
+  for (int dir = 0; dir < V; ++dir) {
     blur_along<<<blocks_for(int64_t{num_points} * K), kBlock, 0, stream>>>(
         values.data_ptr<float>(), neighbours.data_ptr<int32_t>() + int64_t{2} * dir * num_points, num_points, K,
         blurred.data_ptr<float>());
@@ -484,16 +599,24 @@ void filter_batch(const char* op, const at::Tensor& feat, const at::Tensor& in, 
   const int64_t blocks_per_image = blocks_for(P);
   at::Tensor energy_partials;
   if (with_roi) energy_partials = at::empty({N, blocks_per_image}, feat.options().dtype(at::kDouble));
-  slice_values<<<N * blocks_per_image, kBlock, 0, stream>>>(
-      vertex_point.data_ptr<int32_t>(), weight.data_ptr<float>(), values.data_ptr<float>(), in.data_ptr<float>(),
-      with_roi ? roi.data_ptr<float>() : nullptr, P, blocks_per_image, K, slice_alpha<kDim>(), out_scale,
-      out.data_ptr<float>(), with_roi ? energy_partials.data_ptr<double>() : nullptr);
+  slice_values<V><<<N * blocks_per_image, kBlock, 0, stream>>>(
+      lattice.vertex_point.data_ptr<int32_t>(), lattice.weight.data_ptr<float>(), values.data_ptr<float>(),
+      in.data_ptr<float>(), with_roi ? roi.data_ptr<float>() : nullptr, P, blocks_per_image, K, slice_alpha<D>(),
+      out_scale, out.data_ptr<float>(), with_roi ? energy_partials.data_ptr<double>() : nullptr);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (with_roi) {
     sum_energy<<<static_cast<unsigned>(N), kBlock, 0, stream>>>(energy_partials.data_ptr<double>(), blocks_per_image,
                                                                 energy.data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
+}
+
+// filter_batch for the features' dimension.
+void filter_batch_any(const char* op, const at::Tensor& feat, const at::Tensor& in, const at::Tensor& roi,
+                      float out_scale, at::Tensor& out, at::Tensor& energy) {
+  with_feature_dim(feat.size(2), [&](auto dim) {
+    filter_batch<decltype(dim)::value>(op, feat, in, roi, out_scale, out, energy);
+  });
 }
 
 at::Tensor permutohedral_filter_cuda(const at::Tensor& features, const at::Tensor& values) {
@@ -508,7 +631,7 @@ at::Tensor permutohedral_filter_cuda(const at::Tensor& features, const at::Tenso
     check_feature_range_now(op, feat);
     return out;
   }
-  filter_batch(op, feat, in, no_roi, 1.0f, out, no_energy);
+  filter_batch_any(op, feat, in, no_roi, 1.0f, out, no_energy);
   return out;
 }
 
@@ -529,7 +652,7 @@ std::tuple<at::Tensor, at::Tensor> permutohedral_crf_cuda(const at::Tensor& feat
     return {at::zeros({in.size(0)}, in.options()), out};
   }
   auto energy = at::empty({in.size(0)}, in.options());
-  filter_batch(op, feat, in, mask, static_cast<float>(out_scale), out, energy);
+  filter_batch_any(op, feat, in, mask, static_cast<float>(out_scale), out, energy);
   return {energy, out};
 }
 

@@ -11,16 +11,24 @@
 #include <cmath>
 #include <cstdint>
 
+// Always inlined on the host too: with a kernel per D, GCC's unit-growth limit
+// would otherwise leave locate out of line, compiled without the AVX2/FMA
+// target of its caller (slower, and rounding unlike the inlined code).
 #if defined(__CUDACC__)
 #define RLOSS_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+#define RLOSS_HD inline __attribute__((always_inline))
 #else
 #define RLOSS_HD inline
 #endif
 
 namespace rloss {
 
-// The DenseCRF loss uses (x, y, r, g, b): five feature dimensions.
-constexpr int kFeatureDim = 5;
+// Feature dimensions D the kernels are compiled for: the spatial axes plus the
+// channels ((x, y, r, g, b) for the DenseCRF loss: D = 5). Key fields bound D
+// only through the word count; 16 bounds the build time.
+constexpr int kMinFeatureDim = 2;
+constexpr int kMaxFeatureDim = 16;
 
 // Slice normalisation constant of the standard lattice filter, 1 / (1 + 2^-D).
 // No normalisation by a filtered constant follows: the published DenseCRF loss
@@ -125,41 +133,66 @@ RLOSS_HD void locate(const float* f, const FeatureScales<D>& scales, Simplex<D>&
 }
 
 // A lattice point keyed by its first D coordinates (the last one is implied by
-// the zero sum), packed as 21-bit fields into two 64-bit words so that keys
-// hash and compare in a few instructions.
+// the zero sum), packed as 21-bit fields, 3 to a 64-bit word (coordinate i in
+// word i / 3 at bit 21 (i % 3)), so that keys hash and compare in a few
+// instructions. Bit 63 of every word stays clear.
 constexpr int kKeyFieldBits = 21;
+constexpr int kFieldsPerWord = 3;
 constexpr int32_t kKeyFieldBias = 1 << (kKeyFieldBits - 1);  // coordinates must lie in [-bias, bias)
 
+// Words of a key with an image index (CUDA: one lattice for the whole batch):
+// the index goes in the top word above its fields, at image_shift(D) (in a word
+// of its own when D % 3 == 0). For D = 5: coordinates 0-2, then 3-4 and the image.
+constexpr int key_words(int D) { return D / kFieldsPerWord + 1; }
+constexpr int image_shift(int D) { return kKeyFieldBits * (D % kFieldsPerWord); }
+
+// Words of a key without one (CPU: one lattice per image): as few as hold the
+// fields, but two up to D = 5, the layout (and hash) the CPU always had.
+constexpr int cpu_key_words(int D) { return D <= 5 ? 2 : (D + kFieldsPerWord - 1) / kFieldsPerWord; }
+
+template <int W>
 struct PackedKey {
-  uint64_t lo, hi;
+  uint64_t w[W];  // w[0] holds coordinates 0-2
 };
 
-RLOSS_HD bool operator==(const PackedKey& a, const PackedKey& b) { return a.lo == b.lo && a.hi == b.hi; }
+template <int W>
+RLOSS_HD bool operator==(const PackedKey<W>& a, const PackedKey<W>& b) {
+  bool equal = true;
+  for (int j = 0; j < W; ++j) equal &= a.w[j] == b.w[j];
+  return equal;
+}
 
-template <int D>
-RLOSS_HD PackedKey pack_key(const int32_t* key) {
-  static_assert(D <= 6, "packed keys hold at most 6 coordinates");
-  PackedKey k{0, 0};
+template <int D, int W>
+RLOSS_HD PackedKey<W> pack_key(const int32_t* key) {
+  static_assert(W * kFieldsPerWord >= D, "too few key words for D coordinates");
+  PackedKey<W> k;
+  for (int j = 0; j < W; ++j) k.w[j] = 0;
   for (int i = 0; i < D; ++i) {
     const uint64_t field = static_cast<uint64_t>(static_cast<uint32_t>(key[i] + kKeyFieldBias));
-    if (i < 3) k.lo |= field << (kKeyFieldBits * i);
-    else k.hi |= field << (kKeyFieldBits * (i - 3));
+    k.w[i / kFieldsPerWord] |= field << (kKeyFieldBits * (i % kFieldsPerWord));
   }
   return k;
 }
 
-template <int D>
-RLOSS_HD void unpack_key(const PackedKey& k, int32_t* coords) {
+template <int D, int W>
+RLOSS_HD void unpack_key(const PackedKey<W>& k, int32_t* coords) {
   constexpr uint64_t mask = (uint64_t{1} << kKeyFieldBits) - 1;
   for (int i = 0; i < D; ++i) {
-    const uint64_t word = i < 3 ? k.lo : k.hi;
-    coords[i] = static_cast<int32_t>((word >> (kKeyFieldBits * (i % 3))) & mask) - kKeyFieldBias;
+    const uint64_t word = k.w[i / kFieldsPerWord];
+    coords[i] = static_cast<int32_t>((word >> (kKeyFieldBits * (i % kFieldsPerWord))) & mask) - kKeyFieldBias;
   }
 }
 
-// 64-bit hash: the low bits pick a slot, the high 32 bits tag it.
-RLOSS_HD uint64_t hash_key(const PackedKey& k) {
-  uint64_t h = k.lo * 0x9E3779B97F4A7C15ull ^ k.hi * 0xC2B2AE3D27D4EB4Full;
+// 64-bit hash: the low bits pick a slot, the high 32 bits tag it. Words beyond
+// the second are mixed in before the final mix: two-word keys hash as they always did.
+template <int W>
+RLOSS_HD uint64_t hash_key(const PackedKey<W>& k) {
+  static_assert(W >= 2, "hash_key expects at least two words");
+  uint64_t h = k.w[0] * 0x9E3779B97F4A7C15ull ^ k.w[1] * 0xC2B2AE3D27D4EB4Full;
+  for (int j = 2; j < W; ++j) {
+    h ^= h >> 32;
+    h = h * 0xD6E8FEB86659FD93ull ^ k.w[j] * 0x9E3779B97F4A7C15ull;
+  }
   h ^= h >> 31;
   h *= 0xBF58476D1CE4E5B9ull;
   return h ^ (h >> 29);
