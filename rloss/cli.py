@@ -73,6 +73,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
 def _parallel_runs(text: str) -> int | str:
     """``--parallel-runs``: ``auto`` or a whole number (checked by ``run_pool.resolve_processes``)."""
     return text if text == "auto" else int(text) if text.isdigit() else text
@@ -202,7 +212,7 @@ def _cmd_data_synthetic(args: argparse.Namespace) -> int:
     from .data.synthetic import generate_synthetic
 
     _print_summary(generate_synthetic(Path(args.out), size=args.size, n_train=args.n_train, n_val=args.n_val, seed=args.seed,
-                                      low_contrast=args.low_contrast, overwrite=args.overwrite))
+                                      low_contrast=args.low_contrast, overwrite=args.overwrite, channels=args.channels))
     return 0
 
 
@@ -231,8 +241,8 @@ def _cmd_data_downscale(args: argparse.Namespace) -> int:
 def _cmd_data_check(args: argparse.Namespace) -> int:
     from .data.folder import SegmentationFolder
 
-    data = SegmentationFolder(args.root, args.split, skip_bad=args.skip_bad)
-    _print_summary({**data.check(), "classes": data.class_names})
+    data = SegmentationFolder(args.root, args.split, skip_bad=args.skip_bad, channels=args.channels)
+    _print_summary({**data.check(), **data.image_facts, "classes": data.class_names})
     return 0
 
 
@@ -255,6 +265,8 @@ def _add_data_commands(commands) -> None:
     synthetic.add_argument("--low-contrast", type=float, default=LOW_CONTRAST_P, metavar="SHARE",
                            help="share of objects coloured close to their background, 0..1: the higher, the less "
                                 f"colour tells the classes apart (default {LOW_CONTRAST_P})")
+    synthetic.add_argument("--channels", type=int, choices=(1, 3), default=3,
+                           help="3: RGB images (default); 1: 8-bit greyscale, each class its own grey level")
     synthetic.add_argument("--overwrite", action="store_true", help=overwrite_help)
     synthetic.set_defaults(run=_cmd_data_synthetic)
 
@@ -280,6 +292,9 @@ def _add_data_commands(commands) -> None:
     check.add_argument("--root", required=True)
     check.add_argument("--split", default="train")
     check.add_argument("--skip-bad", action="store_true", help="count bad samples instead of stopping at the first")
+    check.add_argument("--channels", type=_positive_int, default=3,
+                       help="the band count every image must have, as data.channels in a training config (default 3: "
+                            "any PNG/JPEG read as RGB); the report gives the band counts, bit depths and range found")
     check.set_defaults(run=_cmd_data_check)
 
 
@@ -380,6 +395,8 @@ def _add_tool_commands(commands) -> None:
     crf.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: the GPU set, timed with CUDA events")
     crf.add_argument("--checks", action="store_true",
                      help="with the loss's default input checks, as users get it (default: off, the filter's own speed)")
+    crf.add_argument("--channels", type=int, nargs="+", metavar="C",
+                     help="the lattice on images of these channel counts side by side (1 = grayscale, 3 = RGB, 4 = bands)")
     crf.add_argument("--json", help="also write the results to this JSON file")
     crf.set_defaults(run=_cmd_bench)
 

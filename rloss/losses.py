@@ -2,14 +2,15 @@
 built on the Gaussian affinity ``A``: DenseCRF, normalized cut and KernelCut.
 
 The DenseCRF loss of Tang et al. (ECCV 2018) is ``-sum_k S_k^T A S_k`` with
-``A`` the fully connected Gaussian affinity over (x, y, r, g, b); its gradient
-is ``-2 A S``. ``A S`` is computed once in the forward pass and reused by the
+``A`` the fully connected Gaussian affinity over (x, y, r, g, b) (any channel count, and
+(x, y, z, channels) for volumes); its gradient is ``-2 A S``. ``A S`` is computed once in the forward pass and reused by the
 backward pass (``A`` is symmetric), so each step filters once.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -66,16 +67,16 @@ class _DenseCRFTerm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, features, probs, roi, scale, kernel, backend):
-        n, k, h, w = probs.shape
+        n, k, pixels = probs.shape[0], probs.shape[1], probs[0, 0].numel()  # [N, K, H, W] or [N, K, D, H, W]
         grad_scale = -2.0 * scale
         if resolve_kernel(kernel) == "permutohedral":  # fused: one pass, no temporaries
             energy, gradient = permutohedral_crf(
-                features, probs.reshape(n, k, h * w), roi.reshape(n, h * w), out_scale=grad_scale, backend=backend
+                features, probs.reshape(n, k, pixels), roi.reshape(n, pixels), out_scale=grad_scale, backend=backend
             )
-            energy, gradient = energy.to(probs.dtype), gradient.view(n, k, h, w).to(probs.dtype)
+            energy, gradient = energy.to(probs.dtype), gradient.view(probs.shape).to(probs.dtype)
         else:
             segmentation = probs * roi.unsqueeze(1)
-            filtered = exact_filter(features, segmentation.reshape(n, k, h * w)).view(n, k, h, w)
+            filtered = exact_filter(features, segmentation.reshape(n, k, pixels)).view(probs.shape)
             energy = (segmentation * filtered).sum()
             gradient = filtered.mul_(roi.unsqueeze(1)).mul_(grad_scale)
         ctx.save_for_backward(gradient)
@@ -160,13 +161,28 @@ class _AffinityLoss(nn.Module):
             if self.scale_factor != 1.0:
                 s = self.scale_factor
                 images = F.interpolate(images, scale_factor=s, mode="nearest")
-                probs = F.interpolate(probs, scale_factor=s, mode="bilinear", align_corners=False)
+                smooth = "bilinear" if probs.dim() == 4 else "trilinear"  # a volume: every axis
+                probs = F.interpolate(probs, scale_factor=s, mode=smooth, align_corners=False)
                 roi = F.interpolate(roi.unsqueeze(1), scale_factor=s, mode="nearest").squeeze(1)
             return self._terms(images, probs, roi)
 
-    def _features(self, images: torch.Tensor, sigma_rgb: float, sigma_xy: float) -> torch.Tensor:
+    def _sigma(self, key: str, value) -> float | tuple[float, ...]:
+        """A bandwidth: one number, or one per channel / spatial axis (a list or tuple), each
+        checked as ``_setting`` does; their count is checked against the inputs when called."""
+        if isinstance(value, (list, tuple)):
+            if not value:
+                raise ValueError(f"{type(self).__name__}: {key} must be a number or a non-empty list, got {value!r}")
+            return tuple(self._setting(f"{key}[{i}]", v, "sigma") for i, v in enumerate(value))
+        return self._setting(key, value, "sigma")
+
+    def _features(self, images: torch.Tensor, sigma_rgb, sigma_xy) -> torch.Tensor:
         """Features of the resized images; ``sigma_xy`` is in pixels of the full-size input."""
-        return bilateral_features(images, sigma_rgb, sigma_xy * self.scale_factor)
+        s = self.scale_factor
+        scaled_xy = tuple(v * s for v in sigma_xy) if isinstance(sigma_xy, tuple) else sigma_xy * s
+        try:
+            return bilateral_features(images, sigma_rgb, scaled_xy)
+        except ValueError as exc:  # a bandwidth count that does not fit the images
+            raise ValueError(f"{type(self).__name__}: {exc}") from None
 
     def _terms(self, images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -178,8 +194,8 @@ class _OneAffinityLoss(_AffinityLoss):
     def __init__(
         self,
         weight: float,
-        sigma_rgb: float,
-        sigma_xy: float,
+        sigma_rgb: float | Sequence[float],
+        sigma_xy: float | Sequence[float],
         scale_factor: float = 1.0,
         kernel: str = "auto",
         backend: str = "auto",
@@ -187,8 +203,8 @@ class _OneAffinityLoss(_AffinityLoss):
     ):
         super().__init__(scale_factor, kernel, backend, validate)
         self.weight = self._setting("weight", weight, "weight")
-        self.sigma_rgb = self._setting("sigma_rgb", sigma_rgb, "sigma")
-        self.sigma_xy = self._setting("sigma_xy", sigma_xy, "sigma")
+        self.sigma_rgb = self._sigma("sigma_rgb", sigma_rgb)
+        self.sigma_xy = self._sigma("sigma_xy", sigma_xy)
 
     def extra_repr(self) -> str:
         return (
@@ -202,8 +218,11 @@ class DenseCRFLoss(_OneAffinityLoss):
 
     Args:
         weight: loss weight (published: 2e-9 with the permutohedral kernel at 513 px).
-        sigma_rgb: colour bandwidth in 0..255 units (published: 15).
-        sigma_xy: spatial bandwidth in pixels of the full-size input (published: 100).
+        sigma_rgb: colour bandwidth in 0..255 units (published: 15); one number for every
+            channel, or one per channel (a list).
+        sigma_xy: spatial bandwidth in pixels of the full-size input (published: 100); one
+            number for every axis, or one per spatial axis in the tensor's order ((H, W), or
+            (D, H, W) for a volume with anisotropic voxels).
         scale_factor: the loss is computed on inputs resized by this factor, in (0, 1]
             (published: 0.5); ``sigma_xy`` is scaled with it.
         kernel: ``"auto"``, ``"exact"`` or ``"permutohedral"`` (see ``rloss.filtering``).
@@ -221,10 +240,12 @@ class DenseCRFLoss(_OneAffinityLoss):
             call (through the loss value), so the checks cost under 10% of the loss.
             ``False`` checks no values. Shapes and dtypes are always checked.
 
-    Inputs: ``images [N, 3, H, W]`` RGB in 0..255 (not normalised; the value checks
-    refuse images that look scaled to 0..1), ``probs [N, K, H, W]`` softmax output,
-    ``roi [N, H, W]`` 1 where the loss applies (0 on padding), or None (the default)
-    for every pixel, the same as an ROI of ones. Returns the scalar
+    Inputs: ``images [N, C, H, W]`` in 0..255 (RGB, grayscale or any C channels in the same
+    units; not normalised: the value checks refuse images that look scaled to 0..1),
+    ``probs [N, K, H, W]`` softmax output, ``roi [N, H, W]`` 1 where the loss applies
+    (0 on padding), or None (the default) for every pixel, the same as an ROI of ones.
+    Volumes: ``images [N, C, D, H, W]``, ``probs [N, K, D, H, W]``, ``roi [N, D, H, W]``.
+    The affinity has 2 + C dimensions (3 + C for volumes), at most 16. Returns the scalar
     ``-weight / N * sum(S * A S)`` with ``S = probs * roi``, computed in float32
     (float64 for float64 inputs) even under autocast.
     """
@@ -253,11 +274,12 @@ class _CutTerms(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, features, probs, roi, nc_scale, crf_scale, kernel, backend):
-        n, k, h, w = probs.shape
-        probs, roi = probs.reshape(n, k, h * w), roi.reshape(n, h * w)
+        shape = probs.shape  # [N, K, H, W] or [N, K, D, H, W]
+        n, k, pixels = shape[0], shape[1], probs[0, 0].numel()
+        probs, roi = probs.reshape(n, k, pixels), roi.reshape(n, pixels)
         # roi * A [S, roi]: with probs and a channel of ones, the lattice's fused op masks by
         # the ROI on the way in and out, so no masked copy of probs is made.
-        augmented = torch.cat([probs, probs.new_ones(n, 1, h * w)], dim=1)
+        augmented = torch.cat([probs, probs.new_ones(n, 1, pixels)], dim=1)
         if resolve_kernel(kernel) == "permutohedral":
             masked = permutohedral_crf(features, augmented, roi, backend=backend)[1].to(probs.dtype)
         else:
@@ -274,7 +296,7 @@ class _CutTerms(torch.autograd.Function):
         # roi * (nc_scale * (a_k d / (b_k + eps)^2 - 2 A S_k / (b_k + eps)) - 2 crf_scale A S_k), in place
         gradient = filtered_seg.mul_((-2 * (nc_scale / volume + crf_scale)).unsqueeze(-1))
         gradient.addcmul_(degree, (nc_scale * ratio / volume).unsqueeze(-1))
-        ctx.save_for_backward(gradient.view(n, k, h, w))
+        ctx.save_for_backward(gradient.view(shape))
         return nc_scale * cut - crf_scale * association.sum()
 
     @staticmethod
@@ -361,10 +383,10 @@ class KernelCutLoss(_AffinityLoss):
         super().__init__(scale_factor, kernel, backend, validate)
         self.nc_weight = self._setting("nc_weight", nc_weight, "weight")
         self.crf_weight = self._setting("crf_weight", crf_weight, "weight")
-        self.nc_sigma_rgb = self._setting("nc_sigma_rgb", nc_sigma_rgb, "sigma")
-        self.nc_sigma_xy = self._setting("nc_sigma_xy", nc_sigma_xy, "sigma")
-        self.crf_sigma_rgb = self._setting("crf_sigma_rgb", crf_sigma_rgb, "sigma")
-        self.crf_sigma_xy = self._setting("crf_sigma_xy", crf_sigma_xy, "sigma")
+        self.nc_sigma_rgb = self._sigma("nc_sigma_rgb", nc_sigma_rgb)
+        self.nc_sigma_xy = self._sigma("nc_sigma_xy", nc_sigma_xy)
+        self.crf_sigma_rgb = self._sigma("crf_sigma_rgb", crf_sigma_rgb)
+        self.crf_sigma_xy = self._sigma("crf_sigma_xy", crf_sigma_xy)
 
     def extra_repr(self) -> str:
         return (
@@ -388,9 +410,10 @@ def _check_shapes(
     images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor | None, name: str = "DenseCRFLoss"
 ) -> None:
     """Raises TypeError or ValueError naming the first input of the wrong type, shape, dtype or
-    device; ``roi`` None stands for every pixel."""
+    device; ``roi`` None stands for every pixel. Images ``[N, C, H, W]`` (any C >= 1) or
+    volumes ``[N, C, D, H, W]``."""
     for input_name, t, expected in (
-        ("images", images, "torch.Tensor [N, 3, H, W] (RGB in 0..255)"),
+        ("images", images, "torch.Tensor [N, C, H, W] (RGB or C channels in 0..255)"),
         ("probs", probs, "torch.Tensor [N, K, H, W] (softmax output)"),
     ):
         if not isinstance(t, torch.Tensor):
@@ -399,20 +422,23 @@ def _check_shapes(
         raise TypeError(
             f"{name}: roi must be a torch.Tensor [N, H, W] or None (every pixel), got {type(roi).__name__}"
         )
-    if probs.dim() != 4:
-        raise ValueError(f"{name}: probs must be [N, K, H, W], got shape {tuple(probs.shape)}")
-    n, _, h, w = probs.shape
-    if images.shape != (n, 3, h, w):
-        raise ValueError(
-            f"{name}: images must be [N, 3, H, W] = {(n, 3, h, w)} to match probs, got {tuple(images.shape)}"
-        )
-    if roi is not None and roi.shape != (n, h, w):
-        raise ValueError(f"{name}: roi must be [N, H, W] = {(n, h, w)} to match probs, got {tuple(roi.shape)}")
+    if probs.dim() not in (4, 5):
+        raise ValueError(f"{name}: probs must be [N, K, H, W] (or [N, K, D, H, W] for volumes), "
+                         f"got shape {tuple(probs.shape)}")
+    n, _, *spatial = probs.shape
+    axes = "H, W" if len(spatial) == 2 else "D, H, W"
+    if images.dim() != probs.dim() or images.shape[0] != n or list(images.shape[2:]) != spatial or images.shape[1] < 1:
+        expected = (n, "C", *spatial)
+        raise ValueError(f"{name}: images must be [N, C, {axes}] = {expected} to match probs, "
+                         f"got {tuple(images.shape)}".replace("'C'", "C"))
+    if roi is not None and roi.shape != (n, *spatial):
+        raise ValueError(f"{name}: roi must be [N, {axes}] = {(n, *spatial)} to match probs, got {tuple(roi.shape)}")
     # Empty inputs would otherwise fail deep in the value checks or the filtering.
     if n == 0:
         raise ValueError(f"{name}: images, probs and roi must hold at least one image, got a batch of 0 images")
-    if h * w == 0:
-        raise ValueError(f"{name}: images must have at least one pixel, got H x W = {h} x {w}")
+    if math.prod(spatial) == 0:
+        raise ValueError(f"{name}: images must have at least one pixel, got {' x '.join(axes.split(', '))} = "
+                         f"{' x '.join(map(str, spatial))}")
     for input_name, t in (("images", images), ("probs", probs)):
         if not t.is_floating_point():
             raise ValueError(f"{name}: {input_name} must be a floating-point tensor, got {t.dtype}")
@@ -443,8 +469,9 @@ def _check_values(images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor, 
     lo, images_max = (float(v) for v in torch.aminmax(images))
     _check_finite(name, "images", lo, images_max)
     if lo < -1e-3 or images_max > 255.0 + 1e-3:
+        kind = "RGB" if images.shape[1] == 3 else f"{images.shape[1]}-channel images"
         raise ValueError(
-            f"{name}: images must be RGB in 0..255 (not normalised), got values in [{lo:.3g}, {images_max:.3g}]"
+            f"{name}: images must be {kind} in 0..255 (not normalised), got values in [{lo:.3g}, {images_max:.3g}]"
         )
     tol = 1e-3 if probs.dtype in (torch.float32, torch.float64) else 3e-2
     lo, hi = (float(v) for v in torch.aminmax(probs))

@@ -22,15 +22,18 @@ def smooth_probs(n: int, k: int, size: int, seed: int = 0, dtype=torch.float32) 
     return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False).softmax(1).to(dtype)
 
 
-def dense_affinity(images: torch.Tensor, sigma_rgb: float, sigma_xy: float) -> torch.Tensor:
-    """The full Gaussian affinity [N, P, P] in float64, computed directly from its definition."""
-    n, _, h, w = images.shape
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
-    xy = torch.stack([xs, ys]).reshape(2, -1).T / sigma_xy
+def dense_affinity(images: torch.Tensor, sigma_rgb, sigma_xy) -> torch.Tensor:
+    """The full Gaussian affinity [N, P, P] in float64, computed directly from its definition, for
+    images [N, C, H, W] or volumes [N, C, D, H, W]: exp(-|dpos / sigma_xy|^2 / 2 - |dvalue / sigma_rgb|^2 / 2)
+    with one bandwidth or one per spatial axis (tensor order) and per channel."""
+    n, c, *spatial = images.shape
+    axes = torch.meshgrid(*[torch.arange(size, dtype=torch.float64) for size in spatial], indexing="ij")
+    position = torch.stack([a.reshape(-1) for a in axes], dim=1)  # [P, axes], tensor order
+    position = position / torch.as_tensor(sigma_xy, dtype=torch.float64).expand(len(spatial))
     a = []
     for i in range(n):
-        rgb = images[i].double().reshape(3, -1).T / sigma_rgb
-        f = torch.cat([xy, rgb], dim=1)
+        value = images[i].double().reshape(c, -1).T / torch.as_tensor(sigma_rgb, dtype=torch.float64).expand(c)
+        f = torch.cat([position, value], dim=1)
         a.append(torch.exp(-0.5 * ((f[:, None, :] - f[None, :, :]) ** 2).sum(-1)))
     return torch.stack(a)
 

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from rloss import DenseCRFLoss
 from rloss.engine.config import load_config
@@ -93,3 +94,54 @@ def test_config_turns_the_relative_weight_into_the_absolute_one():
     assert cfg.absolute_crf_weight() == 3e-6  # an absolute weight, when given, is used as it is
     with pytest.raises(ValueError, match="loss.crf_relative_weight"):
         load_config(None, ["loss.crf_relative_weight=-1"])
+
+
+def test_the_lattice_scale_table_is_what_its_measurement_gives():
+    from rloss.crf_weight import LATTICE_SCALE, measure_lattice_scale
+
+    assert measure_lattice_scale(2, 3, 32, 8.0, 16) == pytest.approx(LATTICE_SCALE[2][3], abs=6e-4)
+    assert measure_lattice_scale(2, 6, 32, 8.0, 16) == pytest.approx(LATTICE_SCALE[2][6], abs=6e-4)
+    assert measure_lattice_scale(3, 4, 20, 6.0, 8) == pytest.approx(LATTICE_SCALE[3][4], abs=6e-4)
+
+
+def _lattice_gradient_mass(images: torch.Tensor, weight: float, sigma_xy) -> float:
+    spatial = tuple(images.shape[2:])
+    g = torch.Generator().manual_seed(0)
+    mode = "bilinear" if len(spatial) == 2 else "trilinear"
+    low = torch.randn(1, 3, *[max(1, s // 4) for s in spatial], generator=g)
+    probs = F.interpolate(low, size=spatial, mode=mode, align_corners=False).softmax(1).requires_grad_(True)
+    DenseCRFLoss(weight, 15.0, sigma_xy, 1.0, kernel="permutohedral", backend="torch")(images, probs).backward()
+    return probs.grad.abs().sum().item()
+
+
+def test_relative_weight_keeps_the_balance_across_channel_counts_on_flat_colour():
+    # Grayscale (d = 3), RGB (d = 5) and 8 bands (d = 10) of flat colour at levels the table was not
+    # measured at: with each one's absolute weight the lattice's pull is RGB's, within the spread
+    # of the lattice over colour levels; with RGB's weight it would be 1.4x and 0.54x.
+    mass = {}
+    for channels, level in ((1, 101.0), (3, 77.0), (8, 90.0)):
+        flat = torch.full((1, channels, 40, 40), level)
+        flat[:, :, :, 20:] += 13.0 * torch.arange(1, channels + 1).view(1, channels, 1, 1)  # two flat halves
+        weight = absolute_crf_weight(1.0, 40, 40, 10.0, channels=channels)
+        mass[channels] = _lattice_gradient_mass(flat, weight, 10.0)
+    assert mass[1] / mass[3] == pytest.approx(1.0, abs=0.15)
+    assert mass[8] / mass[3] == pytest.approx(1.0, abs=0.2)
+
+
+def test_relative_weight_keeps_the_balance_of_a_volume_across_resolutions():
+    # A volume and its 2x finer copy, sigma scaling with it: the same balance (exact kernel, as the
+    # 2-D test above), with the voxel counts and masses of all three axes.
+    def scene(size):
+        t = (torch.arange(size, dtype=torch.float64) + 0.5) / size
+        z, y, x = torch.meshgrid(t, t, t, indexing="ij")
+        return (80 + 120 * torch.sigmoid((0.3 - ((x - 0.5) ** 2 + (y - 0.4) ** 2 + (z - 0.5) ** 2).sqrt()) * 30))[None, None]
+
+    mass = {}
+    for size, sigma in ((8, (2.0, 3.0, 3.0)), (16, (4.0, 6.0, 6.0))):
+        weight = absolute_crf_weight(1.0, size, size, sigma, depth=size, channels=1)
+        t = (torch.arange(size, dtype=torch.float64) + 0.5) / size
+        z, y, x = torch.meshgrid(t, t, t, indexing="ij")
+        probs = torch.stack([4 * (x - 0.5), 3 * torch.cos(5 * y), 2 * z * x])[None].softmax(1).requires_grad_(True)
+        DenseCRFLoss(weight, 15.0, sigma, 1.0, kernel="exact")(scene(size), probs).backward()
+        mass[size] = probs.grad.abs().sum().item()
+    assert mass[16] / mass[8] == pytest.approx(1.0, abs=0.1)

@@ -132,7 +132,7 @@ def _inputs(n=1, k=3, size=8):
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda i, p, r: (i[:, :2], p, r), r"images must be \[N, 3, H, W\]"),
+        (lambda i, p, r: (i[:, :, :-1], p, r), r"images must be \[N, C, H, W\] = \(1, C, 8, 8\)"),
         (lambda i, p, r: (i, p[0], r), r"probs must be \[N, K, H, W\]"),
         (lambda i, p, r: (i, p, r[:, :4]), r"roi must be \[N, H, W\]"),
         (lambda i, p, r: (i, p.long(), r), "probs must be a floating-point tensor"),

@@ -98,7 +98,7 @@ def test_an_empty_batch_is_refused_up_front(loss):
 @pytest.mark.parametrize("loss", LOSSES)
 def test_inputs_that_are_not_tensors_are_a_type_error(loss):
     images, probs, roi = inputs()
-    with pytest.raises(TypeError, match=rf"^{loss}: images must be a torch.Tensor \[N, 3, H, W\] .*, got list$"):
+    with pytest.raises(TypeError, match=rf"^{loss}: images must be a torch.Tensor \[N, C, H, W\] .*, got list$"):
         LOSSES[loss]()(images.tolist(), probs, roi)
     with pytest.raises(TypeError, match=rf"^{loss}: probs must be a torch.Tensor \[N, K, H, W\] .*, got ndarray$"):
         LOSSES[loss]()(images, probs.numpy(), roi)

@@ -1,6 +1,6 @@
 """Segmentation data in the VOC folder layout (VOC itself, the synthetic set, or your own).
 
-ROOT/JPEGImages/<id>.jpg|png              the images
+ROOT/JPEGImages/<id>.jpg|png|tif|npy      the images (any band count: rloss.data.io.read_image)
 ROOT/SegmentationClassAug/<id>.png        full masks: class per pixel, 255 = ignore (optional)
 ROOT/pascal_2012_scribble/<id>.png        scribbles: class on scribble pixels, 255 = unlabeled
 ROOT/ImageSets/Segmentation/<split>.txt   one id per line
@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 from torch.utils.data import Dataset
 
-from .io import IGNORE_INDEX, DataError, output_folder, read_labels, read_rgb
+from .io import IGNORE_INDEX, DataError, output_folder, read_bands, read_image, read_labels
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -30,7 +30,7 @@ VOC_CLASSES = (
 
 IMAGE_DIR, MASK_DIR, SCRIBBLE_DIR = "JPEGImages", "SegmentationClassAug", "pascal_2012_scribble"
 LIST_DIR = Path("ImageSets") / "Segmentation"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".npy")
 # What rloss writes at the root of a data set in this layout (rloss.data.synthetic, rloss.data.downscale;
 # synthetic.json: the synthetic set's summary): all that overwriting a data set removes, never anything else.
 # .synthetic-in-progress: the generator's mark while it writes (a set whose making was interrupted has it).
@@ -42,7 +42,7 @@ DATASET_ENTRIES = (IMAGE_DIR, MASK_DIR, SCRIBBLE_DIR, LIST_DIR.parts[0], "classe
 @dataclass
 class Sample:
     id: str
-    image: np.ndarray  # [H, W, 3] uint8 RGB
+    image: np.ndarray  # [H, W, C]: uint8, or float32 for 16-bit and float data (0..255 units: io.to_loss_units)
     scribble: np.ndarray  # [H, W] uint8, 255 = unlabeled
     mask: np.ndarray | None  # [H, W] uint8, 255 = ignore; None where the data set has no full masks
 
@@ -177,7 +177,8 @@ class SegmentationFolder(Dataset):
     when a transform is given. Bad data (missing or unreadable files, sizes that
     differ, class ids >= K other than 255, images without a scribble pixel)
     raises a DataError naming the file; with ``skip_bad=True``, :meth:`check`
-    drops such ids and counts them instead.
+    drops such ids and counts them instead. ``channels``: the band count every image must have
+    (:func:`rloss.data.io.read_image`; 3, the default, reads any PNG/JPEG as RGB, as before).
     """
 
     def __init__(
@@ -191,8 +192,10 @@ class SegmentationFolder(Dataset):
         ids: list[str] | None = None,
         require_masks: bool = False,
         cache_bytes: int = 0,
+        channels: int = 3,
     ):
         self.root = Path(root)
+        self.channels = channels
         self.split = split
         self.class_names = read_class_names(self.root, class_names)
         self.num_classes = len(self.class_names)
@@ -202,6 +205,7 @@ class SegmentationFolder(Dataset):
         self.require_scribbles = require_scribbles
         self.skip_bad = skip_bad
         self.skipped: dict[str, str] = {}  # id -> reason, filled by check()
+        self.image_facts: dict = {}  # filled by check()
         self.cache_bytes = cache_bytes
         self._cache: dict[str, Sample] = {}
         self._cached_bytes = 0
@@ -214,7 +218,8 @@ class SegmentationFolder(Dataset):
             path = self.root / IMAGE_DIR / f"{sample_id}{suffix}"
             if path.exists():
                 return path
-        raise DataError(f"{self.root / IMAGE_DIR / sample_id}.jpg|png: image not found (listed in {self.split}.txt)")
+        raise DataError(f"{self.root / IMAGE_DIR / sample_id}.jpg|png: image not found (listed in {self.split}.txt; "
+                        "nor .jpeg, .tif, .tiff or .npy)")
 
     def load(self, sample_id: str) -> Sample:
         """Reads and validates one sample. With ``cache_bytes``, decoded samples are kept (read-only) until
@@ -234,7 +239,7 @@ class SegmentationFolder(Dataset):
         return sample
 
     def _read(self, sample_id: str) -> Sample:
-        image = read_rgb(self.image_path(sample_id))
+        image = read_image(self.image_path(sample_id), self.channels)
         scribble_path = self.root / SCRIBBLE_DIR / f"{sample_id}.png"
         mask_path = self.root / MASK_DIR / f"{sample_id}.png"
         if mask_path.exists():
@@ -270,13 +275,15 @@ class SegmentationFolder(Dataset):
 
     def check(self, progress: bool = True) -> dict:
         """Reads every sample once. Raises on the first bad one, or with
-        ``skip_bad`` drops the bad ids and reports how many."""
+        ``skip_bad`` drops the bad ids and reports how many. What the image files hold (band counts,
+        bit depths, their intensity range as stored) is left in ``image_facts``."""
         from tqdm import tqdm
 
-        good = []
+        good, facts = [], _ImageFacts()
         for sample_id in tqdm(self.ids, desc=f"check {self.split}", unit="img", disable=not progress, file=sys.stderr):
             try:
                 self.load(sample_id)
+                facts.add(read_bands(self.image_path(sample_id)))  # the file as stored: its depth and range
                 good.append(sample_id)
             except DataError as exc:
                 if not self.skip_bad:
@@ -287,4 +294,32 @@ class SegmentationFolder(Dataset):
         self.ids = good
         if self.skipped:
             print(f"{self.split}: skipped {len(self.skipped)} bad samples, e.g. {next(iter(self.skipped.values()))}", file=sys.stderr)
+        self.image_facts = facts.summary(self.channels)
         return {"split": self.split, "samples": len(good), "skipped": len(self.skipped)}
+
+
+class _ImageFacts:
+    """What ``rloss data check`` reports about the images as stored: band counts, bit depths, range."""
+
+    _DEPTHS = {"uint8": "8-bit", "uint16": "16-bit", "float32": "float"}
+
+    def __init__(self):
+        self.bands: set[int] = set()
+        self.depths: set[str] = set()
+        self.low, self.high = math.inf, -math.inf
+
+    def add(self, bands: np.ndarray) -> None:
+        self.bands.add(int(bands.shape[2]))
+        self.depths.add(self._DEPTHS[bands.dtype.name])
+        self.low, self.high = min(self.low, float(bands.min())), max(self.high, float(bands.max()))
+
+    def summary(self, channels: int) -> dict:
+        out = {"channels": channels, "bands_in_files": sorted(self.bands), "bit_depth": sorted(self.depths),
+               "intensity_range": [self.low, self.high] if self.bands else None}
+        if self.bands and self.bands != {channels}:  # only 3 reads other band counts (PNG/JPEG as RGB)
+            found = "/".join(map(str, sorted(self.bands)))
+            rounded = ", 16-bit rounded to 8 bits" if "16-bit" in self.depths else ""
+            advice = f"data.channels {found} reads them as they are" if len(self.bands) == 1 else \
+                "mixed band counts can only be read this way"
+            out["note"] = f"files with {found} band(s) read as RGB (data.channels 3{rounded}); {advice}"
+        return out

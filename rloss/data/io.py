@@ -1,5 +1,7 @@
 """Reading and writing data-set files: atomic writes, label PNGs with a palette,
-and images read with one clear error naming the file."""
+and images read with one clear error naming the file: RGB (:func:`read_rgb`), or any band count
+(:func:`read_image`: grey 8/16-bit PNG, multi-band TIFF and .npy) in the loss's 0..255 units by the
+intensity rule (:func:`to_loss_units`), and shown as RGB by :func:`display_rgb`."""
 
 from __future__ import annotations
 
@@ -177,3 +179,138 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
         raise
     except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: unreadable label image ({exc})") from None
+
+
+# ---------------------------------------------------------------------------------- any channel count
+# The intensity rule: every image reaches the DenseCRF loss in 0..255 float units (loss.sigma_rgb is
+# in them). uint8 as is; uint16 times 255/65535 as float32, so no level of a 16-bit image is merged
+# with another; float data as given (already in those units). Other sample types have no agreed
+# range and are refused.
+TIFF_SUFFIXES = (".tif", ".tiff")
+ARRAY_SUFFIXES = (".npy",)
+_UINT16_TO_255 = np.float32(255 / 65535)
+# PIL modes by their band count once read (alpha dropped, as the RGB reading drops it).
+_GREY_MODES, _COLOUR_MODES = ("1", "L", "LA"), ("P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr")
+
+
+def _bands_from_pil(path) -> np.ndarray:
+    image = open_image(path, "image")
+    try:
+        with image:
+            if image.mode in _SIXTEEN_BIT_MODES:
+                return np.asarray(image).astype(np.uint16)[..., None]
+            if image.mode == "F":
+                return np.asarray(image, dtype=np.float32)[..., None]
+            if image.mode in _GREY_MODES:
+                return np.asarray(image.convert("L"))[..., None]
+            if image.mode in _COLOUR_MODES:
+                return np.asarray(image.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable image ({exc})") from None
+    raise DataError(f"{path}: image mode {image.mode} refused (its value range is unknown); save it as "
+                    "8- or 16-bit greyscale PNG, 8-bit RGB, or as TIFF / .npy of uint8, uint16 or float")
+
+
+def _bands_from_tiff(path) -> np.ndarray:
+    try:
+        import tifffile
+    except ImportError:
+        raise DataError(f"{path}: reading TIFF needs the tifffile package (pip install tifffile)") from None
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            array, axes = series.asarray(), series.axes
+            if array.ndim == 2 and len(tif.pages) > 1:  # one band per page (pages of another size: overviews)
+                pages = [page.asarray() for page in tif.pages if page.shape == array.shape]
+                array, axes = np.stack(pages), "IYX"
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except Exception as exc:  # tifffile raises many types for a bad file
+        raise DataError(f"{path}: unreadable TIFF ({type(exc).__name__}: {exc})") from None
+    if array.ndim == 3 and axes[0] in "SCQI" and axes[-1] not in "S":  # planar: bands first
+        array = np.moveaxis(array, 0, -1)
+    return array
+
+
+def _bands_from_npy(path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable .npy array ({exc})") from None
+
+
+def read_bands(path: str | os.PathLike) -> np.ndarray:
+    """An image file's pixels as stored, ``[H, W, B]`` (B bands): uint8, uint16 or float32 (float64
+    is cast). PNG/JPEG through PIL (greyscale 8- and 16-bit, RGB; an alpha band is dropped; PIL
+    reads colour PNGs at 8 bits), TIFF through tifffile (bands last or planar), ``.npy`` arrays
+    ``[H, W]`` or ``[H, W, B]``. Anything else (another sample type, non-finite floats, an empty
+    image) is one DataError naming the file."""
+    suffix = Path(path).suffix.lower()
+    if suffix in TIFF_SUFFIXES:
+        array = _bands_from_tiff(path)
+    elif suffix in ARRAY_SUFFIXES:
+        array = _bands_from_npy(path)
+    else:
+        array = _bands_from_pil(path)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or 0 in array.shape:
+        raise DataError(f"{path}: expected an image [H, W] or [H, W, bands], got shape {array.shape}")
+    if array.dtype == np.float64:
+        array = array.astype(np.float32)
+    if array.dtype not in (np.uint8, np.uint16, np.float32):
+        raise DataError(f"{path}: sample type {array.dtype} refused (its value range is unknown); "
+                        "use uint8, uint16 or float (in 0..255 units)")
+    if array.dtype == np.float32 and not np.isfinite(array).all():
+        raise DataError(f"{path}: holds non-finite values (nan or inf)")
+    return np.ascontiguousarray(array)
+
+
+def to_loss_units(bands: np.ndarray) -> np.ndarray:
+    """The intensity rule: uint8 unchanged; uint16 x 255/65535 as float32; float32 as given."""
+    if bands.dtype == np.uint16:
+        return bands.astype(np.float32) * _UINT16_TO_255
+    return bands
+
+
+def read_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
+    """An image with ``channels`` bands, ``[H, W, channels]``, in the loss's units (:func:`to_loss_units`):
+    uint8 where the file is 8-bit, else float32. With ``channels`` 3, PNG and JPEG files are read as
+    :func:`read_rgb` reads them (greyscale repeated, 16-bit greyscale rounded to 8 bits): RGB data
+    sets read exactly as before. A file with another band count is one DataError naming it."""
+    if channels == 3 and Path(path).suffix.lower() not in TIFF_SUFFIXES + ARRAY_SUFFIXES:
+        return read_rgb(path)
+    bands = read_bands(path)
+    if bands.shape[2] != channels:
+        raise DataError(f"{path}: {bands.shape[2]} band(s), but the data set is read with {channels} (data.channels, --channels); "
+                        "set data.channels to the images' band count (rloss data check reports it)")
+    return to_loss_units(bands)
+
+
+def display_rgb(image: np.ndarray) -> np.ndarray:
+    """An image in loss units ``[H, W, C]`` (or ``[H, W]``) as uint8 RGB for display: one band as
+    grey, two as the first one grey, three or more as their first three. uint8 shown as is; other
+    data (16-bit, float) stretched linearly from its minimum to its maximum over those bands."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    shown = image[..., :3] if image.shape[2] >= 3 else np.repeat(image[..., :1], 3, axis=2)
+    if shown.dtype == np.uint8:
+        return np.ascontiguousarray(shown)
+    low, high = float(shown.min()), float(shown.max())
+    scaled = (shown.astype(np.float32) - low) * (255 / (high - low) if high > low else 0.0)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def save_image(image: np.ndarray, path: str | os.PathLike) -> None:
+    """A uint8 image, RGB ``[H, W, 3]`` (:func:`save_rgb`) or greyscale ``[H, W]`` / ``[H, W, 1]``
+    (an 8-bit greyscale PNG), written atomically."""
+    image = np.asarray(image, dtype=np.uint8)
+    if image.ndim == 3 and image.shape[2] == 3:
+        return save_rgb(image, path)
+    grey = image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image
+    if grey.ndim != 2:
+        raise DataError(f"{path}: save_image takes [H, W, 3] or [H, W] uint8, got {image.shape}")
+    write_bytes_atomic(path, _encoded(Image.fromarray(grey, mode="L"), "PNG"))

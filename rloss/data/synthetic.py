@@ -11,7 +11,7 @@ Scribbles imitate human ones: a few smooth strokes well inside every visible
 object part (its mask eroded) and in the background away from the objects,
 covering about 2-5 % of the pixels at every size.
 
-ROOT/JPEGImages/<id>.png                  RGB images (PNG: no JPEG artefacts)
+ROOT/JPEGImages/<id>.png                  RGB images (PNG: no JPEG artefacts); 8-bit grey with channels=1
 ROOT/SegmentationClassAug/<id>.png        full masks, class per pixel
 ROOT/pascal_2012_scribble/<id>.png        scribbles, 255 = unlabeled
 ROOT/ImageSets/Segmentation/{train,val}.txt
@@ -19,6 +19,10 @@ ROOT/classes.txt, ROOT/synthetic.json     class names; the generation summary
 
 Image ``i`` of split ``s`` draws from its own random stream, derived from
 ``(seed, s, i)``, so it does not depend on how many images the splits hold.
+
+``channels=1`` draws the same scenes (the same masks and scribbles) with grey levels in place of
+the colours (:data:`CLASS_GREYS`, :data:`BACKGROUND_GREYS`: each class its own level) and writes
+the mean of the three bands as an 8-bit greyscale PNG.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import numpy as np
 from scipy import ndimage
 
 from .folder import SYNTHETIC_IN_PROGRESS, dataset_output_folder
-from .io import IGNORE_INDEX, DataError, save_label_png, save_rgb, write_text_atomic
+from .io import IGNORE_INDEX, DataError, save_image, save_label_png, write_text_atomic
 
 __all__ = ["CLASS_NAMES", "MIN_SIZE", "MAX_SIZE", "generate_synthetic", "make_sample", "stroke_width"]
 
@@ -49,6 +53,11 @@ BACKGROUND_COLOURS = np.array(
     [[115, 135, 95], [160, 140, 115], [120, 130, 150], [95, 95, 100], [175, 172, 160], [140, 150, 130]],
     dtype=np.float64,
 )
+# The grey data set's levels (channels=1), in place of the colours above: classes differ in intensity,
+# objects lie below or above the background's middle grey.
+CLASS_GREYS = np.repeat(np.array([0, 30, 70, 185, 220, 250], dtype=np.float64)[:, None], 3, axis=1)
+BACKGROUND_GREYS = np.repeat(np.array([120, 135, 128, 112, 142, 125], dtype=np.float64)[:, None], 3, axis=1)
+CHANNELS = (1, 3)
 # Chance that an object's colour is pulled close to the background's: how much colour tells the
 # objects from the background (`rloss data synthetic --low-contrast`; 0.2 in the built-in set).
 LOW_CONTRAST_P = 0.2
@@ -84,9 +93,9 @@ def _smooth_noise(rng: np.random.Generator, height: int, width: int, period: flo
     return field / np.sqrt(np.outer((wy**2).sum(1), (wx**2).sum(1)))
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+def _background(rng: np.random.Generator, size: int, colours: np.ndarray = BACKGROUND_COLOURS) -> np.ndarray:
     """Float RGB ``[size, size, 3]``: a two-colour gradient with coarse and fine smooth noise."""
-    c0 = BACKGROUND_COLOURS[rng.integers(len(BACKGROUND_COLOURS))] + rng.normal(0, 15, 3)
+    c0 = colours[rng.integers(len(colours))] + rng.normal(0, 15, 3)
     c1 = c0 * rng.uniform(0.65, 1.05) + rng.normal(0, 14, 3)
     angle = rng.uniform(0, 2 * math.pi)
     coords = (np.arange(size) + 0.5) / size - 0.5
@@ -183,10 +192,11 @@ def _random_shape(rng: np.random.Generator, cls: int, cy: float, cx: float, radi
     return (lambda y, x: _polar_sdf(y, x, cy, cx, radius, harmonics)), extent
 
 
-def _object_fill(rng, cls, y, x, cy, cx, radius, background_colour, low_contrast: float) -> np.ndarray:
+def _object_fill(rng, cls, y, x, cy, cx, radius, background_colour, low_contrast: float,
+                 colours: np.ndarray = CLASS_COLOURS) -> np.ndarray:
     """Float RGB fill of one object over the crop (y [h, 1], x [1, w]): jittered class colour,
     shading gradient, a texture and (sometimes) a colour close to the background."""
-    base = (CLASS_COLOURS[cls] + rng.normal(0, 14, 3)) * rng.uniform(0.8, 1.12)
+    base = (colours[cls] + rng.normal(0, 14, 3)) * rng.uniform(0.8, 1.12)
     if rng.random() < low_contrast:
         base = background_colour + (base - background_colour) * rng.uniform(0.2, 0.45)
     angle = rng.uniform(0, 2 * math.pi)
@@ -345,16 +355,20 @@ def _check_size(size) -> int:
     return int(size)
 
 
-def make_sample(rng: np.random.Generator, size: int,
-                low_contrast: float = LOW_CONTRAST_P) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One synthetic sample drawn from ``rng``: image uint8 [size, size, 3], full mask
-    uint8 [size, size] (class per pixel) and scribble uint8 [size, size] (255 = unlabeled).
-    ``low_contrast``: the chance that an object's colour is pulled close to the background's."""
+def make_sample(rng: np.random.Generator, size: int, low_contrast: float = LOW_CONTRAST_P,
+                channels: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One synthetic sample drawn from ``rng``: image uint8 [size, size, 3] (``channels`` 1:
+    [size, size], grey), full mask uint8 [size, size] (class per pixel) and scribble uint8
+    [size, size] (255 = unlabeled). ``low_contrast``: the chance that an object's colour is pulled
+    close to the background's."""
     size = _check_size(size)
     low_contrast = _check_share("low_contrast", low_contrast)
+    channels = _check_channels(channels)
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-    background = _background(rng, size)
+    class_colours, background_colours = (CLASS_COLOURS, BACKGROUND_COLOURS) if channels == 3 else \
+        (CLASS_GREYS, BACKGROUND_GREYS)
+    background = _background(rng, size, background_colours)
     image = background.copy()
     instances = np.zeros((size, size), dtype=np.int64)
     classes = [0]
@@ -381,11 +395,13 @@ def make_sample(rng: np.random.Generator, size: int,
         distance = sdf(y, x)
         coverage = np.clip(0.5 - distance / softness, 0, 1)[..., None]  # > 0.5 exactly where inside
         fill = _object_fill(rng, cls, y, x, cy, cx, radius, background[y0:y1, x0:x1].mean(axis=(0, 1)),
-                             low_contrast)
+                             low_contrast, class_colours)
         image[y0:y1, x0:x1] = image[y0:y1, x0:x1] * (1 - coverage) + fill * coverage
         instances[y0:y1, x0:x1][distance < 0] = k + 1
         classes.append(cls)
     image += rng.normal(0, rng.uniform(2.5, 7), image.shape)
+    if channels == 1:
+        image = image.mean(axis=2)
     image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
     classes_arr = np.array(classes, dtype=np.uint8)
     mask = classes_arr[instances]
@@ -408,6 +424,12 @@ def _check_share(name: str, value) -> float:
     return float(value)
 
 
+def _check_channels(value) -> int:
+    if isinstance(value, bool) or value not in CHANNELS:
+        raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {value!r}")
+    return int(value)
+
+
 def sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
     """The random stream of image ``index`` of ``split``: depends on (seed, split, index) only."""
     sequence = np.random.SeedSequence(seed, spawn_key=(SPLITS.index(split), index))
@@ -423,6 +445,7 @@ def generate_synthetic(
     progress: bool = True,
     low_contrast: float = LOW_CONTRAST_P,
     overwrite: bool = False,
+    channels: int = 3,
 ) -> dict:
     """Writes the synthetic data set (``n_train`` + ``n_val`` images of ``size`` x ``size``) to ``out``.
 
@@ -430,6 +453,7 @@ def generate_synthetic(
     ROOT/synthetic.json, without ``root`` so the folder's files do not depend on
     where it lies): sizes, class names and the labeled (scribble) fraction. ``low_contrast``:
     the share of objects coloured close to their background (colour tells those apart less).
+    ``channels`` 1 writes 8-bit greyscale images (train with ``data.channels: 1``).
     ``out`` must be missing or empty; ``overwrite`` replaces a data set there (what a previous one
     wrote is removed first; other files are kept: :func:`rloss.data.folder.dataset_output_folder`).
     """
@@ -441,6 +465,7 @@ def generate_synthetic(
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     seed = int(seed)
     low_contrast = _check_share("low_contrast", low_contrast)
+    channels = _check_channels(channels)
     root = Path(out)
     if root.exists() and not root.is_dir():
         raise DataError(f"{root}: exists and is not a folder")
@@ -453,8 +478,8 @@ def generate_synthetic(
     fractions, objects = [], []
     for split, i in tqdm(jobs, desc="synthetic", unit="img", disable=not progress, file=sys.stderr):
         sample_id = f"{split}_{i:05d}"
-        image, mask, scribble = make_sample(sample_rng(seed, split, i), size, low_contrast)
-        save_rgb(image, root / "JPEGImages" / f"{sample_id}.png")
+        image, mask, scribble = make_sample(sample_rng(seed, split, i), size, low_contrast, channels)
+        save_image(image, root / "JPEGImages" / f"{sample_id}.png")
         save_label_png(mask, root / "SegmentationClassAug" / f"{sample_id}.png")
         save_label_png(scribble, root / "pascal_2012_scribble" / f"{sample_id}.png")
         ids[split].append(sample_id)
@@ -470,6 +495,7 @@ def generate_synthetic(
         "n_val": n_val,
         "seed": seed,
         **({"low_contrast": low_contrast} if low_contrast != LOW_CONTRAST_P else {}),  # the built-in set's file as before
+        **({"channels": channels} if channels != 3 else {}),
         "num_classes": len(CLASS_NAMES),
         "class_names": list(CLASS_NAMES),
         "labeled_fraction": float(np.mean(fractions)),

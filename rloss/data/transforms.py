@@ -5,9 +5,12 @@ labels always with nearest neighbour, so classes never blend. Inputs smaller
 than 128 px on a side are upscaled to the crop size, with bicubic
 interpolation by default ("auto"): the behaviour the study measures.
 
+Images have C bands (``Sample.image [H, W, C]``: uint8, or float32 in 0..255 units for 16-bit and
+float data, :func:`rloss.data.io.to_loss_units`); every transform treats the bands alike.
+
 Output of TrainTransform (EvalTransform's: see its docstring), a dict of tensors:
-  image      [3, H, W] float, normalised with the ImageNet mean and std (network input)
-  image_raw  [3, H, W] float RGB 0..255 (the DenseCRF loss's input)
+  image      [C, H, W] float, normalised per band (network input; :func:`normalisation`)
+  image_raw  [C, H, W] float 0..255 units (the DenseCRF loss's input)
   scribble   [H, W] long, 255 = unlabeled
   mask       [H, W] long, 255 = ignore (all 255 where the data set has no full masks)
   roi        [H, W] float, 1 on the image, 0 on padding
@@ -15,6 +18,8 @@ Output of TrainTransform (EvalTransform's: see its docstring), a dict of tensors
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import torch
@@ -39,10 +44,33 @@ def choose_interpolation(mode: str, height: int, width: int) -> str:
     return mode
 
 
+def normalisation(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The network input's mean and std per band (in 0..1 units). Band i is normalised as the ImageNet
+    channel whose pretrained filter it inherits (:func:`rloss.models.deeplabv3plus.adapt_input_weight`):
+    3 bands ImageNet's; 1 band the mean of ImageNet's means and of its stds (its filter is their
+    sum); other counts ImageNet's repeated cyclically (band i as channel i mod 3)."""
+    if channels < 1:
+        raise ValueError(f"channels must be >= 1, got {channels}")
+    if channels == 1:
+        return (sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,)
+    return (tuple(IMAGENET_MEAN[i % 3] for i in range(channels)),
+            tuple(IMAGENET_STD[i % 3] for i in range(channels)))
+
+
 def resize_image(image: np.ndarray, height: int, width: int, interpolation: str) -> np.ndarray:
+    return resize_bands(image, height, width, _PIL_FILTERS[interpolation])
+
+
+def resize_bands(image: np.ndarray, height: int, width: int, resample: Image.Resampling) -> np.ndarray:
+    """``[H, W, C]`` resized with PIL: 8-bit RGB as one image (as always), any other image band by band
+    (mode L for uint8, F for float32; PIL's bicubic clamps L to 0..255, not F)."""
     if image.shape[:2] == (height, width):
         return image
-    return np.asarray(Image.fromarray(image).resize((width, height), _PIL_FILTERS[interpolation]))
+    size = (width, height)
+    if image.ndim == 2 or (image.shape[2] == 3 and image.dtype == np.uint8):
+        return np.asarray(Image.fromarray(image).resize(size, resample))
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(image[..., b])).resize(size, resample))
+                     for b in range(image.shape[2])], axis=2)
 
 
 def resize_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -57,17 +85,20 @@ def _tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.require(array, requirements=("C", "W")))
 
 
-# The normalisation in 0..255 units, (raw - 255 mean) / (255 std): one subtraction and one multiplication.
-_MEAN_255 = np.array(IMAGENET_MEAN, dtype=np.float32) * 255
-_INV_STD_255 = 1 / (np.array(IMAGENET_STD, dtype=np.float32) * 255)
+@functools.lru_cache(maxsize=None)  # once per band count: this runs for every sample
+def _normalisation_255(channels: int) -> tuple[np.ndarray, np.ndarray]:
+    # The normalisation in 0..255 units, (raw - 255 mean) / (255 std): one subtraction and one multiplication.
+    mean, std = normalisation(channels)
+    return np.array(mean, dtype=np.float32) * 255, 1 / (np.array(std, dtype=np.float32) * 255)
 
 
 def _to_tensors(image: np.ndarray, scribble: np.ndarray, mask: np.ndarray, roi: np.ndarray, index: int) -> dict:
     # In NumPy, channels last, then one transposed copy each: per-sample torch calls were a quarter of
     # the data pipeline's time, which runs beside every training step of a small model.
     raw = image.astype(np.float32)
+    mean_255, inv_std_255 = _normalisation_255(raw.shape[2])
     return {
-        "image": torch.from_numpy(np.ascontiguousarray(((raw - _MEAN_255) * _INV_STD_255).transpose(2, 0, 1))),
+        "image": torch.from_numpy(np.ascontiguousarray(((raw - mean_255) * inv_std_255).transpose(2, 0, 1))),
         "image_raw": torch.from_numpy(np.ascontiguousarray(raw.transpose(2, 0, 1))),
         "scribble": torch.from_numpy(scribble.astype(np.int64)),
         "mask": torch.from_numpy(mask.astype(np.int64)),
@@ -83,7 +114,7 @@ def _mask_or_ignore(sample: Sample) -> np.ndarray:
 
 
 class TrainTransform:
-    """Random scale, pad (image with the mean colour, labels with 255, ROI 0),
+    """Random scale, pad (image with the normalisation's mean, so 0 after it; labels with 255, ROI 0),
     random crop to ``crop_size``, random horizontal flip.
 
     Randomness comes from ``(seed, epoch, index)`` alone, so a sample is
@@ -129,8 +160,10 @@ class TrainTransform:
         # Pad bottom and right up to the crop size.
         ph, pw = max(self.crop_size - nh, 0), max(self.crop_size - nw, 0)
         if ph or pw:
-            fill = np.round(np.array(IMAGENET_MEAN) * 255).astype(np.uint8)
-            padded = np.empty((nh + ph, nw + pw, 3), dtype=np.uint8)
+            fill = np.array(normalisation(image.shape[2])[0]) * 255
+            if image.dtype == np.uint8:
+                fill = np.round(fill)
+            padded = np.empty((nh + ph, nw + pw, image.shape[2]), dtype=image.dtype)
             padded[:] = fill
             padded[:nh, :nw] = image
             image = padded
@@ -165,7 +198,7 @@ class EvalTransform:
         interpolation = choose_interpolation(self.interpolation, h, w)
         nh, nw = network_size(h, w, self.crop_size)
         image = _tensor(resize_image(sample.image, nh, nw, interpolation)).permute(2, 0, 1).float()
-        mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        mean, std = (torch.tensor(v).view(-1, 1, 1) for v in normalisation(image.shape[0]))
         return {
             "image": (image / 255.0 - mean) / std,
             "image_raw": _tensor(sample.image).permute(2, 0, 1).float(),

@@ -69,6 +69,11 @@ class DataConfig:
     # val split is then never read (choosing settings without looking at val: rloss sweep-weight).
     holdout_fraction: float = 0.0
     crop_size: int = 64
+    # The images' band count, given (not guessed from the first image, so the config alone fixes the
+    # network's input): 3 reads every PNG/JPEG as RGB, as always; 1 greyscale (8- or 16-bit); 2 or
+    # more bands from TIFF or .npy. Each image must have it: a file that differs is one error naming it
+    # (`rloss data check --channels N` reports what the files hold). README "Grayscale, 16-bit and multi-band".
+    channels: int = 3
     # Random rescaling of training images. The paper's 0.5-2 suits 513 px crops of VOC photos; on
     # small images it costs 3-4 pp at this budget (benchmarks/README.md), so the recipe keeps it mild.
     scale_range: list[float] = field(default_factory=lambda: [0.9, 1.2])
@@ -98,7 +103,8 @@ class LossConfig:
     # one on a split held out from training.
     crf_relative_weight: float = 1.0
     crf_weight: float | None = None  # the absolute DenseCRFLoss weight; when set, it replaces the relative one
-    sigma_rgb: float = 15.0
+    # In the images' 0..255 units: one for every channel, or a list of one per channel (data.channels).
+    sigma_rgb: float | list[float] = 15.0
     sigma_xy: float = 12.5
     scale_factor: float = 1.0
     # The normalized cut term (pce_nc, pce_kernelcut; rloss.losses.NormalizedCutLoss). NC is a ratio, so
@@ -108,7 +114,7 @@ class LossConfig:
     # 21), so 0.05 is about DenseCRF's strength. `rloss sweep-weight --key loss.nc_weight` chooses one.
     # Its bandwidths default to the DenseCRF's (then KernelCut filters once for both terms).
     nc_weight: float = 0.05
-    nc_sigma_rgb: float = 15.0
+    nc_sigma_rgb: float | list[float] = 15.0
     nc_sigma_xy: float = 12.5  # pixels of the crop, like sigma_xy
     kernel: str = "auto"  # auto | exact | permutohedral (every regularizer's)
     backend: str = "auto"  # the lattice's: auto | extension | torch (portable)
@@ -184,11 +190,12 @@ class TrainConfig:
 
     def absolute_crf_weight(self) -> float:
         """The absolute DenseCRF weight for this run's crops: ``loss.crf_weight`` when set,
-        else ``loss.crf_relative_weight`` times the published balance at ``data.crop_size``."""
+        else ``loss.crf_relative_weight`` times the published balance at ``data.crop_size`` (and ``data.channels``)."""
         if self.loss.crf_weight is not None:
             return self.loss.crf_weight
         crop = self.data.crop_size
-        return absolute_crf_weight(self.loss.crf_relative_weight, crop, crop, self.loss.sigma_xy, self.loss.scale_factor)
+        return absolute_crf_weight(self.loss.crf_relative_weight, crop, crop, self.loss.sigma_xy, self.loss.scale_factor,
+                                   channels=self.data.channels)
 
     def settings_used(self) -> dict:
         """The config as sections of key: value, without the settings this run never reads: a
@@ -246,6 +253,7 @@ class TrainConfig:
             raise ValueError(f"config: data.batch_size must be an integer or {AUTO!r}, got {self.data.batch_size!r}")
         for key, value in (
             ("data.crop_size", self.data.crop_size),
+            ("data.channels", self.data.channels),
             *((("data.batch_size", self.data.batch_size),) if self.data.batch_size != AUTO else ()),
             ("run.checkpoint_every_iters", self.run.checkpoint_every_iters),
             ("wandb.log_every_iters", self.wandb.log_every_iters),
@@ -270,10 +278,17 @@ class TrainConfig:
         lo_hi = self.data.scale_range
         if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1]:
             raise ValueError(f"config: data.scale_range must be [lo, hi] with 0 < lo <= hi, got {lo_hi}")
+        for key, value in (("loss.sigma_rgb", self.loss.sigma_rgb), ("loss.nc_sigma_rgb", self.loss.nc_sigma_rgb)):
+            if isinstance(value, list) and len(value) != self.data.channels:
+                raise ValueError(f"config: {key} must be one number or {self.data.channels} (one per channel, "
+                                 f"data.channels), got {value}")
         for key, value in (
             ("optim.lr", self.optim.lr), ("optim.head_lr_mult", self.optim.head_lr_mult),
-            ("loss.sigma_rgb", self.loss.sigma_rgb), ("loss.sigma_xy", self.loss.sigma_xy),
-            ("loss.scale_factor", self.loss.scale_factor), ("loss.nc_sigma_rgb", self.loss.nc_sigma_rgb),
+            *[(f"loss.sigma_rgb[{i}]" if isinstance(self.loss.sigma_rgb, list) else "loss.sigma_rgb", v)
+              for i, v in enumerate(_as_list(self.loss.sigma_rgb))],
+            ("loss.sigma_xy", self.loss.sigma_xy), ("loss.scale_factor", self.loss.scale_factor),
+            *[(f"loss.nc_sigma_rgb[{i}]" if isinstance(self.loss.nc_sigma_rgb, list) else "loss.nc_sigma_rgb", v)
+              for i, v in enumerate(_as_list(self.loss.nc_sigma_rgb))],
             ("loss.nc_sigma_xy", self.loss.nc_sigma_xy),
         ):
             if not value > 0:
@@ -305,6 +320,10 @@ def is_plain_name(name) -> bool:
 def _choice(key: str, value, choices) -> None:
     if value not in choices:
         raise ValueError(f"config: {key} must be one of {', '.join(map(str, choices))}; got {value!r}")
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
 
 
 def _coerce(key: str, hint, value):

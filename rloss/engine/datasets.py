@@ -79,8 +79,9 @@ def evaluation_set(cfg: TrainConfig, transform, **options) -> SegmentationFolder
     if d.holdout_fraction > 0:
         _, held_out = split_holdout(read_split(Path(d.root), d.train_split), d.holdout_fraction)
         return SegmentationFolder(d.root, d.train_split, transform=transform, require_scribbles=False, ids=held_out,
-                                  require_masks=True, **options)
-    return SegmentationFolder(d.root, d.val_split, transform=transform, require_scribbles=False, **options)
+                                  require_masks=True, channels=d.channels, **options)
+    return SegmentationFolder(d.root, d.val_split, transform=transform, require_scribbles=False, channels=d.channels,
+                              **options)
 
 
 def run_data(cfg: TrainConfig, ctx: D.DistContext, device: torch.device, checkpoint: dict | None) -> dict:
@@ -90,11 +91,12 @@ def run_data(cfg: TrainConfig, ctx: D.DistContext, device: torch.device, checkpo
     train_tf = TrainTransform(d.crop_size, tuple(d.scale_range), d.interpolation, flip=True, seed=cfg.run.seed)
     eval_tf = EvalTransform(d.crop_size, d.interpolation)
     cache = {"cache_bytes": SAMPLE_CACHE_BYTES}
+    train_options = {**cache, "channels": d.channels}
     if d.holdout_fraction > 0:  # train on the rest of train: evaluation_set holds the share out
         kept, _ = split_holdout(read_split(Path(d.root), d.train_split), d.holdout_fraction)
-        train_set = SegmentationFolder(d.root, d.train_split, transform=train_tf, ids=kept, **cache)
+        train_set = SegmentationFolder(d.root, d.train_split, transform=train_tf, ids=kept, **train_options)
     else:
-        train_set = SegmentationFolder(d.root, d.train_split, transform=train_tf, **cache)
+        train_set = SegmentationFolder(d.root, d.train_split, transform=train_tf, **train_options)
     val_set = evaluation_set(cfg, eval_tf, **cache)
     batch = d.batch_size
     if batch == AUTO:  # a resumed run keeps the batch it started with

@@ -50,7 +50,9 @@ def evaluate(model, loader, device, num_classes, class_names, amp="off", channel
                     per_image.append(image_cm.cpu().numpy())
                 if len(examples["image"]) < num_examples and (
                         not examples["image"] or examples["mask"][0].shape == sample["mask"].shape):
-                    examples["image"].append(sample["image_raw"].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0))
+                    raw = sample["image_raw"]  # W&B shows RGB: one band as grey, several as their first three
+                    raw = raw[:3] if raw.shape[0] >= 3 else raw[:1].expand(3, -1, -1)
+                    examples["image"].append(raw.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0))
                     examples["prediction"].append(pred)
                     examples["scribble"].append(sample["scribble"])
                     examples["mask"].append(sample["mask"])

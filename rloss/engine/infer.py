@@ -1,14 +1,15 @@
 """Inference with a checkpoint written by ``rloss train``: label maps at the input's own size.
 
     predictor = load_predictor("results/default/checkpoint.pt")
-    [pred] = predictor.predict([image])            # image: uint8 RGB [H, W, 3]
+    [pred] = predictor.predict([image])            # image: [H, W, C], C = the run's data.channels
     pred.labels                                    # uint8 [H, W], class ids
 
     infer_path("results/default/checkpoint.pt", "photos/", "results/inference/default")
 
 Each image is resized so its shorter side is ``size`` (default: the checkpoint's
 ``data.crop_size``, the scale validation ran at) with the *input* interpolation,
-normalised with the ImageNet mean and std and run through the network; the
+normalised per band as in training (:func:`rloss.data.transforms.normalisation`:
+ImageNet's mean and std for RGB) and run through the network; the
 network's stride-4 logits are resized straight to the original H x W with the
 *logit* interpolation (one resize: for a 40 px image seen at 64 px, 16 -> 40 px)
 and the label map is their argmax. The two interpolations can be set apart (the
@@ -18,7 +19,10 @@ side, else bilinear (:func:`rloss.data.transforms.choose_interpolation`),
 decided per image.
 
 Input images are resized with PIL (as the training transforms do; its bicubic
-clamps to 0..255). Logits are resized with ``torch.nn.functional.interpolate``,
+clamps 8-bit images to 0..255). Images with other band counts than RGB (the run's ``data.channels``)
+are read as training reads them (:func:`rloss.data.io.read_image`); the overlays show them as
+:func:`rloss.data.io.display_rgb` does: one band as grey, several as their first three, 16-bit and
+float data stretched from their minimum to their maximum. Logits are resized with ``torch.nn.functional.interpolate``,
 ``align_corners=False``; ``nearest`` there is torch's ``nearest-exact``, which
 samples pixel centres as PIL's nearest does (torch's plain ``nearest`` shifts
 the map by half an input pixel).
@@ -43,9 +47,9 @@ import torch
 from PIL import Image
 
 from ..data.folder import IMAGE_SUFFIXES
-from ..data.io import (DataError, colorize, output_folder, read_rgb, save_label_png, save_rgb, write_bytes_atomic,
-                       write_text_atomic)
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, choose_interpolation, network_size
+from ..data.io import (DataError, colorize, display_rgb, output_folder, read_image, save_label_png, save_rgb,
+                       to_loss_units, write_bytes_atomic, write_text_atomic)
+from ..data.transforms import choose_interpolation, network_size, normalisation, resize_bands
 from ..data.transforms import resize_logits as _resize_logits
 from ..models import build_model
 from .config import TrainConfig, is_plain_name
@@ -85,16 +89,21 @@ def resolve_interpolation(mode: str, height: int, width: int) -> str:
 
 
 def _resize_input(image: np.ndarray, height: int, width: int, mode: str) -> np.ndarray:
-    if image.shape[:2] == (height, width):
-        return image
-    return np.asarray(Image.fromarray(image).resize((width, height), _PIL_FILTERS[mode]))
+    return resize_bands(image, height, width, _PIL_FILTERS[mode])
 
 
-def _check_image(image, index: int) -> np.ndarray:
+def _check_image(image, index: int, channels: int = 3) -> np.ndarray:
+    """``[H, W, channels]`` (``[H, W]`` when 1) of uint8, uint16 or float, in the loss's units."""
     image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
-        raise ValueError(f"image {index}: expected uint8 RGB [H, W, 3], got {image.dtype} {image.shape}")
-    return image
+    if image.ndim == 2 and channels == 1:
+        image = image[..., None]
+    if image.dtype == np.float64:
+        image = image.astype(np.float32)
+    if image.ndim != 3 or image.shape[2] != channels or 0 in image.shape or \
+            image.dtype not in (np.uint8, np.uint16, np.float32):
+        raise ValueError(f"image {index}: expected [H, W, {channels}] uint8, uint16 or float (the run's data.channels "
+                         f"{channels}), got {image.dtype} {image.shape}")
+    return to_loss_units(image)
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,8 +133,10 @@ class Predictor:
         self.device = device
         self.checkpoint_path = checkpoint_path
         self.size = config.data.crop_size
-        self._mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-        self._std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+        self.channels = config.data.channels
+        mean, std = normalisation(self.channels)
+        self._mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+        self._std = torch.tensor(std, device=device).view(1, -1, 1, 1)
 
     @property
     def run_name(self) -> str:
@@ -154,7 +165,7 @@ class Predictor:
         out_mode = interpolation if logit_interpolation is None else logit_interpolation
         for mode in (in_mode, out_mode):
             resolve_interpolation(mode, 1, 1)  # validates the names before any work
-        images = [_check_image(image, i) for i, image in enumerate(images)]
+        images = [_check_image(image, i, self.channels) for i, image in enumerate(images)]
 
         plans = []  # (input mode, logit mode, network size) per image
         groups: dict[tuple[int, int], list[int]] = {}
@@ -203,7 +214,7 @@ def load_predictor(checkpoint_path, device: str = "auto") -> Predictor:
     class_names = [str(n) for n in obj["class_names"]]
     try:
         model = build_model(obj["model_name"], obj["num_classes"], pretrained=False,
-                            output_stride=config.model.output_stride)
+                            output_stride=config.model.output_stride, in_channels=config.data.channels)
         expected, given = set(model.state_dict()), set(obj["model"])
         if expected != given:
             raise RuntimeError(f"{len(expected - given)} weights missing (e.g. {min(expected - given, default=None)}), "
@@ -245,8 +256,8 @@ def _is_within(path: Path, folder: Path) -> bool:
 
 
 def find_images(input_path, output_dir=None) -> tuple[Path, list[Path]]:
-    """``(base, relative paths)``: one image, or a folder's .jpg/.jpeg/.png files found recursively,
-    sorted, leaving out anything under ``output_dir``."""
+    """``(base, relative paths)``: one image, or a folder's images (.jpg/.jpeg/.png/.tif/.tiff/.npy) found
+    recursively, sorted, leaving out anything under ``output_dir``."""
     src = Path(input_path)
     if not src.exists():
         raise FileNotFoundError(f"{src}: input not found")
@@ -263,7 +274,7 @@ def find_images(input_path, output_dir=None) -> tuple[Path, list[Path]]:
         found.append(path.relative_to(src))
     found.sort(key=lambda p: p.as_posix())
     if not found:
-        raise ValueError(f"{src}: no {'/'.join(s.lstrip('.') for s in IMAGE_SUFFIXES)} images found"
+        raise ValueError(f"{src}: no jpg/jpeg/png images found (nor tif/tiff/npy)"
                          + (f" (outside the output folder {out})" if out is not None and _is_within(out, base) else ""))
     return src, found
 
@@ -277,8 +288,9 @@ def _output_paths(rel: Path, output_dir: Path, save_probs: bool) -> dict[str, Pa
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
-    """The palette colours of ``labels`` blended over ``image`` (uint8 RGB)."""
-    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * colorize(labels).astype(np.float32)
+    """The palette colours of ``labels`` blended over ``image`` (uint8 RGB, or any image as
+    :func:`rloss.data.io.display_rgb` shows it)."""
+    blended = (1.0 - alpha) * display_rgb(image).astype(np.float32) + alpha * colorize(labels).astype(np.float32)
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
@@ -339,7 +351,7 @@ def infer_path(checkpoint, input_path, output_dir, interpolation: str = "auto", 
                     bar.update(1)
                     continue
                 try:
-                    images.append(read_rgb(src / rel))
+                    images.append(read_image(src / rel, predictor.channels))
                     chunk.append((rel, paths))
                 except DataError as exc:
                     counts["unreadable"] += 1

@@ -56,7 +56,7 @@ def preflight(model, cfg: TrainConfig, per_process: int, regularizer, device: to
     try:
         with out_of_memory_as_advice(cfg, per_process, device):
             probe = copy.deepcopy(model)
-            image = torch.zeros(per_process, 3, size, size, device=device)
+            image = torch.zeros(per_process, cfg.data.channels, size, size, device=device)
             if cfg.model.channels_last:
                 image = image.contiguous(memory_format=torch.channels_last)
             with autocast(device, cfg.run.amp):
@@ -64,7 +64,7 @@ def preflight(model, cfg: TrainConfig, per_process: int, regularizer, device: to
             loss = logits.float().mean()
             if regularizer is not None:
                 probs = torch.softmax(logits.float(), dim=1)
-                raw = torch.zeros(per_process, 3, size, size, device=device)
+                raw = torch.zeros(per_process, cfg.data.channels, size, size, device=device)
                 loss = loss + regularizer(raw, probs, torch.ones(per_process, size, size, device=device))
             loss.backward()
     finally:
@@ -115,7 +115,7 @@ def probe_batch_size(cfg: TrainConfig, ctx: D.DistContext, device: torch.device,
     cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
     # Random weights: only the memory matters. The trials use a copy of it, as preflight does.
     probe = build_model(m.name, num_classes, pretrained=False, output_stride=m.output_stride,
-                        checkpoint_backbone=m.checkpoint_backbone).to(device)
+                        checkpoint_backbone=m.checkpoint_backbone, in_channels=cfg.data.channels).to(device)
     if m.channels_last:
         probe.to(memory_format=torch.channels_last)
     regularizer = build_regularizer(cfg)

@@ -308,7 +308,8 @@ def _model(cfg: TrainConfig, ctx: D.DistContext, device: torch.device, num_class
     step that fits in memory, then the optimizer and grad scaler."""
     m, o = cfg.model, cfg.optim
     net = build_model(m.name, num_classes, pretrained=m.pretrained, output_stride=m.output_stride,
-                      weights_path=m.weights_path, checkpoint_backbone=m.checkpoint_backbone)
+                      weights_path=m.weights_path, checkpoint_backbone=m.checkpoint_backbone,
+                      in_channels=cfg.data.channels)
     if cfg.loss.init_from and checkpoint is None:
         load_weights(net, cfg.loss.init_from, num_classes)
     net.to(device)

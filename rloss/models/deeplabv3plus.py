@@ -261,11 +261,11 @@ def _once_for_batchnorm(modules: list[nn.Module], fn: Callable[[torch.Tensor], t
 class TinyNet(nn.Module):
     """A small plain CNN: stride-4 features (32 ch) and stride-16 (or dilated stride-8) features (128 ch)."""
 
-    def __init__(self, output_stride: int = 16, widths: Sequence[int] = (16, 32, 64, 128)):
+    def __init__(self, output_stride: int = 16, widths: Sequence[int] = (16, 32, 64, 128), in_channels: int = 3):
         super().__init__()
         c0, c1, c2, c3 = widths
         s3, d3 = (2, 1) if output_stride == 16 else (1, 2)
-        self.stem = nn.Sequential(_conv_bn_relu(3, c0, stride=2), _conv_bn_relu(c0, c0))       # /2
+        self.stem = nn.Sequential(_conv_bn_relu(in_channels, c0, stride=2), _conv_bn_relu(c0, c0))  # /2
         self.layer1 = nn.Sequential(_conv_bn_relu(c0, c1, stride=2), _conv_bn_relu(c1, c1))   # /4
         self.layer2 = nn.Sequential(_conv_bn_relu(c1, c2, stride=2), _conv_bn_relu(c2, c2))   # /8
         self.layer3 = nn.Sequential(_conv_bn_relu(c2, c3, stride=s3),                          # /16 or /8
@@ -418,11 +418,53 @@ def _load_backbone_weights(net: nn.Module, model_name: str, weights, weights_pat
 
 
 # --------------------------------------------------------------------------------------------
+# Input channels other than RGB
+# --------------------------------------------------------------------------------------------
+
+
+def adapt_input_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """A first convolution's RGB filters ``[O, 3, kh, kw]`` for ``in_channels`` inputs, by timm's
+    documented rule (``adapt_input_conv``): 1 channel the sum of the three filters; more than 3 the RGB
+    filters repeated cyclically over the channels (channel i gets filter i mod 3) and scaled by 3/C
+    (2 channels too). Where C is 1 or a multiple of 3, bands that all equal one grey image give the
+    response that image gives in RGB; other counts come close to it."""
+    if weight.dim() != 4 or weight.shape[1] != 3:
+        raise ValueError(f"expected RGB filters [O, 3, kh, kw], got {tuple(weight.shape)}")
+    if in_channels < 1:
+        raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+    if in_channels == 3:
+        return weight.clone()
+    if in_channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    return weight[:, [i % 3 for i in range(in_channels)]] * (3 / in_channels)
+
+
+def _with_input_channels(conv: nn.Conv2d, in_channels: int, pretrained: bool) -> nn.Conv2d:
+    """``conv`` (3 inputs) rebuilt with ``in_channels``: its pretrained filters adapted
+    (:func:`adapt_input_weight`), else freshly initialised as torchvision initialises it."""
+    if in_channels == 3:
+        return conv
+    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                    conv.groups, conv.bias is not None)
+    with torch.no_grad():
+        if pretrained:
+            new.weight.copy_(adapt_input_weight(conv.weight, in_channels))
+            if conv.bias is not None:
+                new.bias.copy_(conv.bias)
+        else:
+            nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
+            if new.bias is not None:
+                nn.init.zeros_(new.bias)
+    return new
+
+
+# --------------------------------------------------------------------------------------------
 # Builders
 # --------------------------------------------------------------------------------------------
 
 
-def _resnet_backbone(name: str, depth: int, pretrained: bool, output_stride: int, weights_path, ckpt: bool):
+def _resnet_backbone(name: str, depth: int, pretrained: bool, output_stride: int, weights_path, ckpt: bool,
+                     in_channels: int = 3):
     from torchvision.models import ResNet50_Weights, ResNet101_Weights, resnet50, resnet101
 
     dilation = {16: [False, False, True], 8: [False, True, True]}[output_stride]
@@ -432,11 +474,13 @@ def _resnet_backbone(name: str, depth: int, pretrained: bool, output_stride: int
     del net.fc, net.avgpool
     if pretrained:
         _load_backbone_weights(net, name, weights, weights_path, drop_prefixes=("fc.",))
+    net.conv1 = _with_input_channels(net.conv1, in_channels, pretrained)
     stages = [["conv1", "bn1", "relu", "maxpool", "layer1"], ["layer2"], ["layer3"], ["layer4"]]
     return Backbone(net, stages, low_stage=0, low_channels=256, out_channels=2048, checkpoint=ckpt)
 
 
-def _mobilenet_backbone(name: str, pretrained: bool, output_stride: int, weights_path, ckpt: bool):
+def _mobilenet_backbone(name: str, pretrained: bool, output_stride: int, weights_path, ckpt: bool,
+                        in_channels: int = 3):
     from torchvision.models import MobileNet_V3_Large_Weights, mobilenet_v3_large
 
     net = mobilenet_v3_large(weights=None)
@@ -445,6 +489,7 @@ def _mobilenet_backbone(name: str, pretrained: bool, output_stride: int, weights
         _load_backbone_weights(net, name, MobileNet_V3_Large_Weights.IMAGENET1K_V1, weights_path,
                                drop_prefixes=("classifier.",))
     features = net.features
+    features[0][0] = _with_input_channels(features[0][0], in_channels, pretrained)
     # Strides of features[i] outputs (checked with a dummy input): 0-1: /2, 2-3: /4, 4-6: /8,
     # 7-12: /16, 13-16: /32. Low-level = output of features[3] (24 ch, stride 4).
     _dilate_after(list(features), output_stride)
@@ -456,7 +501,8 @@ def _mobilenet_backbone(name: str, pretrained: bool, output_stride: int, weights
 
 
 def build_model(name: str, num_classes: int, pretrained: bool = False, output_stride: int = 16,
-                weights_path: str | os.PathLike | None = None, checkpoint_backbone: bool = False) -> DeepLabV3Plus:
+                weights_path: str | os.PathLike | None = None, checkpoint_backbone: bool = False,
+                in_channels: int = 3) -> DeepLabV3Plus:
     """Build a DeepLabV3+ model by name (see MODEL_NAMES).
 
     pretrained: load ImageNet backbone weights from ``weights_path`` (a local state dict) or via
@@ -464,6 +510,8 @@ def build_model(name: str, num_classes: int, pretrained: bool = False, output_st
       raises PretrainedWeightsUnavailable. Not available for ``deeplabv3plus_tiny`` and ``_micro``.
     output_stride: 16 or 8 (stride of the features fed to ASPP; rates scale accordingly).
     checkpoint_backbone: recompute backbone stages in backward (training only) to save memory.
+    in_channels: the input's band count; with pretrained weights the first convolution's RGB filters
+      are adapted (:func:`adapt_input_weight`), without them it is built with that many inputs.
     """
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}")
@@ -471,6 +519,8 @@ def build_model(name: str, num_classes: int, pretrained: bool = False, output_st
         raise ValueError(f"{name}: unsupported output_stride {output_stride!r}; supported: 8, 16")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
+        raise ValueError(f"in_channels must be an integer >= 1, got {in_channels!r}")
 
     if name in _SMALL_NETS:
         if pretrained:
@@ -478,7 +528,7 @@ def build_model(name: str, num_classes: int, pretrained: bool = False, output_st
         if weights_path is not None:
             raise ValueError(f"{name}: weights_path is only used with pretrained=True backbones")
         widths, aspp, low_proj, decoder = _SMALL_NETS[name]
-        net = TinyNet(output_stride, widths)
+        net = TinyNet(output_stride, widths, in_channels)
         backbone = Backbone(net, [["stem", "layer1"], ["layer2"], ["layer3"]], low_stage=0,
                             low_channels=net.low_channels, out_channels=net.out_channels,
                             checkpoint=checkpoint_backbone)
@@ -486,9 +536,10 @@ def build_model(name: str, num_classes: int, pretrained: bool = False, output_st
                              low_proj_channels=low_proj, decoder_channels=decoder)
 
     if name == "deeplabv3plus_resnet50":
-        backbone = _resnet_backbone(name, 50, pretrained, output_stride, weights_path, checkpoint_backbone)
+        backbone = _resnet_backbone(name, 50, pretrained, output_stride, weights_path, checkpoint_backbone, in_channels)
     elif name == "deeplabv3plus_resnet101":
-        backbone = _resnet_backbone(name, 101, pretrained, output_stride, weights_path, checkpoint_backbone)
+        backbone = _resnet_backbone(name, 101, pretrained, output_stride, weights_path, checkpoint_backbone,
+                                    in_channels)
     else:
-        backbone = _mobilenet_backbone(name, pretrained, output_stride, weights_path, checkpoint_backbone)
+        backbone = _mobilenet_backbone(name, pretrained, output_stride, weights_path, checkpoint_backbone, in_channels)
     return DeepLabV3Plus(backbone, num_classes, output_stride)

@@ -18,7 +18,9 @@ Predictions come from ``load_predictor(<run>/checkpoint.pt)`` (one predictor per
 on the image at its original size. A run's data set is its config's ``data.root``; a relative
 root is looked up against ``<results_dir>/../notebooks`` (where the notebooks train from),
 the working directory and ``<results_dir>/..``, the first that exists, unless ``data_root``
-is given.
+is given. An image that is not 8-bit RGB (``data.channels``) is shown as
+:func:`rloss.data.io.display_rgb` shows it: grey as grey, several bands as their first three,
+16-bit and float data stretched from their minimum to their maximum (the panel's title says so).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import numpy as np
 
 from ..engine.config import TrainConfig
 from ..data.folder import SegmentationFolder
-from ..data.io import IGNORE_INDEX, colorize
+from ..data.io import IGNORE_INDEX, colorize, display_rgb
 from ..engine.infer import Predictor, load_predictor
 from ..engine.runs import CHECKPOINT, CONFIG, legacy_data_root, legacy_root_candidates, read_run_config, run_folders
 
@@ -198,7 +200,7 @@ class ResultBrowser:
         name = cfg.data.train_split if split == "train" else cfg.data.val_split
         key = (str(root), name)
         if key not in self._datasets:
-            self._datasets[key] = SegmentationFolder(root, name, require_scribbles=False)
+            self._datasets[key] = SegmentationFolder(root, name, require_scribbles=False, channels=cfg.data.channels)
         return self._datasets[key]
 
     @property
@@ -300,15 +302,16 @@ class ResultBrowser:
         view = view or self.view()
         if view is None:
             return []
-        gt = colorize(view.mask) if view.mask is not None else np.broadcast_to(IGNORED, view.image.shape).copy()
-        out = [("image", view.image), ("scribbles", scribble_panel(view.image, view.scribble)),
+        shown = display_rgb(view.image)  # grey as grey, several bands as their first three, 16-bit stretched
+        gt = colorize(view.mask) if view.mask is not None else np.broadcast_to(IGNORED, shown.shape).copy()
+        out = [(_image_title(view.image), shown), ("scribbles", scribble_panel(shown, view.scribble)),
                ("ground truth" if view.mask is not None else "ground truth (none)", gt),
                (f"{view.run}: prediction", colorize(view.labels)),
-               (f"{view.run}: errors ({_iou_text(view.iou)})", error_map(view.image, view.labels, view.mask))]
+               (f"{view.run}: errors ({_iou_text(view.iou)})", error_map(shown, view.labels, view.mask))]
         if view.compare_run is not None:
             out += [(f"{view.compare_run}: prediction", colorize(view.compare_labels)),
                     (f"{view.compare_run}: errors ({_iou_text(view.compare_iou)})",
-                     error_map(view.image, view.compare_labels, view.mask))]
+                     error_map(shown, view.compare_labels, view.mask))]
         return out
 
     def render_panel(self) -> np.ndarray | None:
@@ -449,6 +452,14 @@ class ResultBrowser:
         if view.compare_run is not None:
             text += f" · <b>{html.escape(view.compare_run)}</b> {_iou_text(view.compare_iou)}"
         return text
+
+
+def _image_title(image: np.ndarray) -> str:
+    """The image panel's title, saying what it shows of an image that is not 8-bit RGB."""
+    bands = image.shape[2] if image.ndim == 3 else 1
+    what = "" if bands == 3 else " (grey)" if bands == 1 else f" (band 1 of {bands}, grey)" if bands == 2 \
+        else f" (bands 1-3 of {bands})"
+    return "image" + what + ("" if image.dtype == np.uint8 else ", stretched min-max")
 
 
 def _iou_text(iou: dict | None) -> str:

@@ -169,7 +169,8 @@ def _relative_weight(cfg: TrainConfig) -> float:
     if cfg.loss.crf_weight is None:
         return cfg.loss.crf_relative_weight
     crop = cfg.data.crop_size
-    return relative_crf_weight(cfg.loss.crf_weight, crop, crop, cfg.loss.sigma_xy, cfg.loss.scale_factor)
+    return relative_crf_weight(cfg.loss.crf_weight, crop, crop, cfg.loss.sigma_xy, cfg.loss.scale_factor,
+                               channels=cfg.data.channels)
 
 
 def load_runs(results_dir: str | Path) -> list[dict]:

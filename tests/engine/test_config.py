@@ -93,3 +93,12 @@ def test_fine_tuning_is_a_share_of_the_length_in_its_unit():
     tuned = fine_tuning(load_config(None, ["optim.epochs=9"]), iterations=40)
     assert (tuned.optim.iterations, tuned.optim.epochs) == (40, None)
     assert fine_tuning(load_config(None, ["optim.iterations=1"])).optim.iterations == 1  # never 0
+
+
+def test_a_bandwidth_per_channel_is_a_list_as_long_as_the_channels():
+    cfg = load_config(None, ["data.channels=2", "loss.sigma_rgb=[10, 20]"])
+    assert cfg.loss.sigma_rgb == [10.0, 20.0] and load_config(None, ["loss.sigma_rgb=12"]).loss.sigma_rgb == 12.0
+    with pytest.raises(ValueError, match=r"^config: loss.sigma_rgb must be one number or 3 \(one per channel"):
+        load_config(None, ["loss.sigma_rgb=[10, 20]"])
+    with pytest.raises(ValueError, match=r"^config: loss.nc_sigma_rgb\[1\] must be > 0, got -1.0$"):
+        load_config(None, ["data.channels=2", "loss.nc_sigma_rgb=[10, -1]"])
