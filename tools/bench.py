@@ -38,13 +38,16 @@ class Case:
     device: str = "cpu"
     checks: bool = False  # the loss's default input checks on (validate=None), as users get it
     backend: str = "auto"  # the lattice's: extension | torch (portable)
+    channels: int = 3  # the images': 1 = grayscale, 3 = RGB, more = bands (bench crf --channels)
 
     @property
     def label(self) -> str:
         where = "" if self.device == "cpu" else f" ({self.device})"
         plain = self.kernel == "exact" or self.backend == "auto"
         kernel = self.kernel if plain else f"{self.kernel} [{self.backend}]"
-        return f"{kernel}{where} N={self.n} K={self.k} {self.size}x{self.size}" + (" checks" if self.checks else "")
+        bands = "" if self.channels == 3 else f" C={self.channels} (d={2 + self.channels})"
+        return (f"{kernel}{where} N={self.n} K={self.k} {self.size}x{self.size}{bands}"
+                + (" checks" if self.checks else ""))
 
 
 # The published sigma_xy = 100 at 513 px, scaled to the filtered size
@@ -71,6 +74,13 @@ def cuda_cases() -> list[Case]:
     return cases
 
 
+def channel_cases(channels: list[int], device: str = "cpu") -> list[Case]:
+    """The lattice on images of each channel count side by side (grayscale, RGB, bands): N=12 at
+    256 px and N=32 at 64 px, the extension and the portable lattice."""
+    return [Case("permutohedral", n, 21, size, 100.0 * size / 513, device, backend=backend, channels=c)
+            for backend in ("extension", "torch") for n, size in ((12, 256), (32, 64)) for c in channels]
+
+
 def lattice_traffic_bytes(case: Case, dim: int = 5) -> int:
     """A lower bound on the bytes the lattice's splat, blur and slice move: read
     probs, roi and features, write the gradient, and write then read twice the
@@ -86,8 +96,9 @@ def crossover_cases() -> list[Case]:
     return [Case(kernel, 32, 21, s, 100.0 * s / 513, backend="extension") for s in sizes for kernel in ("exact", "permutohedral")]
 
 
-def photo_batch(n: int, size: int) -> torch.Tensor:
-    """``n`` sample photos resized to ``size``, RGB 0..255 float ``[n, 3, size, size]``."""
+def photo_batch(n: int, size: int, channels: int = 3) -> torch.Tensor:
+    """``n`` sample photos resized to ``size``, 0..255 float ``[n, channels, size, size]``: RGB,
+    their gray mean (1 channel), or RGB followed by derived bands (the mean, |r - b|, 255 - g, ...)."""
     try:
         from skimage import data
     except ImportError as exc:
@@ -96,7 +107,14 @@ def photo_batch(n: int, size: int) -> torch.Tensor:
     for i in range(n):
         photo = torch.from_numpy(getattr(data, PHOTOS[i % len(PHOTOS)])()).permute(2, 0, 1)[None].float()
         images.append(F.interpolate(photo, size=(size, size), mode="area").clamp(0, 255))
-    return torch.cat(images)
+    rgb = torch.cat(images)
+    if channels == 3:
+        return rgb
+    if channels == 1:
+        return rgb.mean(dim=1, keepdim=True)
+    derived = [rgb.mean(1), (rgb[:, 0] - rgb[:, 2]).abs(), 255 - rgb[:, 1], rgb.amax(1), rgb.amin(1)]
+    bands = [rgb[:, i] for i in range(3)] + derived * (1 + channels // len(derived))
+    return torch.stack(bands[:channels], dim=1).contiguous()
 
 
 def smooth_softmax(n: int, k: int, size: int, generator: torch.Generator) -> torch.Tensor:
@@ -117,7 +135,7 @@ def run_case(case: Case, repeats: int, warmup: int = 3) -> dict:
 
     device = torch.device(case.device)
     generator = torch.Generator().manual_seed(0)
-    images = photo_batch(case.n, case.size).to(device)
+    images = photo_batch(case.n, case.size, case.channels).to(device)
     probs = smooth_softmax(case.n, case.k, case.size, generator).to(device).requires_grad_(True)
     roi = torch.ones(case.n, case.size, case.size, device=device)
     loss_fn = DenseCRFLoss(2e-9, 15.0, case.sigma_xy, 1.0, kernel=case.kernel, backend=case.backend,
@@ -161,7 +179,7 @@ def run_case(case: Case, repeats: int, warmup: int = 3) -> dict:
         result["device_name"] = torch.cuda.get_device_name(device)
         result["peak_gpu_mib_above_inputs"] = (torch.cuda.max_memory_allocated() - memory_before) / 2**20
         if case.kernel == "permutohedral" and case.backend != "torch":
-            result["traffic_gb_per_s"] = lattice_traffic_bytes(case) / statistics.median(times) / 1e9
+            result["traffic_gb_per_s"] = lattice_traffic_bytes(case, 2 + case.channels) / statistics.median(times) / 1e9
     return result
 
 
@@ -213,12 +231,15 @@ def bench_crf(
     json_path: str | None = None,
     device: str = "cpu",
     checks: bool = False,
+    channels: list[int] | None = None,
 ) -> list[dict]:
     from tqdm import tqdm
 
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise SystemExit("bench crf --device cuda: no CUDA GPU is available")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench crf --device cuda: no CUDA GPU is available")
+    if channels:
+        cases = channel_cases(channels, device)
+    elif device == "cuda":
         cases = cuda_cases()
     else:
         cases = crossover_cases() if crossover else default_cases(checks=checks)
@@ -357,7 +378,7 @@ def run_command(args: argparse.Namespace) -> int:
             bench_losses(repeats=args.repeats, threads=args.threads, n=n, size=size, device=args.device)
     else:
         bench_crf(repeats=args.repeats, threads=args.threads, crossover=args.crossover, json_path=args.json,
-                  device=args.device, checks=args.checks)
+                  device=args.device, checks=args.checks, channels=args.channels)
     return 0
 
 
