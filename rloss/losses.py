@@ -3,8 +3,9 @@ built on the Gaussian affinity ``A``: DenseCRF, normalized cut and KernelCut.
 
 The DenseCRF loss of Tang et al. (ECCV 2018) is ``-sum_k S_k^T A S_k`` with
 ``A`` the fully connected Gaussian affinity over (x, y, r, g, b) (any channel count, and
-(x, y, z, channels) for volumes); its gradient is ``-2 A S``. ``A S`` is computed once in the forward pass and reused by the
-backward pass (``A`` is symmetric), so each step filters once.
+(x, y, z, channels) for volumes); its gradient is ``-2 A S``. ``A S`` is computed once in
+the forward pass and reused by the backward pass (``A`` is symmetric), so each step
+filters once.
 """
 
 from __future__ import annotations

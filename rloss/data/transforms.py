@@ -63,14 +63,19 @@ def resize_image(image: np.ndarray, height: int, width: int, interpolation: str)
 
 def resize_bands(image: np.ndarray, height: int, width: int, resample: Image.Resampling) -> np.ndarray:
     """``[H, W, C]`` resized with PIL: 8-bit RGB as one image (as always), any other image band by band
-    (mode L for uint8, F for float32; PIL's bicubic clamps L to 0..255, not F)."""
+    (mode L for uint8, F for float32). PIL's bicubic clamps L to 0..255 but not F: a float band is
+    clipped to its own range, so that an edge's overshoot never leaves the loss's 0..255."""
     if image.shape[:2] == (height, width):
         return image
     size = (width, height)
     if image.ndim == 2 or (image.shape[2] == 3 and image.dtype == np.uint8):
         return np.asarray(Image.fromarray(image).resize(size, resample))
-    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(image[..., b])).resize(size, resample))
-                     for b in range(image.shape[2])], axis=2)
+    bands = []
+    for b in range(image.shape[2]):
+        band = np.ascontiguousarray(image[..., b])
+        resized = np.asarray(Image.fromarray(band).resize(size, resample))
+        bands.append(resized if band.dtype == np.uint8 else np.clip(resized, band.min(), band.max()))
+    return np.stack(bands, axis=2)
 
 
 def resize_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -235,3 +235,18 @@ def test_data_check_reports_16_bit_depth(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["bit_depth"] == ["16-bit"] and report["bands_in_files"] == [4]
     assert report["intensity_range"] == [0.0, float((30 * 3 + 7 * 3) * 200)]
+
+
+def test_bicubic_upscaling_of_16_bit_bands_stays_in_their_range():
+    # PIL's bicubic overshoots at a sharp edge and does not clamp float images: the loss would then
+    # see values outside 0..255 and refuse the batch.
+    from PIL import Image
+
+    from rloss.data.transforms import resize_bands
+
+    band = np.zeros((8, 8, 1), dtype=np.float32)
+    band[:, 4:] = 255.0
+    overshoot = np.asarray(Image.fromarray(band[..., 0]).resize((32, 32), Image.Resampling.BICUBIC))
+    assert overshoot.max() > 255.0 and overshoot.min() < 0.0  # what the clip is for
+    resized = resize_bands(band, 32, 32, Image.Resampling.BICUBIC)
+    assert resized.min() == 0.0 and resized.max() == 255.0 and resized.shape == (32, 32, 1)
