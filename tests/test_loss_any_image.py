@@ -35,13 +35,16 @@ def soft(k: int, spatial: tuple[int, ...], seed: int = 0, dtype=torch.float64) -
 
 
 # (images, sigma_rgb, sigma_xy): feature dimensions 3, 4, 6 and 10 in 2-D; 4, 6 and 10 in 3-D
-# (one bandwidth per axis for anisotropic voxels, one per channel for the bands).
+# (one bandwidth per axis for anisotropic voxels, one per channel for the bands); RGB and a 2-band
+# volume (d=5) beside them.
 CASES = {
     "gray 2-D (d=3)": (lambda: bands(1, 12), 15.0, 3.0),
     "2 bands (d=4)": (lambda: bands(2, 12), [15.0, 20.0], 3.0),
     "4 bands (d=6)": (lambda: bands(4, 12), 15.0, 3.0),
     "8 bands (d=10)": (lambda: bands(8, 10), [15.0] * 4 + [30.0] * 4, 3.0),
+    "RGB (d=5)": (lambda: bands(3, 10), 15.0, 3.0),
     "gray volume (d=4)": (lambda: volume(1, 5, 8), 15.0, [1.5, 3.0, 3.0]),
+    "2-band volume (d=5)": (lambda: volume(2, 4, 8), [15.0, 25.0], 2.0),
     "RGB volume (d=6)": (lambda: volume(3, 4, 8), 15.0, [1.0, 2.5, 2.5]),
     "7-band volume (d=10)": (lambda: volume(7, 3, 6), 20.0, 2.0),
 }
@@ -89,9 +92,12 @@ def test_gradcheck_through_the_exact_kernel(case, loss_type):
 # of 6 px and more, as LATTICE_SCALE was measured); at 2-3 px it falls further.
 LATTICE_CASES = {
     "gray 2-D (d=3)": (lambda: bands(1, 40), 15.0, 8.0),
+    "2 bands (d=4)": (lambda: bands(2, 40), 15.0, 8.0),
+    "RGB (d=5)": (lambda: bands(3, 40), 15.0, 8.0),
     "4 bands (d=6)": (lambda: bands(4, 40), 15.0, 8.0),
     "8 bands (d=10)": (lambda: bands(8, 40), 15.0, 8.0),
     "gray volume (d=4)": (lambda: volume(1, 10, 20), 15.0, [3.0, 5.0, 5.0]),
+    "2-band volume (d=5)": (lambda: volume(2, 10, 20), 15.0, [3.0, 5.0, 5.0]),
     "RGB volume (d=6)": (lambda: volume(3, 10, 20), 15.0, [3.0, 5.0, 5.0]),
     "7-band volume (d=10)": (lambda: volume(7, 10, 20), 15.0, [3.0, 5.0, 5.0]),
 }
