@@ -238,6 +238,13 @@ def _cmd_data_downscale(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_scribbles(args: argparse.Namespace) -> int:
+    from .data.scribble_sim import simulate_dataset
+
+    _print_summary(simulate_dataset(args.root, seed=args.seed, width=args.width, overwrite=args.overwrite))
+    return 0
+
+
 def _cmd_data_check(args: argparse.Namespace) -> int:
     from .data.folder import SegmentationFolder
 
@@ -287,6 +294,15 @@ def _add_data_commands(commands) -> None:
     downscale.add_argument("--skip-bad", action="store_true", help="skip and count bad samples instead of stopping")
     downscale.add_argument("--overwrite", action="store_true", help=overwrite_help)
     downscale.set_defaults(run=_cmd_data_downscale)
+
+    scribbles = kinds.add_parser("scribbles", help="simulate scribbles from the full masks of a data set")
+    scribbles.add_argument("--root", required=True, help="data set in the VOC layout with SegmentationClassAug/ masks")
+    scribbles.add_argument("--from-masks", action="store_true", required=True,
+                           help="simulate them from the full masks (the built-in set's protocol: rloss/data/scribble_sim.py)")
+    scribbles.add_argument("--width", type=_positive_int, help="stroke width in pixels (default: 1.2%% of the shorter side)")
+    scribbles.add_argument("--seed", type=int, default=0, help="each image's strokes follow from the seed and its id")
+    scribbles.add_argument("--overwrite", action="store_true", help="replace scribbles already in pascal_2012_scribble/")
+    scribbles.set_defaults(run=_cmd_data_scribbles)
 
     check = kinds.add_parser("check", help="read every sample of a split and report problems")
     check.add_argument("--root", required=True)

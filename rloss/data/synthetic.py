@@ -317,11 +317,20 @@ def _scribble_region(rng, region: np.ndarray, margin: float, target: float, stro
     return painted
 
 
-def _scribbles(rng: np.random.Generator, instances: np.ndarray, classes: np.ndarray, size: int) -> np.ndarray:
+def stroke_margin(size: int) -> float:
+    """How far inside its region a stroke keeps at image side ``size``: 3 % of it, at least 1.5 px."""
+    return max(1.5, 0.03 * size)
+
+
+def scribble_instances(rng: np.random.Generator, instances: np.ndarray, classes: np.ndarray, width: int,
+                       margin: float) -> np.ndarray:
     """Human-like scribbles: class ids on stroke pixels, 255 elsewhere, for an instance map
-    (0 = background, k = object k) whose instance k has class ``classes[k]``."""
-    width = stroke_width(size)
-    margin = max(1.5, 0.03 * size)
+    (0 = background, k = object k) whose instance k has class ``classes[k]`` (pixels of any other
+    value get none). Every connected part of an instance larger than ``MIN_SCRIBBLED_AREA`` pixels
+    (and the background's largest part) gets one or two strokes (the background two or three),
+    ``width`` pixels wide and ``margin`` pixels inside it, together aiming at ``LABELED_TARGET`` of
+    the image (objects ``OBJECT_SHARE`` times that share of their area, the background
+    ``BACKGROUND_SHARE`` times)."""
     fraction = rng.uniform(*LABELED_TARGET)
     scribble = np.full(instances.shape, IGNORE_INDEX, dtype=np.uint8)
     for k in range(len(classes)):
@@ -405,7 +414,7 @@ def make_sample(rng: np.random.Generator, size: int, low_contrast: float = LOW_C
     image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
     classes_arr = np.array(classes, dtype=np.uint8)
     mask = classes_arr[instances]
-    scribble = _scribbles(rng, instances, classes_arr, size)
+    scribble = scribble_instances(rng, instances, classes_arr, stroke_width(size), stroke_margin(size))
     return image, mask, scribble
 
 
