@@ -34,6 +34,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from .filtering.features import bandwidths
+
 PUBLISHED_WEIGHT = 2e-9
 PUBLISHED_CROP = 513
 PUBLISHED_SCALE_FACTOR = 0.5
@@ -103,22 +105,14 @@ def measure_lattice_scale(spatial_axes: int, feature_dim: int, side: int, sigma_
     return sum(ratios) / levels
 
 
-def _spatial(height: int, width: int, depth: int | None, sigma_xy: float | Sequence[float]):
-    """The sides in tensor order ((H, W) or (D, H, W)) and a bandwidth per side."""
-    sides = (height, width) if depth is None else (depth, height, width)
-    sigmas = [float(sigma_xy)] * len(sides) if isinstance(sigma_xy, (int, float)) else [float(v) for v in sigma_xy]
-    if len(sigmas) != len(sides):
-        raise ValueError(f"sigma_xy must be one number or {len(sides)} (one per spatial axis), got {sigma_xy!r}")
-    return sides, sigmas
-
-
 def crf_balance(weight: float, height: int, width: int, sigma_xy: float | Sequence[float], scale_factor: float = 1.0,
                 *, depth: int | None = None, channels: int = 3) -> float:
     """``w * P * m``: how strongly the DenseCRF term weighs against partial cross-entropy
     for ``height x width`` inputs (``depth`` slices for a volume; ``sigma_xy`` one number or one
     per axis in tensor order) before the loss's own resize by ``scale_factor``; for images other
     than RGB also times the lattice's scale at their feature dimension over RGB's."""
-    sides, sigmas = _spatial(height, width, depth, sigma_xy)
+    sides = (height, width) if depth is None else (depth, height, width)  # tensor order, as sigma_xy's
+    sigmas = bandwidths("sigma_xy", sigma_xy, len(sides), "spatial axis")
     filtered = [filtered_side(side, scale_factor) for side in sides]
     balance = weight
     for n in filtered:  # w * P, then times each axis's mass: the order RGB's figures were computed in

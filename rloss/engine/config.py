@@ -284,11 +284,9 @@ class TrainConfig:
                                  f"data.channels), got {value}")
         for key, value in (
             ("optim.lr", self.optim.lr), ("optim.head_lr_mult", self.optim.head_lr_mult),
-            *[(f"loss.sigma_rgb[{i}]" if isinstance(self.loss.sigma_rgb, list) else "loss.sigma_rgb", v)
-              for i, v in enumerate(_as_list(self.loss.sigma_rgb))],
+            *_each("loss.sigma_rgb", self.loss.sigma_rgb),
             ("loss.sigma_xy", self.loss.sigma_xy), ("loss.scale_factor", self.loss.scale_factor),
-            *[(f"loss.nc_sigma_rgb[{i}]" if isinstance(self.loss.nc_sigma_rgb, list) else "loss.nc_sigma_rgb", v)
-              for i, v in enumerate(_as_list(self.loss.nc_sigma_rgb))],
+            *_each("loss.nc_sigma_rgb", self.loss.nc_sigma_rgb),
             ("loss.nc_sigma_xy", self.loss.nc_sigma_xy),
         ):
             if not value > 0:
@@ -322,8 +320,9 @@ def _choice(key: str, value, choices) -> None:
         raise ValueError(f"config: {key} must be one of {', '.join(map(str, choices))}; got {value!r}")
 
 
-def _as_list(value) -> list:
-    return value if isinstance(value, list) else [value]
+def _each(key: str, value) -> list[tuple[str, object]]:
+    """``(key, value)``, or for a list ``(key[i], item)`` per item: each named in its own error."""
+    return [(f"{key}[{i}]", v) for i, v in enumerate(value)] if isinstance(value, list) else [(key, value)]
 
 
 def _coerce(key: str, hint, value):

@@ -53,15 +53,11 @@ def bilateral_features(
     pixels = images[0, 0].numel()
     grids = torch.meshgrid(*[torch.arange(size, device=images.device, dtype=images.dtype) for size in spatial],
                            indexing="ij")
-    # x, y, z: the last axis first. One number divides as the RGB code always did (bit for bit).
-    axes = [grid.reshape(pixels) for grid in reversed(grids)]
-    if len(set(axis_sigmas)) == 1:
-        position = torch.stack(axes, dim=-1).reshape(1, pixels, len(spatial)) / axis_sigmas[0]
-    else:
-        position = torch.stack([axis / sigma for axis, sigma in zip(axes, reversed(axis_sigmas))], dim=-1)
-        position = position.reshape(1, pixels, len(spatial))
+    # x, y, z: the last axis first, each divided by its number (as the RGB code divided both, bit for bit).
+    axes = [grid.reshape(pixels) / sigma for grid, sigma in zip(reversed(grids), reversed(axis_sigmas))]
+    position = torch.stack(axes, dim=-1).reshape(1, pixels, len(spatial))
     values = images.reshape(n, c, pixels).transpose(1, 2)
-    if len(set(channel_sigmas)) == 1:
+    if len(set(channel_sigmas)) == 1:  # one number divides as the RGB code always did (bit for bit)
         values = values / channel_sigmas[0]
     else:
         values = values / torch.tensor(channel_sigmas, dtype=images.dtype, device=images.device)
