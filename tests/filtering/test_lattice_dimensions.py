@@ -98,3 +98,24 @@ def test_each_dimension_blurs_across_pixels_and_batches_images_independently(lat
     bumped[0, 0, 70] += 1.0
     moved = (torch.ops.rloss.permutohedral_filter(features, bumped) - out)[0, 0].abs()
     assert (moved > 1e-3).sum() > 1
+
+
+def features_with_zero_runs(p: int, dim: int, seed: int) -> torch.Tensor:
+    """[1, p, dim]: random features with some coordinates exactly 0 (as the colour of a black
+    pixel is), so that elevated coordinates tie exactly in exact arithmetic."""
+    g = torch.Generator().manual_seed(seed)
+    features = torch.randn(1, p, dim, generator=g) * 2.0
+    zero = torch.rand(1, p, dim, generator=g) < 0.4
+    zero[:, :, 2:5] |= torch.rand(1, p, 1, generator=g) < 0.5  # a black pixel's three channels together
+    return features.masked_fill(zero, 0.0).contiguous()
+
+
+@pytest.mark.parametrize("dim", list(range(2, 17)))
+def test_exact_ties_of_zero_features_are_kept_as_in_the_float64_reference(lattice_available, dim):
+    # Fusing a product into an addition in one place and not another (FMA contraction) once
+    # put such coordinates an ulp apart at D = 9-11: another simplex, other lattice points,
+    # outputs 2-3% off at black pixels. The float64 reference keeps every such tie.
+    features, values = features_with_zero_runs(64, dim, seed=dim), random_values(1, 2, 64, seed=dim)
+    out = torch.ops.rloss.permutohedral_filter(features, values)
+    expected = reference_lattice_filter(features[0].double().numpy(), values[0].T.double().numpy()).T
+    np.testing.assert_allclose(out[0].numpy(), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
