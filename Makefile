@@ -39,7 +39,7 @@ WANDB_SET = --set $(1).wandb=true --set $(1).wandb_mode=$(WANDB_MODE)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup test study reproduce test-env train-small train-standard train-small-wandb train-standard-wandb \
-        setup-wandb inference lab browser browser-check build run build-ext cuda-check gpu-check bench clean
+        setup-wandb inference lab draw browser browser-check build run build-ext cuda-check gpu-check bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
@@ -92,6 +92,11 @@ inference: $(STAMP)  ## label maps for IMAGE_PATH (image or folder); bicubic bel
 	@test -n "$(IMAGE_PATH)" || { echo "usage: make inference IMAGE_PATH=/path/to/image.jpg [CHECKPOINT=$(CHECKPOINT)] [OUTPUT=dir]" >&2; exit 2; }
 	$(PY) -m rloss infer --checkpoint "$(CHECKPOINT)" --input "$(IMAGE_PATH)" --interpolation $(INTERPOLATION) \
 		$(if $(OUTPUT),--output "$(OUTPUT)")
+
+# make draw ROOT=data/mine [IMAGES=folder] [CLASSES="background cat dog"]: scribbles drawn in the browser (Voilà).
+draw: $(STAMP)  ## draw scribbles on your images in the browser, saved as you draw (ROOT=, IMAGES=, CLASSES=)
+	@test -n "$(ROOT)" || { echo 'make draw: give the data set folder, e.g. make draw ROOT=data/mine IMAGES=photos CLASSES="background cat dog"' >&2; exit 2; }
+	$(PY) -m rloss data draw --root "$(ROOT)" $(if $(IMAGES),--images "$(IMAGES)") $(if $(CLASSES),--classes $(CLASSES))
 
 lab: $(STAMP)  ## JupyterLab on the notebooks (http://localhost:$(PORT)); as root too
 	$(PY) -m jupyter lab --notebook-dir=notebooks --port=$(PORT) --no-browser --KernelManager.transport_encryption=auto $(LAB_ROOT)

@@ -245,6 +245,13 @@ def _cmd_data_scribbles(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_draw(args: argparse.Namespace) -> int:
+    from .study.scribble_widget import serve
+
+    return serve(args.root, images=args.images, classes=args.classes, split=args.split, port=args.port,
+                 open_browser=not args.no_browser)
+
+
 def _cmd_data_check(args: argparse.Namespace) -> int:
     from .data.folder import SegmentationFolder
 
@@ -303,6 +310,19 @@ def _add_data_commands(commands) -> None:
     scribbles.add_argument("--seed", type=int, default=0, help="each image's strokes follow from the seed and its id")
     scribbles.add_argument("--overwrite", action="store_true", help="replace scribbles already in pascal_2012_scribble/")
     scribbles.set_defaults(run=_cmd_data_scribbles)
+
+    draw = kinds.add_parser("draw", help="draw scribbles on a folder of images in the browser (Voilà; "
+                                         "notebooks/draw_scribbles.ipynb), saved as you draw")
+    draw.add_argument("--root", required=True, help="the data set that gets the scribbles (VOC layout; created where missing)")
+    draw.add_argument("--images", help="a folder of plain images to walk (default: ROOT/JPEGImages); each scribbled "
+                                       "image is copied to ROOT/JPEGImages")
+    draw.add_argument("--classes", nargs="+", metavar="NAME",
+                      help="class names, class 0 (the background) first (default: ROOT/classes.txt, else VOC's 21); "
+                           "names beyond those of ROOT/classes.txt are added to it")
+    draw.add_argument("--split", default="train", help="the id list each scribbled image joins")
+    draw.add_argument("--port", type=_positive_int, help="Voilà's port on localhost (default: Voilà's, 8866)")
+    draw.add_argument("--no-browser", action="store_true", help="do not open a browser (e.g. on a remote machine)")
+    draw.set_defaults(run=_cmd_data_draw)
 
     check = kinds.add_parser("check", help="read every sample of a split and report problems")
     check.add_argument("--root", required=True)

@@ -258,8 +258,6 @@ def check_notebook_in_lab(results_dir, screenshot_path, port: int | None = None,
     temporary folder (``write_files=False``: ``results_dir`` is only read), its runtime files,
     settings and workspaces there too. Returns the widget's info line, whether its picture loaded,
     the number of error outputs, the picture's box in the screenshot and the screenshot's path and size."""
-    import secrets
-
     results_dir = Path(results_dir).resolve()
     screenshot_path = Path(screenshot_path)
     notebook = Path(notebook)
@@ -274,21 +272,7 @@ def check_notebook_in_lab(results_dir, screenshot_path, port: int | None = None,
         tmp = Path(tmp)
         (tmp / "notebooks").mkdir()  # Lab's root: the notebook alone
         served = _prepare_notebook(notebook, tmp / "notebooks", results_dir, None)
-        port = port or _free_port()
-        token = secrets.token_hex(16)
-        command = [sys.executable, "-m", "jupyter", "lab", *lab_arguments(), f"--port={port}",
-                   "--ServerApp.ip=127.0.0.1", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
-                   f"--ServerApp.root_dir={served.parent}",
-                   "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
-        # No toast over the page (the news question): Lab's user settings, in the temporary folder too.
-        settings = tmp / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
-        settings.parent.mkdir(parents=True)
-        settings.write_text('{"fetchNews": "false", "doNotDisturbMode": true}')
-        env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"), "JUPYTERLAB_SETTINGS_DIR": str(tmp / "settings"),
-               "JUPYTERLAB_WORKSPACES_DIR": str(tmp / "workspaces"), "IPYTHONDIR": str(tmp / "ipython")}
-        log_path = tmp / "lab.log"
-        with _serve("JupyterLab", command, served.parent, port, log_path, timeout_s, env=env):
-            url = f"http://127.0.0.1:{port}/lab/tree/{served.name}?token={token}"
+        with jupyterlab(served, tmp, timeout_s, port) as (url, log_path):
             summary = _drive_lab(url, chromium_path, timeout_s, log_path)
         png = summary.pop("png")
     with atomic_path(screenshot_path) as part:
@@ -297,6 +281,30 @@ def check_notebook_in_lab(results_dir, screenshot_path, port: int | None = None,
     summary.update(runs=runs, screenshot=str(screenshot_path), screenshot_size=[width, height],
                    screenshot_bytes=len(png), seconds=round(time.monotonic() - start, 1))
     return summary
+
+
+@contextmanager
+def jupyterlab(notebook: Path, tmp: Path, timeout_s: float, port: int | None = None):
+    """JupyterLab serving ``notebook``'s folder on 127.0.0.1 (a random token) until the block
+    ends, its runtime files, settings and workspaces under ``tmp``; yields the notebook's URL and
+    the server's log."""
+    import secrets
+
+    port = port or _free_port()
+    token = secrets.token_hex(16)
+    command = [sys.executable, "-m", "jupyter", "lab", *lab_arguments(), f"--port={port}",
+               "--ServerApp.ip=127.0.0.1", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
+               f"--ServerApp.root_dir={notebook.parent}",
+               "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    # No toast over the page (the news question): Lab's user settings, in the temporary folder too.
+    settings = tmp / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    settings.write_text('{"fetchNews": "false", "doNotDisturbMode": true}')
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"), "JUPYTERLAB_SETTINGS_DIR": str(tmp / "settings"),
+           "JUPYTERLAB_WORKSPACES_DIR": str(tmp / "workspaces"), "IPYTHONDIR": str(tmp / "ipython")}
+    log_path = tmp / "lab.log"
+    with _serve("JupyterLab", command, notebook.parent, port, log_path, timeout_s, env=env):
+        yield f"http://127.0.0.1:{port}/lab/tree/{notebook.name}?token={token}", log_path
 
 
 # --------------------------------------------------------------------------------------------
