@@ -279,11 +279,12 @@ class SegmentationFolder(Dataset):
         bit depths, their intensity range as stored) is left in ``image_facts``."""
         from tqdm import tqdm
 
-        good, facts = [], _ImageFacts()
+        good, facts, scribbles = [], _ImageFacts(), _ScribbleFacts()
         for sample_id in tqdm(self.ids, desc=f"check {self.split}", unit="img", disable=not progress, file=sys.stderr):
             try:
-                self.load(sample_id)
+                sample = self.load(sample_id)
                 facts.add(read_bands(self.image_path(sample_id)))  # the file as stored: its depth and range
+                scribbles.add(sample)
                 good.append(sample_id)
             except DataError as exc:
                 if not self.skip_bad:
@@ -295,7 +296,49 @@ class SegmentationFolder(Dataset):
         if self.skipped:
             print(f"{self.split}: skipped {len(self.skipped)} bad samples, e.g. {next(iter(self.skipped.values()))}", file=sys.stderr)
         self.image_facts = facts.summary(self.channels)
-        return {"split": self.split, "samples": len(good), "skipped": len(self.skipped)}
+        return {"split": self.split, "samples": len(good), "skipped": len(self.skipped),
+                **scribbles.summary(self.class_names)}
+
+
+def labeled_shares(labeled: np.ndarray, total: np.ndarray, names: list[str]) -> dict:
+    """From per-class pixel counts (256 bins: scribble pixels ``labeled``, mask pixels ``total``):
+    the labeled share of all pixels (ignore excluded) and of each class's area, by class name."""
+    labeled, total = labeled[:IGNORE_INDEX], total[:IGNORE_INDEX]
+    by_class = {(names[c] if c < len(names) else str(c)): round(float(labeled[c] / total[c]), 5)
+                for c in np.flatnonzero(total)}
+    return {"labeled_share": round(float(labeled.sum() / max(total.sum(), 1)), 5), "labeled_share_by_class": by_class}
+
+
+class _ScribbleFacts:
+    """What ``rloss data check`` reports about the scribbles: the share of pixels they label, over
+    all pixels and per image, and, where every image has a full mask, of each class's area (the
+    figures ``rloss data scribbles --from-masks`` reports, so hand-made and simulated scribbles
+    compare directly)."""
+
+    def __init__(self):
+        self.labeled = np.zeros(256, dtype=np.int64)
+        self.area = np.zeros(256, dtype=np.int64)
+        self.pixels, self.per_image, self.all_masked = 0, [], True
+
+    def add(self, sample: Sample) -> None:
+        counts = np.bincount(sample.scribble.ravel(), minlength=256)
+        self.labeled += counts
+        self.pixels += sample.scribble.size
+        self.per_image.append(float(counts[:IGNORE_INDEX].sum() / sample.scribble.size))
+        if sample.mask is None:
+            self.all_masked = False
+        else:
+            self.area += np.bincount(sample.mask.ravel(), minlength=256)
+
+    def summary(self, names: list[str]) -> dict:
+        if not self.per_image:
+            return {}
+        shares = np.asarray(self.per_image)
+        out = {"scribbled_share": round(float(self.labeled[:IGNORE_INDEX].sum() / self.pixels), 5),
+               "scribbled_share_per_image": [round(float(np.percentile(shares, q)), 5) for q in (0, 50, 100)]}
+        if self.all_masked:  # the share of each class's area, as the simulator reports it
+            out.update(labeled_shares(self.labeled, self.area, names))
+        return out
 
 
 class _ImageFacts:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .folder import MASK_DIR, SCRIBBLE_DIR, check_sample_id, read_class_names
+from .folder import MASK_DIR, SCRIBBLE_DIR, check_sample_id, labeled_shares, read_class_names
 from .io import IGNORE_INDEX, DataError, read_labels, save_label_png, write_text_atomic
 from .synthetic import LABELED_TARGET, MIN_SCRIBBLED_AREA, scribble_instances, stroke_margin, stroke_width
 
@@ -82,16 +82,8 @@ def simulate_dataset(root: str | Path, seed: int = 0, width: int | None = None, 
         save_label_png(scribble, out / f"{sample_id}.png")
         total += np.bincount(mask.ravel(), minlength=256)
         labeled += np.bincount(scribble.ravel(), minlength=256)
-    summary = _statistics(labeled, total, names)
+    summary = labeled_shares(labeled, total, names)
     settings = {"seed": seed, "width": "1.2% of the shorter side" if width is None else width,
                 "labeled_target": list(LABELED_TARGET), "min_scribbled_area": MIN_SCRIBBLED_AREA}
     write_text_atomic(root / SUMMARY_FILE, json.dumps({"protocol": settings, "images": len(ids), **summary}, indent=1))
     return {"scribbles": str(out), "images": len(ids), **summary}
-
-
-def _statistics(labeled: np.ndarray, total: np.ndarray, names: list[str]) -> dict:
-    """The labeled share of all pixels (ignore excluded) and of each class present."""
-    labeled, total = labeled[:IGNORE_INDEX], total[:IGNORE_INDEX]
-    by_class = {(names[c] if c < len(names) else str(c)): round(float(labeled[c] / total[c]), 5)
-                for c in np.flatnonzero(total)}
-    return {"labeled_share": round(float(labeled.sum() / max(total.sum(), 1)), 5), "labeled_share_by_class": by_class}

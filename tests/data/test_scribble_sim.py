@@ -91,3 +91,30 @@ def test_a_data_set_without_masks_is_one_line(tmp_path, capsys):
     save_label_png(np.zeros((4, 4), np.uint8), tmp_path / "not_a_mask.png")
     assert main(["data", "scribbles", "--root", str(tmp_path), "--from-masks"]) == 1
     assert capsys.readouterr().err.strip() == f"rloss data: {tmp_path / MASK_DIR}: no full masks (<id>.png) to simulate scribbles from"
+
+
+def test_data_check_reports_the_scribbled_shares_the_simulator_reports(tmp_path, capsys):
+    # Two 10 x 10 images, hand-made: the first all background with 5 scribbled pixels; the second
+    # half class 1 (50 px, 3 scribbled) and half background with 10 ignored pixels (40 px, 2 scribbled).
+    from rloss.data.folder import IMAGE_DIR, LIST_DIR
+    from rloss.data.io import save_rgb
+
+    masks = [np.zeros((10, 10), np.uint8), np.zeros((10, 10), np.uint8)]
+    masks[1][:, 5:] = 1
+    masks[1][0, :5] = masks[1][1, :5] = 255
+    scribbles = [np.full((10, 10), 255, np.uint8) for _ in range(2)]
+    scribbles[0][4, 2:7] = 0
+    scribbles[1][5, 6:9] = 1
+    scribbles[1][5, 1:3] = 0
+    for i, (mask, scribble) in enumerate(zip(masks, scribbles)):
+        save_rgb(np.zeros((10, 10, 3), np.uint8), tmp_path / IMAGE_DIR / f"s{i}.png")
+        save_label_png(mask, tmp_path / MASK_DIR / f"s{i}.png")
+        save_label_png(scribble, tmp_path / SCRIBBLE_DIR / f"s{i}.png")
+    (tmp_path / LIST_DIR).mkdir(parents=True)
+    (tmp_path / LIST_DIR / "train.txt").write_text("s0\ns1\n")
+    (tmp_path / "classes.txt").write_text("background\nthing\n")
+    assert main(["data", "check", "--root", str(tmp_path), "--split", "train"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["scribbled_share"] == 10 / 200 and report["scribbled_share_per_image"] == [0.05, 0.05, 0.05]
+    assert report["labeled_share"] == round(10 / 190, 5)  # ignored pixels out of the count, as the simulator does
+    assert report["labeled_share_by_class"] == {"background": round(7 / 140, 5), "thing": 3 / 50}
