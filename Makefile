@@ -13,7 +13,7 @@ BROWSER_STAMP := $(VENV)/.browser
 # make study|reproduce [PARALLEL_RUNS=auto|N]: runs trained at once; changes the time, never a number.
 PARALLEL_RUNS ?=
 # make reproduce [RECORDED=...]: the recorded study the README quotes, compared run by run with a fresh one.
-RECORDED ?= benchmarks/results/study-default-2026-12-03-2028
+RECORDED ?= benchmarks/results/study-default-2026-12-04-1822
 # make inference IMAGE_PATH=... [CHECKPOINT=...] [OUTPUT=...] [INTERPOLATION=auto|bicubic|bilinear|nearest]
 CHECKPOINT    ?= results/small_pce_crf_seed0/checkpoint.pt
 INTERPOLATION ?= auto
