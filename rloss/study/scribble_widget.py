@@ -30,6 +30,8 @@ from ..data.synthetic import stroke_width
 __all__ = ["ScribbleWidget", "default_zoom", "serve", "NOTEBOOK"]
 
 SCREEN_SIDE = 512  # pixels the longer image side is zoomed to, at most, by default
+FIT_SIDE = 1024  # at zoom 1, a larger image is shown this size (the browser scales it; strokes map back)
+MAX_CANVAS_SIDE = 4096  # the zoom slider stops where the canvas would grow beyond this
 MAX_ZOOM = 32
 MAX_BRUSH = 64
 OVERLAY_ALPHA = 220  # scribbles over the image, nearly opaque
@@ -74,7 +76,7 @@ class ScribbleWidget:
             for i, name in enumerate(names)))
         self.tool = widgets.ToggleButtons(options=["draw", "erase"], value="draw", description="tool")
         self.brush = widgets.IntSlider(value=stroke_width(min(shape)), min=1, max=MAX_BRUSH, description="width (px)")
-        self.zoom = widgets.IntSlider(value=default_zoom(shape), min=1, max=MAX_ZOOM, description="zoom")
+        self.zoom = widgets.IntSlider(value=1, min=1, max=MAX_ZOOM, description="zoom")  # set by show()
         buttons = {name: widgets.Button(description=name) for name in ("◀ previous", "next ▶", "undo", "clear")}
         self.previous_button, self.next_button, self.undo_button, self.clear_button = buttons.values()
         self.status = widgets.HTML()
@@ -104,13 +106,21 @@ class ScribbleWidget:
     def show(self, index: int) -> None:
         """Opens image ``index`` (clamped to the folder)."""
         index = max(0, min(len(self.project) - 1, index))
+        previous_shape = None if self.current is None else self.current.shape
         try:
             self.current = self.project.open(index)
         except (DataError, OSError) as exc:
             self._say_error(exc)
             return
         self._points = None
-        self._draw_all()
+        shape = self.current.shape
+        # The zoom stays from image to image of one size; another size gets its own.
+        self.zoom.max = max(1, min(MAX_ZOOM, MAX_CANVAS_SIDE // max(shape)))
+        zoom = default_zoom(shape) if shape != previous_shape else min(self.zoom.value, self.zoom.max)
+        if zoom != self.zoom.value:
+            self.zoom.value = zoom  # its observer redraws
+        else:
+            self._draw_all()
 
     def stroke(self, points) -> int:
         """The tool along ``points`` (image pixels), with the chosen class and width; saved."""
@@ -175,8 +185,10 @@ class ScribbleWidget:
         height, width = self.current.shape
         with hold_canvas():
             self.canvas.width, self.canvas.height = width * zoom, height * zoom
-            # Shown at its own size: one image pixel is `zoom` screen pixels.
-            self.canvas.layout.width, self.canvas.layout.height = f"{width * zoom}px", f"{height * zoom}px"
+            # One image pixel is `zoom` screen pixels; at zoom 1 a photo larger than FIT_SIDE is fitted.
+            shown = min(1.0, FIT_SIDE / max(width, height)) if zoom == 1 else 1.0
+            self.canvas.layout.width = f"{round(width * zoom * shown)}px"
+            self.canvas.layout.height = f"{round(height * zoom * shown)}px"
             self.canvas[0].put_image_data(_zoomed(self.current.image, zoom), 0, 0)
         self._draw_labels()
         self._update_status()

@@ -163,6 +163,7 @@ def test_the_widget_maps_zoomed_mouse_strokes_to_image_pixels_and_saves_them(tmp
     images = photos(tmp_path / "photos", count=2, size=(40, 40))
     widget = ScribbleWidget(tmp_path / "mine", classes=["background", "cat", "dog"], images=images)
     assert widget.zoom.value == default_zoom((40, 40)) == 12 and widget.canvas.width == 480
+    assert widget.canvas.layout.width == "480px"  # shown at its size: 12 screen pixels per image pixel
     widget.class_picker.value, widget.brush.value = 2, 3
     # Canvas pixels at zoom 12: (66, 126) is image pixel (5.5, 10.5); a drag to (186, 126) = (15.5, 10.5).
     widget._mouse_down(66, 126)
@@ -205,3 +206,27 @@ def test_rloss_data_draw_serves_the_notebook_with_the_folders_and_classes_given(
     # A bad folder is one line (exit code 1) before anything is served or written.
     assert main(["data", "draw", "--root", str(tmp_path / "other"), "--images", str(tmp_path / "nowhere")]) == 1
     assert not (tmp_path / "other").exists() and "nowhere: no such folder of images" in capsys.readouterr().err
+
+
+def test_the_widget_fits_a_large_photo_and_keeps_its_canvas_bounded(tmp_path):
+    pytest.importorskip("ipycanvas")
+    from rloss.study.scribble_widget import FIT_SIDE, MAX_CANVAS_SIDE, ScribbleWidget
+
+    images = tmp_path / "photos"
+    save_rgb(np.zeros((30, 40, 3), np.uint8), images / "a_small.png")
+    save_rgb(np.zeros((1500, 2048, 3), np.uint8), images / "b_large.png")
+    widget = ScribbleWidget(tmp_path / "mine", classes=["background", "cat"], images=images)
+    assert widget.zoom.value == 12 and widget.canvas.layout.width == "480px"
+    widget.next_button.click()  # another size: its own zoom, 1, and shown FIT_SIDE wide
+    assert widget.zoom.value == 1 and widget.zoom.max == MAX_CANVAS_SIDE // 2048
+    assert widget.canvas.width == 2048 and widget.canvas.layout.width == f"{FIT_SIDE}px"
+    assert widget.canvas.layout.height == f"{round(1500 * FIT_SIDE / 2048)}px"
+    widget.zoom.value = 2  # zoomed in: shown at twice its size (the page scrolls)
+    assert widget.canvas.width == 4096 and widget.canvas.layout.width == "4096px"
+    # A stroke on the fitted canvas lands where it was drawn: canvas pixels are image pixels at zoom 1.
+    widget.zoom.value, widget.brush.value = 1, 3
+    widget._mouse_down(100.5, 200.5)
+    widget._mouse_up(100.5, 200.5)
+    expected = np.zeros((1500, 2048), dtype=bool)
+    expected[199:202, 99:102] = True  # a click of width 3: the 3 x 3 block around pixel (200, 100)
+    assert np.array_equal(widget.current.labels == 1, expected)
