@@ -23,7 +23,6 @@ from pathlib import Path
 from tools.browser_check import (BrowserCheckError, _check_prerequisites, _chromium_page, _free_port, _page_failure,
                                  _voila, jupyterlab)
 
-NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "draw_scribbles.ipynb"
 DRAG_STEPS = 12  # mouse moves between a stroke's points
 
 _FIND_STATUS = """[...document.querySelectorAll(".widget-html-content")].find(e => e.innerText.includes(" of "))"""
@@ -39,6 +38,7 @@ def draw_in_browser(root, strokes, class_id: int, width: int, *, images=None, cl
     Voilà (``"voila"``). Returns the status line after each stroke, the canvas's box on the page,
     the number of error outputs and a PNG screenshot (``png``)."""
     from rloss.data.annotation import ScribbleProject
+    from rloss.study.scribble_widget import NOTEBOOK, notebook_copy
 
     if server not in ("lab", "voila"):
         raise ValueError(f"server must be 'lab' or 'voila', got {server!r}")
@@ -53,7 +53,7 @@ def draw_in_browser(root, strokes, class_id: int, width: int, *, images=None, cl
     with tempfile.TemporaryDirectory(prefix="rloss-scribble-check-") as tmp:
         tmp = Path(tmp)
         (tmp / "notebooks").mkdir()
-        served = _prepare(tmp / "notebooks", root, images, classes)
+        served = notebook_copy(tmp / "notebooks", project)
         log_path = tmp / "server.log"
         if server == "lab":
             with jupyterlab(served, tmp, timeout_s, port) as (url, log_path):
@@ -63,18 +63,6 @@ def draw_in_browser(root, strokes, class_id: int, width: int, *, images=None, cl
                 summary = _drive(url, False, chromium_path, image.shape, strokes, class_label, width, timeout_s, log_path)
     summary.update(image_id=image.id, seconds=round(time.monotonic() - start, 1))
     return summary
-
-
-def _prepare(folder: Path, root: Path, images: Path | None, classes) -> Path:
-    import papermill
-
-    out = folder / NOTEBOOK.name
-    papermill.execute_notebook(
-        str(NOTEBOOK), str(out),
-        parameters={"root": str(root), "images": None if images is None else str(images), "classes": classes,
-                    "demo_images": 0},
-        prepare_only=True, kernel_name="python3", progress_bar=False, log_output=False)
-    return out
 
 
 def _drive(url: str, in_lab: bool, chromium_path: Path, shape, strokes, class_label: str, width: int,

@@ -27,7 +27,7 @@ from ..data.annotation import ImageScribbles, ScribbleProject
 from ..data.io import IGNORE_INDEX, DataError, colorize
 from ..data.synthetic import stroke_width
 
-__all__ = ["ScribbleWidget", "default_zoom", "serve", "NOTEBOOK"]
+__all__ = ["ScribbleWidget", "default_zoom", "notebook_copy", "serve", "NOTEBOOK"]
 
 SCREEN_SIDE = 512  # pixels the longer image side is zoomed to, at most, by default
 FIT_SIDE = 1024  # at zoom 1, a larger image is shown this size (the browser scales it; strokes map back)
@@ -220,25 +220,32 @@ class ScribbleWidget:
         self.status.value = f'<span style="color:#b00">error: {exc}</span>'
 
 
-def serve(root, images=None, classes=None, split: str = "train", port: int | None = None, open_browser: bool = True,
-          call=subprocess.call) -> int:
-    """The widget as an app in the browser: a copy of ``notebooks/draw_scribbles.ipynb`` with these
-    parameters (in a temporary folder) served by Voilà on localhost until Ctrl-C. The folders and
-    classes are checked first, so a bad one is one line here rather than an error in the page.
-    Returns Voilà's exit code (0 after Ctrl-C: every stroke is saved already)."""
+def notebook_copy(folder, project: ScribbleProject) -> Path:
+    """A copy of ``notebooks/draw_scribbles.ipynb`` in ``folder`` with its parameters set to
+    ``project``'s folders, classes and split (papermill's injected cell; not run)."""
     import papermill
 
-    port = VOILA_PORT if port is None else port
-    project = ScribbleProject(root, classes=classes, images=images, split=split)
     if not NOTEBOOK.is_file():
         raise DataError(f"{NOTEBOOK} not found: drawing in the browser needs rloss's source checkout "
                         "(pip install -e .); in Python, display ScribbleWidget(...).widget in a notebook instead")
     parameters = {"root": str(project.root.resolve()), "images": str(project.images_dir.resolve()),
-                  "classes": project.classes, "split": split, "demo_images": 0}
+                  "classes": project.classes, "split": project.split, "demo_images": 0}
+    copy = Path(folder) / NOTEBOOK.name
+    papermill.execute_notebook(str(NOTEBOOK), str(copy), parameters=parameters, prepare_only=True,
+                               kernel_name="python3", progress_bar=False, log_output=False)
+    return copy
+
+
+def serve(root, images=None, classes=None, split: str = "train", port: int | None = None, open_browser: bool = True,
+          call=subprocess.call) -> int:
+    """The widget as an app in the browser: :func:`notebook_copy` (in a temporary folder) served by
+    Voilà on localhost until Ctrl-C. The folders and classes are checked first, so a bad one is one
+    line here rather than an error in the page. Returns Voilà's exit code (0 after Ctrl-C: every
+    stroke is saved already)."""
+    port = VOILA_PORT if port is None else port
+    project = ScribbleProject(root, classes=classes, images=images, split=split)
     with tempfile.TemporaryDirectory(prefix="rloss-draw-") as tmp:
-        copy = Path(tmp) / NOTEBOOK.name
-        papermill.execute_notebook(str(NOTEBOOK), str(copy), parameters=parameters, prepare_only=True,
-                                   kernel_name="python3", progress_bar=False, log_output=False)
+        copy = notebook_copy(tmp, project)
         command = [sys.executable, "-m", "voila", str(copy), f"--port={port}", "--Voila.port_retries=0"]
         if not open_browser:
             command.append("--no-browser")
