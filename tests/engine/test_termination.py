@@ -50,6 +50,15 @@ def stop(process, signum, timeout=90) -> str:
     return stderr
 
 
+def command_line(process) -> str:
+    """The process's command line; empty once it has exited (a zombie or gone: a compiler or probe
+    that lived a moment, between listing the children and reading them)."""
+    try:
+        return " ".join(process.cmdline())
+    except psutil.NoSuchProcess:  # ZombieProcess included
+        return ""
+
+
 def all_ended(processes, timeout=15) -> bool:
     _, alive = psutil.wait_procs(processes, timeout=timeout)
     return not alive
@@ -82,7 +91,7 @@ def test_sighup_ends_a_sweep_and_its_training_processes(data_root, tmp_path):
     wait_for(sweep, both_training, "both runs trained")
     stderr = stop(sweep, signal.SIGHUP)
     assert last_line(stderr) == "rloss sweep-weight: stopped by SIGHUP"
-    assert all_ended(workers), [p.cmdline() for p in workers if p.is_running()]
+    assert all_ended(workers), [command_line(p) for p in workers if p.is_running()]
     for w in (0, 1):  # no process holds a run: the next start may go on with it
         with lock_run_folder(tmp_path / f"s_sweep_w{w}"):
             pass
@@ -133,13 +142,13 @@ def test_sigterm_ends_a_study_its_kernel_and_its_training_processes(data_root, t
 
     def training():
         below[:] = psutil.Process(study.pid).children(recursive=True)
-        spawned = [p for p in below if "multiprocessing" in " ".join(p.cmdline())]
+        spawned = [p for p in below if "multiprocessing" in command_line(p)]
         return len(spawned) >= 2 and any(tmp_path.glob("*/checkpoint.pt"))
 
     wait_for(study, training, "two runs trained in the kernel", timeout=300)
     stderr = stop(study, signal.SIGTERM)
     assert "study: stopped by SIGTERM during notebooks/02_train_40px.ipynb" in stderr, stderr[-3000:]
-    assert all_ended(below), [p.cmdline() for p in below if p.is_running()]
+    assert all_ended(below), [command_line(p) for p in below if p.is_running()]
     for run_dir in tmp_path.glob("smoke40_*"):  # no process holds a run: the next start may go on with it
         with lock_run_folder(run_dir):
             pass
