@@ -739,6 +739,8 @@ class Step:
 # each took on an H200 (2026-12-04, benchmarks/results/gpu-check-h200-2026-12-04): environment 13 s,
 # extension 67 s (a first build), tests 9 s, bench_crf 10 s, train_step 138 s (96 s of it
 # compiling), roundtrip 22 s: 266 s in all.
+# With the kernels for any feature dimension (999a914, gpu-check-h200-2026-12-04-999a914): extension
+# 114 s (15 dimensions), tests 9 s, bench_crf 12 s, train_step 139 s, roundtrip 24 s: 319 s.
 STEPS = (
     Step("environment", step_environment, 15, 60),
     Step("extension", step_extension, 180, 240),  # a first build: nvcc for one architecture, 15 lattice dimensions since issue 31

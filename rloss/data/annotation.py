@@ -90,6 +90,7 @@ class ImageScribbles:
         else:
             self.labels = np.full(shape, IGNORE_INDEX, dtype=np.uint8)
         self._history: list[np.ndarray] = []
+        self._image_in_data_set = False  # copied (or found) in ROOT/JPEGImages by this image's first save
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -136,7 +137,9 @@ class ImageScribbles:
     def save(self) -> None:
         """The scribble file as the labels are now (removed, with its list line, once empty)."""
         if self.labeled_pixels():
-            self.project.copy_image(self.index)
+            if not self._image_in_data_set:  # once, not on every stroke: it compares the files' bytes
+                self.project.copy_image(self.index)
+                self._image_in_data_set = True
             save_label_png(self.labels, self.path)
             self.project.list_id(self.id)
         else:
@@ -159,6 +162,9 @@ class ScribbleProject:
         self.image_paths = self._find_images()
         self.ids = [path.stem for path in self.image_paths]
         self.list_path = self.root / LIST_DIR / f"{self.split}.txt"
+        # The ids with a scribble file: read once here, then kept in step by every save (list_id,
+        # unlist_id), so the status line and resume look at no file per stroke.
+        self._scribbled = {i for i in self.ids if (self.root / SCRIBBLE_DIR / f"{i}.png").exists()}
 
     def _class_names(self, given) -> list[str]:
         path = self.root / "classes.txt"
@@ -201,10 +207,10 @@ class ScribbleProject:
             raise DataError(f"class {class_id} is not one of the {len(self.classes)} classes (0..{len(self.classes) - 1})")
 
     def has_scribbles(self, index: int) -> bool:
-        return (self.root / SCRIBBLE_DIR / f"{self.ids[index]}.png").exists()
+        return self.ids[index] in self._scribbled
 
     def scribbled_count(self) -> int:
-        return sum(self.has_scribbles(i) for i in range(len(self)))
+        return len(self._scribbled)
 
     def resume_index(self) -> int:
         """The first image without scribbles (the last image when every one has some)."""
@@ -235,11 +241,15 @@ class ScribbleProject:
         return read_id_list(self.list_path, f"the split '{self.split}'") if self.list_path.exists() else []
 
     def list_id(self, sample_id: str) -> None:
+        """``sample_id`` has scribbles now: in the split's list (added at its end once)."""
+        self._scribbled.add(sample_id)
         ids = self.listed_ids()
         if sample_id not in ids:
             write_text_atomic(self.list_path, "".join(f"{i}\n" for i in ids + [sample_id]))
 
     def unlist_id(self, sample_id: str) -> None:
+        """``sample_id`` has no scribbles any more: out of the split's list (removed once empty)."""
+        self._scribbled.discard(sample_id)
         ids = self.listed_ids()
         if sample_id in ids:
             ids.remove(sample_id)

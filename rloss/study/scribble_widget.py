@@ -64,8 +64,8 @@ class ScribbleWidget:
         self.project = ScribbleProject(root, classes=classes, images=images, split=split)
         self.current: ImageScribbles | None = None
         self._points: list[tuple[float, float]] | None = None  # the stroke being drawn, image pixels
-        first = self.project.resume_index() if start is None else start
-        shape = self.project.open(first).shape
+        first = self.project.open(self.project.resume_index() if start is None else start)
+        shape = first.shape
 
         names = self.project.classes
         self.class_picker = widgets.ToggleButtons(
@@ -99,21 +99,25 @@ class ScribbleWidget:
             widgets.HBox(list(buttons.values())),
             self.canvas,
         ])
-        self.show(first)
+        self._present(first)
 
     # ------------------------------------------------------------------ actions
 
     def show(self, index: int) -> None:
         """Opens image ``index`` (clamped to the folder)."""
         index = max(0, min(len(self.project) - 1, index))
-        previous_shape = None if self.current is None else self.current.shape
         try:
-            self.current = self.project.open(index)
+            image = self.project.open(index)
         except (DataError, OSError) as exc:
             self._say_error(exc)
             return
+        self._present(image)
+
+    def _present(self, image: ImageScribbles) -> None:
+        previous_shape = None if self.current is None else self.current.shape
+        self.current = image
         self._points = None
-        shape = self.current.shape
+        shape = image.shape
         # The zoom stays from image to image of one size; another size gets its own.
         self.zoom.max = max(1, min(MAX_ZOOM, MAX_CANVAS_SIDE // max(shape)))
         zoom = default_zoom(shape) if shape != previous_shape else min(self.zoom.value, self.zoom.max)
